@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gadei",
+    version="0.1.0",
+    description="Shared-memory parameter server with exactly-once, deadlock-free updates",
+    python_requires=">=3.11",
+    packages=find_packages(include=["gadei", "gadei.*", "algorithms", "algorithms.*",
+                                    "qa_tasks", "qa_tasks.*", "bench", "bench.*"]),
+    install_requires=[
+        # pinned: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 is the CPU wheel on disk
+        "torch==2.13.0",
+        "numpy>=1.26",
+        "msgpack>=1.0",
+        "atomics>=1.0.3",
+        "mpi4py>=4.0",
+        "mpich>=4.2",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "jiwer>=3.0",
+        "scipy>=1.11",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": ["gadei = gadei.cli:main"]},
+)

@@ -18,7 +18,26 @@ import inspect
 # name -> "module:Class"; imported lazily so that `import algorithms` stays cheap
 RULES: dict[str, str] = {
     "sgd": "algorithms.sgd:SGD",
+    "msgd": "algorithms.msgd:MSGD",
+    "adagrad": "algorithms.adagrad:Adagrad",
+    "adadelta": "algorithms.adadelta:Adadelta",
+    "rmsprop": "algorithms.rmsprop:RMSprop",
+    "adam": "algorithms.adam:Adam",
+    "adamax": "algorithms.adamax:Adamax",
 }
+
+
+# learner-side protocols; a plain rule name runs ASGD with that rule on the PS
+PROTOCOLS: dict[str, str] = {
+    "asgd": "algorithms.asgd:ASGD",
+}
+
+
+def protocol(name: str, **hyper):
+    """The learner-side protocol that optimizer `name` runs (ASGD for a plain rule)."""
+    spec = PROTOCOLS.get(name.lower(), PROTOCOLS["asgd"])
+    module, cls = spec.split(":")
+    return getattr(importlib.import_module(module), cls)()
 
 
 def names() -> list[str]:

@@ -1,0 +1,301 @@
+"""The arena: one shared-memory segment per job holding everything the PS and learners share.
+
+Layout of the segment (byte offsets; every region page aligned)::
+
+    0        header   magic, format version, meta length, layout digest (32 bytes)
+    64       meta     msgpack: job id, layout, job configuration (read by every role)
+    CTL      words    atomic uint64 control words: global, one block per learner, one per slot
+    BUF[b]   buffer b of BUFFERS: ledger (msgpack) | weights (P float32) | optimizer state
+    SLOT     gradient slots: learners x slots x P float32
+
+Version v of the weights lives in buffer v % BUFFERS; the word PUB holds the published
+version. See docs/protocol.md for the protocol these regions carry.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import struct
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+import numpy as np
+
+from gadei import shm
+from gadei.atomic import AtomicWords
+
+MAGIC = b"GADEIPS\x01"
+FORMAT = 1
+PAGE = mmap.PAGESIZE
+META_MAX = 64 * 1024 - 64
+LEDGER_MAX = 256 * 1024
+BUFFERS = 3  # three, so a pull has two full update periods to copy a version (see pull())
+
+# global control words
+PUB, EPOCH, PS_PID, PS_START, PS_BEAT, STOP, OWNER_PID, OWNER_START, HOLD, ROUND = range(10)
+GLOBAL_WORDS = 16
+# per-learner words
+L_PID, L_START, L_BEAT, L_INCARNATION, L_NEXT_SEQ, L_STEP, L_EPOCH, L_LOSS, L_SAMPLES, L_DONE, \
+    L_PULLED = range(11)
+LEARNER_WORDS = 16
+# per-slot words
+S_CTRL, S_VERSION, S_KIND, S_STEP, S_EPOCH, S_NORM, S_SAMPLES, S_INCARNATION = range(8)
+SLOT_WORDS = 8
+
+# slot states, in the low two bits of S_CTRL; the sequence number in the others
+FREE, WRITING, READY = 0, 1, 2
+STATE_NAMES = {FREE: "FREE", WRITING: "WRITING", READY: "READY"}
+# slot kinds
+GRADIENT, DELTA = 0, 1
+KIND_NAMES = {GRADIENT: "GRADIENT", DELTA: "DELTA"}
+
+
+def ctrl(state: int, seq: int) -> int:
+    """A slot's control word: state in the low 2 bits, seq + 1 above (0 = never used)."""
+    return ((seq + 1) << 2) | state
+
+
+def ctrl_state(word: int) -> int:
+    return word & 3
+
+
+def ctrl_seq(word: int) -> int:
+    """The sequence number in a control word; -1 for a slot never used."""
+    return (word >> 2) - 1
+
+
+def f64_bits(x: float) -> int:
+    return struct.unpack("<Q", struct.pack("<d", x))[0]
+
+
+def bits_f64(w: int) -> float:
+    return struct.unpack("<d", struct.pack("<Q", w))[0]
+
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC is system-wide on Linux, so heartbeats compare across processes."""
+    return time.monotonic_ns()
+
+
+def _align(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the arena holds; its digest guards every attach against a mismatched job."""
+    params: tuple  # ((name, shape), ...) in model order, float32
+    state: tuple   # ((name, dtype, shape), ...) optimizer state arrays
+    rule: str
+    hyper: tuple   # sorted ((key, value), ...)
+    learners: int
+    slots: int = 2
+
+    def __post_init__(self):
+        if self.learners < 1:
+            raise ValueError(f"need at least one learner, not {self.learners}")
+        if self.slots < 2:
+            raise ValueError(f"need at least 2 slots per learner, not {self.slots}")
+
+    @property
+    def n(self) -> int:
+        return sum(int(np.prod(s, dtype=np.int64)) for _, s in self.params)
+
+    def to_dict(self) -> dict:
+        return {"params": [[k, list(s)] for k, s in self.params],
+                "state": [[k, d, list(s)] for k, d, s in self.state],
+                "rule": self.rule, "hyper": [list(kv) for kv in self.hyper],
+                "learners": self.learners, "slots": self.slots}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Layout":
+        return cls(params=tuple((k, tuple(s)) for k, s in d["params"]),
+                   state=tuple((k, dt, tuple(s)) for k, dt, s in d["state"]),
+                   rule=d["rule"], hyper=tuple(tuple(kv) for kv in d["hyper"]),
+                   learners=d["learners"], slots=d["slots"])
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(msgpack.packb(self.to_dict())).digest()
+
+
+@dataclass
+class _Offsets:
+    ctl: int
+    buffer: int
+    buffer_size: int
+    weights: int            # within a buffer
+    state: dict = field(default_factory=dict)   # name -> offset within a buffer
+    slots: int = 0
+    slot_size: int = 0
+    total: int = 0
+
+
+def _offsets(layout: Layout) -> _Offsets:
+    words = GLOBAL_WORDS + layout.learners * LEARNER_WORDS + layout.learners * layout.slots * SLOT_WORDS
+    ctl = 64 * 1024
+    buf = ctl + _align(8 * words)
+    off = LEDGER_MAX
+    weights = off
+    off = _align(off + 4 * layout.n)
+    state = {}
+    for name, dtype, shape in layout.state:
+        state[name] = off
+        off = _align(off + np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)))
+    slots = buf + BUFFERS * off
+    slot_size = _align(4 * layout.n)
+    total = slots + layout.learners * layout.slots * slot_size
+    return _Offsets(ctl, buf, off, weights, state, slots, slot_size, total)
+
+
+class Arena:
+    """A mapped arena. Create with `Arena.create` (the owner) or `Arena.attach` (everyone else).
+
+    Views (`weights(b)`, `state(b)`, `slot(i, s)`) alias shared memory and live until `close()`.
+    """
+
+    def __init__(self, name: str, mm: mmap.mmap, layout: Layout, meta: dict, owner: bool):
+        self.name, self.layout, self.meta, self.owner = name, layout, meta, owner
+        self._mm = mm
+        self._off = _offsets(layout)
+        raw = np.frombuffer(mm, np.uint8)
+        self._raw = raw
+        words = GLOBAL_WORDS + layout.learners * (LEARNER_WORDS + layout.slots * SLOT_WORDS)
+        self.words = raw[self._off.ctl:self._off.ctl + 8 * words].view(np.uint64)
+        self.ctl = AtomicWords(self.words)
+        n = layout.n
+        self._weights = [self._region(self._buf(b) + self._off.weights, np.float32, (n,))
+                         for b in range(BUFFERS)]
+        self._state = [{k: self._region(self._buf(b) + self._off.state[k], np.dtype(dt), tuple(s))
+                        for k, dt, s in layout.state} for b in range(BUFFERS)]
+        self._slots = [[self._region(self._off.slots + (i * layout.slots + s) * self._off.slot_size,
+                                     np.float32, (n,)) for s in range(layout.slots)]
+                       for i in range(layout.learners)]
+
+    # ---- creation and attachment -------------------------------------------------------
+    @classmethod
+    def create(cls, job: str, layout: Layout, meta: dict) -> "Arena":
+        name = shm.segment_name(job)
+        size = _offsets(layout).total
+        blob = msgpack.packb({"job": job, "layout": layout.to_dict(), **meta})
+        if len(blob) > META_MAX:
+            raise ValueError(f"job configuration too large for the arena header ({len(blob)} bytes)")
+        mm = shm.create(name, size)
+        try:
+            mm[0:64] = MAGIC + struct.pack("<II", FORMAT, len(blob)) + layout.digest() + bytes(16)
+            mm[64:64 + len(blob)] = blob
+            arena = cls(name, mm, layout, msgpack.unpackb(blob), owner=True)
+        except BaseException:
+            shm.unlink(name)
+            raise
+        return arena
+
+    @classmethod
+    def attach(cls, name: str, digest: bytes | None = None) -> "Arena":
+        mm = shm.attach(name)
+        try:
+            magic, fmt, meta_len, got = mm[0:8], *struct.unpack("<II", mm[8:16]), mm[16:48]
+            if magic != MAGIC:
+                raise ValueError(f"{name} is not a gadei arena (bad magic {magic!r})")
+            if fmt != FORMAT:
+                raise ValueError(f"{name} has arena format {fmt}, this gadei reads format {FORMAT}: "
+                                 "finish or clean the job with the gadei version that started it")
+            meta = msgpack.unpackb(mm[64:64 + meta_len], strict_map_key=False)
+            layout = Layout.from_dict(meta["layout"])
+            if layout.digest() != got:
+                raise ValueError(f"{name}: header corrupt (layout digest does not match its layout)")
+            if digest is not None and digest != got:
+                raise ValueError(f"{name} holds a different layout (digest {got.hex()[:12]}, expected "
+                                 f"{digest.hex()[:12]}): model, optimizer or learner count differ "
+                                 "from the job that created it")
+            return cls(name, mm, layout, meta, owner=False)
+        except BaseException:
+            mm.close()
+            raise
+
+    def close(self) -> None:
+        """Drop every view and unmap (the segment itself stays until the owner unlinks it)."""
+        if self._mm is None:
+            return
+        self.ctl.release()
+        self.words = self._raw = self._weights = self._state = self._slots = None
+        self.ctl = None
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a caller still holds a view; the mapping goes when that view goes
+        self._mm = None
+
+    def unlink(self) -> None:
+        shm.unlink(self.name)
+
+    # ---- regions -----------------------------------------------------------------------
+    def _buf(self, b: int) -> int:
+        return self._off.buffer + b * self._off.buffer_size
+
+    def _region(self, off: int, dtype, shape) -> np.ndarray:
+        count = int(np.prod(shape, dtype=np.int64))
+        return self._raw[off:off + np.dtype(dtype).itemsize * count].view(dtype).reshape(shape)
+
+    def weights(self, b: int) -> np.ndarray:
+        return self._weights[b]
+
+    def state(self, b: int) -> dict[str, np.ndarray]:
+        return self._state[b]
+
+    def slot(self, i: int, s: int) -> np.ndarray:
+        return self._slots[i][s]
+
+    def read_ledger(self, b: int) -> dict:
+        off = self._buf(b)
+        size = int(self._raw[off:off + 8].view(np.uint64)[0])
+        return msgpack.unpackb(self._raw[off + 8:off + 8 + size].tobytes(), strict_map_key=False)
+
+    def write_ledger(self, b: int, ledger: dict) -> None:
+        blob = msgpack.packb(ledger)
+        if len(blob) > LEDGER_MAX - 8:
+            raise ValueError(f"ledger too large for the arena ({len(blob)} bytes)")
+        off = self._buf(b)
+        self._raw[off + 8:off + 8 + len(blob)] = np.frombuffer(blob, np.uint8)
+        self._raw[off:off + 8].view(np.uint64)[0] = len(blob)
+
+    # ---- control words -----------------------------------------------------------------
+    def lw(self, i: int, word: int) -> int:
+        """Index of learner i's control word `word`."""
+        return GLOBAL_WORDS + i * LEARNER_WORDS + word
+
+    def sw(self, i: int, s: int, word: int) -> int:
+        """Index of control word `word` of learner i's slot s."""
+        return (GLOBAL_WORDS + self.layout.learners * LEARNER_WORDS
+                + (i * self.layout.slots + s) * SLOT_WORDS + word)
+
+    def published(self) -> int:
+        return self.ctl.load(PUB)
+
+    # ---- consistent reads --------------------------------------------------------------
+    def pull(self, out: np.ndarray, *, state: dict | None = None, timeout: float = 60.0) -> tuple[int, dict | None]:
+        """Copy the published weights (and optionally state and ledger) into `out`; return
+        (version, ledger or None).
+
+        Version v sits in buffer v % 3, which the PS rewrites only for version v + 3, and it
+        starts that after publishing v + 2. So a copy is consistent if PUB <= v + 1 after it;
+        otherwise it is retried (never handed out torn).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.ctl.load(PUB)
+            b = v % BUFFERS
+            np.copyto(out, self._weights[b])
+            ledger = None
+            if state is not None:
+                for k, arr in self._state[b].items():
+                    np.copyto(state[k], arr)
+                try:
+                    ledger = self.read_ledger(b)
+                except Exception:  # any decoding error of a torn copy
+                    ledger = None  # torn: the version check below sends us round again
+            if self.ctl.load(PUB, fence=True) <= v + 1 and (state is None or ledger is not None):
+                return v, ledger
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no consistent snapshot of {self.name} within {timeout} s: "
+                                   "the PS publishes faster than this process can copy")

@@ -1,0 +1,126 @@
+"""Checkpoints: one file, written atomically, checksummed, no pickle.
+
+File layout::
+
+    b"GADEICK\\x01" | u64 header length | msgpack header | arrays (64-byte aligned) | sha256 (32 bytes)
+
+The header lists each array's name, dtype, shape, offset and byte length, and carries the
+metadata (job configuration, layout, version, ledger, learner records). The trailing sha256
+covers everything before it. Saving writes `<path>.tmp-<pid>`, fsyncs, then renames over
+`path`, so a crash leaves the previous checkpoint whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+MAGIC = b"GADEICK\x01"
+ALIGN = 64
+_DTYPES = {"float32", "float64", "int64", "int32", "uint64", "uint8"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupted or of another format."""
+
+
+def _resolve(path) -> Path:
+    p = Path(path)
+    return p / "checkpoint" if p.is_dir() else p
+
+
+def save(path, weights: dict[str, np.ndarray], state: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write a checkpoint to `path` (a file; a directory means `<dir>/checkpoint`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint"
+    entries, arrays, off = [], [], 0
+    for group, items in (("weights", weights), ("state", state)):
+        for name, arr in items.items():
+            arr = np.ascontiguousarray(arr)
+            if arr.dtype.name not in _DTYPES:
+                raise ValueError(f"cannot checkpoint {group}/{name} of dtype {arr.dtype}")
+            entries.append({"group": group, "name": name, "dtype": arr.dtype.name,
+                            "shape": list(arr.shape), "offset": off, "nbytes": arr.nbytes})
+            arrays.append(arr)
+            off += (arr.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    header = msgpack.packb({"arrays": entries, "meta": meta})
+    start = len(MAGIC) + 8 + len(header)
+    start = (start + ALIGN - 1) // ALIGN * ALIGN
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as f:
+            def write(b):
+                digest.update(b)
+                f.write(b)
+            write(MAGIC + struct.pack("<Q", len(header)) + header)
+            write(bytes(start - len(MAGIC) - 8 - len(header)))
+            pos = 0
+            for e, arr in zip(entries, arrays):
+                write(bytes(e["offset"] - pos))
+                write(memoryview(arr).cast("B"))
+                pos = e["offset"] + e["nbytes"]
+            f.write(digest.digest())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load(path) -> dict:
+    """Read a checkpoint: {"weights": {name: array}, "state": {name: array}, "meta": {...}}.
+
+    `path` is the checkpoint file or a job's output directory. Every byte is verified against
+    the checksum; any damage is a CheckpointError naming the file and what is wrong.
+    """
+    path = _resolve(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    what = f"checkpoint {path}"
+    if len(data) < len(MAGIC) + 8 + 32:
+        raise CheckpointError(f"{what} is truncated ({len(data)} bytes)")
+    if data[:len(MAGIC)] != MAGIC:
+        if data[:7] == MAGIC[:7]:
+            raise CheckpointError(f"{what} has format {data[7]}, this gadei reads {MAGIC[7]}")
+        raise CheckpointError(f"{what} is not a gadei checkpoint (bad magic)")
+    body, stored = data[:-32], data[-32:]
+    if hashlib.sha256(body).digest() != stored:
+        raise CheckpointError(f"{what} is corrupted or truncated (checksum mismatch); "
+                              "use an earlier checkpoint")
+    (hlen,) = struct.unpack("<Q", data[len(MAGIC):len(MAGIC) + 8])
+    try:
+        header = msgpack.unpackb(data[len(MAGIC) + 8:len(MAGIC) + 8 + hlen], strict_map_key=False)
+    except Exception as e:
+        raise CheckpointError(f"{what}: unreadable header ({e})") from None
+    start = (len(MAGIC) + 8 + hlen + ALIGN - 1) // ALIGN * ALIGN
+    out = {"weights": {}, "state": {}, "meta": header.get("meta", {})}
+    try:
+        for e in header["arrays"]:
+            if e["dtype"] not in _DTYPES or e["group"] not in ("weights", "state"):
+                raise CheckpointError(f"{what}: bad array entry {e.get('name')!r}")
+            lo = start + e["offset"]
+            if lo + e["nbytes"] > len(body):
+                raise CheckpointError(f"{what}: array {e['name']} runs past the end of the file")
+            arr = np.frombuffer(data, dtype=e["dtype"], count=e["nbytes"] // np.dtype(e["dtype"]).itemsize,
+                                offset=lo).reshape(e["shape"])
+            out[e["group"]][e["name"]] = arr.copy()
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{what}: malformed header ({e})") from None
+    return out

@@ -1,0 +1,109 @@
+"""A job's configuration: what `gadei train` and `gadei.train()` resolve their arguments into.
+
+It travels to every role inside the arena's header, so a restarted learner or PS rebuilds
+exactly the same task, model and optimizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import algorithms
+import qa_tasks
+
+
+@dataclass
+class JobConfig:
+    task: str = "probe"                  # built-in name or "package.module:Class"
+    task_options: dict = field(default_factory=dict)
+    optimizer: str = "sgd"
+    hyper: dict = field(default_factory=dict)
+    learners: int = 2
+    steps: int | None = None             # total steps over all learners (split evenly)
+    epochs: int | None = None            # or: epochs of each learner's shard
+    seed: int = 0
+    out: str = "runs/job"
+    job: str | None = None               # job name; default derived from `out`
+    checkpoint_every: int = 0            # updates between checkpoints (0: final only)
+    resume: str | None = None            # output directory or checkpoint file to continue from
+    slots: int = 2                       # gradient slots per learner
+    lease: float = 60.0                  # seconds without a heartbeat before a learner is replaced
+    ps_timeout: float = 120.0            # seconds a learner waits on a silent PS before giving up
+    max_restarts: int = 1000             # restarts of each role before the job gives up
+    backend: str = "local"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.learners < 1:
+            raise ValueError(f"--learners must be at least 1, not {self.learners}")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give --steps or --epochs, not both")
+        if self.steps is not None and self.steps < self.learners:
+            raise ValueError(f"--steps {self.steps} is fewer than one step per learner "
+                             f"({self.learners} learners)")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, not {self.epochs}")
+        if self.steps is None and self.epochs is None:
+            self.steps = 100 * self.learners
+        if self.backend not in ("local", "mpi"):
+            raise ValueError(f"--backend must be 'local' or 'mpi', not {self.backend!r}")
+        algorithms.get(self.optimizer, **self.hyper)          # fail now, not in a child
+        qa_tasks.task_class(self.task)
+        if self.job is None:
+            where = str(Path(self.out).resolve())
+            base = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(where).name)[:40]
+            self.job = f"{base or 'job'}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
+
+    def quota(self, i: int) -> int:
+        """Steps learner i runs (steps mode)."""
+        q, r = divmod(self.steps, self.learners)
+        return q + (i < r)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def coerce(value: str, param: inspect.Parameter, what: str):
+    """Convert a command-line string to the type a keyword parameter's default suggests."""
+    ann = param.annotation if param.annotation is not inspect.Parameter.empty else None
+    default = param.default
+    kind = type(default) if default not in (None, inspect.Parameter.empty) else None
+    text = str(ann) if ann is not None else ""
+    try:
+        if kind is bool or text.startswith("bool"):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int or text.startswith("int"):
+            return int(value)
+        if kind is float or text.startswith("float"):
+            return float(value)
+    except ValueError:
+        raise ValueError(f"{what}: cannot read {value!r} as {kind.__name__ if kind else text}") from None
+    return value
+
+
+def split_options(task: str, optimizer: str, pairs: dict[str, str]) -> tuple[dict, dict]:
+    """Route `--name value` pairs to the optimizer's hyper-parameters or the task's options."""
+    hyper_params = algorithms.hyper_parameters(optimizer)
+    task_params = qa_tasks.task_options(task)
+    hyper, opts = {}, {}
+    for key, value in pairs.items():
+        if key in hyper_params:
+            hyper[key] = coerce(value, hyper_params[key], f"--{key.replace('_', '-')}")
+        elif key in task_params:
+            opts[key] = coerce(value, task_params[key], f"--{key.replace('_', '-')}")
+        else:
+            raise ValueError(f"unknown option --{key.replace('_', '-')}: optimizer {optimizer!r} takes "
+                             f"{', '.join(hyper_params) or 'nothing'}; task {task!r} takes "
+                             f"{', '.join(task_params) or 'nothing'}")
+    return hyper, opts
+
+
+def data_dir_default() -> str | None:
+    return os.environ.get("GADEI_DATA")

@@ -1,0 +1,103 @@
+"""Process entry points of the roles the supervisor starts: `python -m gadei.role ps|learner ...`.
+
+Each attaches to the arena named on its command line and rebuilds the task and optimizer from
+the job configuration stored in the arena's header.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")   # one core per process; set before torch loads
+
+import torch  # noqa: E402
+
+import algorithms  # noqa: E402
+from gadei import arena as A  # noqa: E402
+from gadei import proc  # noqa: E402
+from gadei.job import JobConfig  # noqa: E402
+from gadei.server import Server  # noqa: E402
+from gadei.tasks import build_task, batch_size  # noqa: E402
+from gadei.worker import PSGone, Stopped, Worker  # noqa: E402
+
+
+def run_ps(name: str) -> int:
+    arena = A.Arena.attach(name)
+    cfg = JobConfig(**arena.meta["config"])
+    rule = algorithms.get(cfg.optimizer, **cfg.hyper)
+    Server(arena, rule).run()
+    return 0
+
+
+def run_learner(name: str, i: int) -> int:
+    arena = A.Arena.attach(name)
+    cfg = JobConfig(**arena.meta["config"])
+    ctl = arena.ctl
+    pid, started = proc.me()
+    ctl.store(arena.lw(i, A.L_PID), pid)
+    ctl.store(arena.lw(i, A.L_START), started)
+    ctl.store(arena.lw(i, A.L_BEAT), A.now_ns())
+    task = build_task(cfg)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    model.train()
+    worker = Worker(arena, i, model, ps_timeout=cfg.ps_timeout)
+    protocol = algorithms.protocol(cfg.optimizer, **cfg.hyper)
+    params = worker.params
+
+    quota = cfg.quota(i) if cfg.steps is not None else None
+    try:
+        while True:
+            if quota is not None and worker.step >= quota:
+                break
+            if quota is None and worker.epoch >= cfg.epochs:
+                break
+            # a fresh shuffle per epoch and per incarnation
+            seed = cfg.seed + 1_000_003 * worker.epoch + 7_919 * worker.incarnation + 101 * i
+            for batch in task.batches(i, cfg.learners, seed):
+                def closure(batch=batch):
+                    for p in params:
+                        p.grad = None
+                    loss = task.loss(model, batch)
+                    loss.backward()
+                    return loss
+                worker.samples = batch_size(task, batch)
+                loss = protocol.step(worker, model, closure)
+                worker.report(loss, worker.samples)
+                worker.check()
+                if quota is not None and worker.step >= quota:
+                    break
+            else:
+                worker.epoch += 1
+                ctl.store(arena.lw(i, A.L_EPOCH), worker.epoch)
+        finish = getattr(protocol, "finish", None)
+        if finish:
+            finish(worker, model)
+        ctl.store(arena.lw(i, A.L_DONE), 1)
+        return 0
+    except Stopped:
+        return 0
+    except PSGone as e:
+        print(f"gadei: {e}", file=sys.stderr)
+        return 3
+
+
+def main(argv: list[str]) -> int:
+    torch.set_num_threads(1)
+    try:
+        if argv[:1] == ["ps"] and len(argv) == 2:
+            return run_ps(argv[1])
+        if argv[:1] == ["learner"] and len(argv) == 3:
+            return run_learner(argv[1], int(argv[2]))
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+    print("usage: python -m gadei.role ps ARENA | learner ARENA I", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

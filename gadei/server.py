@@ -1,0 +1,182 @@
+"""The parameter server role: apply committed slots to the weights, publish, free the slot.
+
+One update of learner i's slot holding sequence number k (docs/protocol.md)::
+
+    P1  pick    a READY slot of learner i with the smallest seq k > applied[i]
+    P2  compute W', S' = rule(W, S, g) into the unpublished buffer, and the ledger with
+                applied[i] = k into that buffer's header
+    P3  publish store PUB = v + 1                        <- the commit point
+    P4  release store slot = (FREE, k)
+
+A PS killed before P3 leaves the published state untouched and the slot READY: the next PS
+applies it. Killed between P3 and P4, the slot is READY with k <= applied[i]: `recover` frees it.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+
+import numpy as np
+import torch
+
+from gadei import arena as A
+from gadei import ledger as L
+from gadei import proc
+
+
+def empty_ledger(learners: int) -> dict:
+    """The PS's part of the ledger, published with every version."""
+    return {"applied": [[] for _ in range(learners)], "rejected": [[] for _ in range(learners)],
+            "amax": [-1] * learners, "progress": [[0, 0, 0] for _ in range(learners)],
+            "updates": 0, "rejects": 0, "stale_sum": 0, "stale_max": 0, "last_norm": 0.0}
+
+
+class Server:
+    """The PS over an attached arena. `recover()` first, then `step()` until there is no work.
+
+    The three phases of an update are separate methods so that tests can stop (crash) a PS
+    between any two of them.
+    """
+
+    def __init__(self, arena: A.Arena, rule, warn=None):
+        self.arena, self.rule = arena, rule
+        self.ctl = arena.ctl
+        self.learners, self.slots = arena.layout.learners, arena.layout.slots
+        self._next = 0              # round-robin start, so no learner starves
+        self._pending = None        # (i, s, k) computed into the unpublished buffer
+        self._warned: set[int] = set()
+        self._warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.recover()
+
+    def recover(self) -> None:
+        """Adopt the published state and free slots whose update was published already."""
+        self.version = self.ctl.load(A.PUB)
+        self.ledger = self.arena.read_ledger(self.version % A.BUFFERS)
+        self._pending = None
+        for i in range(self.learners):
+            for s in range(self.slots):
+                w = self.ctl.load(self.arena.sw(i, s, A.S_CTRL))
+                if A.ctrl_state(w) == A.READY and A.ctrl_seq(w) <= self.ledger["amax"][i]:
+                    self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, A.ctrl_seq(w)))
+
+    # ---- P1 ------------------------------------------------------------------------------
+    def ready(self, i: int) -> tuple[int, int] | None:
+        """(slot, seq) of learner i's next update to apply, or None."""
+        best = None
+        for s in range(self.slots):
+            w = self.ctl.load(self.arena.sw(i, s, A.S_CTRL))
+            if A.ctrl_state(w) != A.READY:
+                continue
+            k = A.ctrl_seq(w)
+            if k <= self.ledger["amax"][i]:
+                # applied already (a PS died between publish and release): finish the release
+                self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, k))
+            elif best is None or k < best[1]:
+                best = (s, k)
+        return best
+
+    def pick(self) -> tuple[int, int, int] | None:
+        """The next (learner, slot, seq) to apply, round-robin over learners."""
+        for d in range(self.learners):
+            i = (self._next + d) % self.learners
+            found = self.ready(i)
+            if found:
+                self._next = i + 1
+                return (i, *found)
+        return None
+
+    # ---- P2 ------------------------------------------------------------------------------
+    def compute(self, i: int, s: int, k: int) -> None:
+        """Write version v+1 (weights, state, ledger) into the unpublished buffer."""
+        arena, v = self.arena, self.version
+        src, dst = v % A.BUFFERS, (v + 1) % A.BUFFERS
+        word = lambda w: self.ctl.load(arena.sw(i, s, w))  # noqa: E731
+        kind, norm = word(A.S_KIND), A.bits_f64(word(A.S_NORM))
+        grad = arena.slot(i, s)
+        w_src, w_dst = arena.weights(src), arena.weights(dst)
+        s_src, s_dst = arena.state(src), arena.state(dst)
+        ledger = copy.deepcopy(self.ledger)
+        if not np.isfinite(norm):
+            # never applied: the weights and state carry over unchanged
+            np.copyto(w_dst, w_src)
+            for key in s_src:
+                np.copyto(s_dst[key], s_src[key])
+            ledger["rejected"][i].append(k)
+            ledger["rejects"] += 1
+            if i not in self._warned:
+                self._warned.add(i)
+                self._warn(f"gadei: learner {i} pushed a non-finite {A.KIND_NAMES.get(kind, kind)} "
+                           f"(seq {k}, norm {norm}); rejected, and further ones are counted in the "
+                           "ledger. Lower the learning rate or check the loss for NaN/Inf.")
+        else:
+            if kind == A.DELTA:
+                torch.add(torch.from_numpy(w_src), torch.from_numpy(grad), out=torch.from_numpy(w_dst))
+                for key in s_src:
+                    np.copyto(s_dst[key], s_src[key])
+            else:
+                self.rule.apply(w_src, grad, s_src, out_weights=w_dst, out_state=s_dst)
+            L.add(ledger["applied"][i], k)
+            ledger["updates"] += 1
+            stale = max(0, v - word(A.S_VERSION))
+            ledger["stale_sum"] += stale
+            ledger["stale_max"] = max(ledger["stale_max"], stale)
+            ledger["last_norm"] = norm
+        ledger["amax"][i] = k
+        ledger["progress"][i] = [word(A.S_STEP), word(A.S_EPOCH), ledger["progress"][i][2] + word(A.S_SAMPLES)]
+        arena.write_ledger(dst, ledger)
+        self._staged = ledger
+        self._pending = (i, s, k)
+
+    # ---- P3 ------------------------------------------------------------------------------
+    def publish(self) -> None:
+        self.ctl.store(A.PUB, self.version + 1)
+        self.version += 1
+        self.ledger = self._staged
+
+    # ---- P4 ------------------------------------------------------------------------------
+    def release(self) -> None:
+        i, s, k = self._pending
+        self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, k))
+        self._pending = None
+
+    def step(self) -> bool:
+        """Apply one committed slot if there is one; False when there is no work."""
+        picked = self.pick()
+        if picked is None:
+            return False
+        self.compute(*picked)
+        self.publish()
+        self.release()
+        return True
+
+    # ---- the process ---------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until STOP is set or the job's owner is gone; never waits on a learner."""
+        ctl = self.ctl
+        pid, started = proc.me()
+        ctl.store(A.PS_PID, pid)
+        ctl.store(A.PS_START, started)
+        owner = (ctl.load(A.OWNER_PID), ctl.load(A.OWNER_START))
+        idle, beat, checked = 0.0, 0, 0.0
+        while True:
+            t = A.now_ns()
+            if t - beat > 5_000_000:
+                ctl.store(A.PS_BEAT, t)
+                beat = t
+            if self.step():
+                idle = 0.0
+                continue
+            if ctl.load(A.STOP):
+                return
+            now = time.monotonic()
+            if now - checked > 0.5:
+                checked = now
+                if not proc.alive(*owner):
+                    self._warn(f"gadei: the job's supervisor (pid {owner[0]}) is gone; the PS stops "
+                               "and removes the arena")
+                    self.arena.unlink()
+                    return
+            # back off from 50 us to 2 ms: no core is burnt waiting for learners
+            idle = min(0.002, idle * 2 or 50e-6)
+            time.sleep(idle)

@@ -1,0 +1,177 @@
+"""`gadei.train()`: run a job to the end and return its summary (the CLI's `gadei train` too).
+
+Writes into `out/`: `summary.json` (settings, times, rates, final metrics, the ledger),
+`metrics.jsonl` (one line a second), `checkpoint` (the final state) and `logs/`.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gadei import arena as A
+from gadei.job import JobConfig
+from gadei.supervisor import JobError, Supervisor, write_json
+from gadei.tasks import build_task, task_spec
+
+
+class _Meter:
+    """Samples the arena once a second into metrics.jsonl and the progress bar."""
+
+    def __init__(self, sup: Supervisor, path: Path, progress: bool):
+        self.sup, self.file = sup, open(path, "a")
+        cfg = sup.cfg
+        total = cfg.steps if cfg.steps is not None else None
+        self.bar = tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True,
+                        desc=f"{cfg.task}/{cfg.optimizer} x{cfg.learners}")
+        self.t0 = time.monotonic()
+        self.last = (self.t0, 0, 0)
+        self.first = None    # (t, updates) when the first update was seen
+        self.samples_at_first = 0
+        self.end = (self.t0, 0, 0)
+
+    def __call__(self, sup: Supervisor) -> None:
+        now = time.monotonic()
+        if now - self.last[0] < 1.0:
+            return
+        self.record(now)
+
+    def record(self, now: float) -> None:
+        a, cfg = self.sup.arena, self.sup.cfg
+        v = a.published()
+        updates = v - self.sup.start_version
+        steps = sum(a.ctl.load(a.lw(i, A.L_STEP)) for i in range(cfg.learners))
+        samples = sum(a.ctl.load(a.lw(i, A.L_SAMPLES)) for i in range(cfg.learners))
+        losses = [A.bits_f64(a.ctl.load(a.lw(i, A.L_LOSS))) for i in range(cfg.learners)]
+        pulled = [a.ctl.load(a.lw(i, A.L_PULLED)) for i in range(cfg.learners)]
+        dt = max(now - self.last[0], 1e-9)
+        if self.first is None and updates > 0:
+            self.first, self.samples_at_first = (self.last[0], self.last[1]), self.last[2]
+        row = {"t": round(now - self.t0, 3), "version": v, "updates": updates,
+               "updates_per_s": round((updates - self.last[1]) / dt, 2),
+               "samples": samples, "samples_per_s": round((samples - self.last[2]) / dt, 2),
+               "loss": float(np.mean(losses)), "staleness": float(np.mean([max(0, v - p) for p in pulled])),
+               "steps": steps, "learners_alive": len(self.sup.learners),
+               "restarts": dict(self.sup.restarts)}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        self.bar.n = min(steps, self.bar.total or steps)
+        self.bar.set_postfix(upd_s=row["updates_per_s"], stale=f"{row['staleness']:.1f}",
+                             loss=f"{row['loss']:.4g}", refresh=False)
+        self.bar.refresh()
+        self.last = self.end = (now, updates, samples)
+
+    def rates(self) -> tuple[float, float]:
+        """Updates/s and samples/s from the first update seen to the end (start-up excluded)."""
+        if self.first is None:
+            return 0.0, 0.0
+        dt = max(self.end[0] - self.first[0], 1e-9)
+        return (self.end[1] - self.first[1]) / dt, (self.end[2] - self.samples_at_first) / dt
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()
+
+
+def train(task="probe", *, task_options: dict | None = None, optimizer: str = "sgd",
+          learners: int = 2, steps: int | None = None, epochs: int | None = None,
+          out: str | Path = "runs/job", seed: int = 0, checkpoint_every: int = 0,
+          resume: str | Path | None = None, progress: bool = False, evaluate: bool = True,
+          job: str | None = None, lease: float = 60.0, slots: int = 2, **hyper) -> dict:
+    """Train `task` through the shared-memory PS with `learners` processes; return the summary.
+
+    `task` is a built-in name, "package.module:Class", a task class or instance; `hyper` are
+    the optimizer's hyper-parameters (e.g. lr=0.1). Blocks until the job ends.
+    """
+    name, options = task_spec(task, task_options)
+    cfg = JobConfig(task=name, task_options=options, optimizer=optimizer, hyper=hyper,
+                    learners=learners, steps=steps, epochs=epochs, seed=seed, out=str(out),
+                    job=job, checkpoint_every=checkpoint_every,
+                    resume=str(resume) if resume else None, lease=lease, slots=slots,
+                    progress=progress)
+    return run(cfg)
+
+
+def run(cfg: JobConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sup = Supervisor(cfg)
+    sup.acquire()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    meter = None
+    t_start = time.monotonic()
+    try:
+        sup.build()
+        meter = _Meter(sup, out / "metrics.jsonl", cfg.progress)
+        try:
+            train_s = sup.run(on_tick=meter)
+        except KeyboardInterrupt:
+            sup.interrupted = True
+            sup.log("gadei: interrupted; stopping the learners and the PS, saving a checkpoint")
+            sup.stop_children()
+            train_s = time.monotonic() - t_start
+        meter.record(time.monotonic())
+        sup.stop_children()
+        version = sup.write_checkpoint(final=not sup.interrupted)
+        _, weights, _, ledger = sup.snapshot()
+        updates_per_s, samples_per_s = meter.rates()
+        summary = {
+            "settings": cfg.to_dict(), "job": cfg.job, "interrupted": sup.interrupted,
+            "wall_time_s": None, "train_time_s": round(train_s, 3),
+            "updates_applied": ledger["updates"], "updates_rejected": ledger["rejects"],
+            "updates_per_s": round(updates_per_s, 2), "samples": sum(p[2] for p in ledger["progress"]),
+            "samples_per_s": round(samples_per_s, 2), "version": version,
+            "staleness": {"mean": ledger["stale_sum"] / max(1, ledger["updates"]),
+                          "max": ledger["stale_max"]},
+            "restarts": sup.restarts, "checkpoint": str(out / "checkpoint"),
+            "ledger": sup.summary_ledger(ledger),
+        }
+        sup.close()
+        summary["final_metrics"] = evaluate_weights(cfg, weights) if not sup.interrupted else {}
+        summary["wall_time_s"] = round(time.monotonic() - t_start, 3)
+        write_json(out / "summary.json", summary)
+        return summary
+    finally:
+        if meter:
+            meter.close()
+        sup.close()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def load_model(cfg: JobConfig, weights: np.ndarray | dict):
+    """The task and its model holding `weights` (flat, or a name -> array mapping)."""
+    task = build_task(cfg)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    with torch.no_grad():
+        if isinstance(weights, dict):
+            for name, p in model.named_parameters():
+                p.copy_(torch.from_numpy(np.asarray(weights[name])).reshape(p.shape))
+        else:
+            off = 0
+            for p in model.parameters():
+                p.copy_(torch.from_numpy(weights[off:off + p.numel()]).reshape(p.shape))
+                off += p.numel()
+    model.eval()
+    return task, model
+
+
+def evaluate_weights(cfg: JobConfig, weights, split: str | None = None) -> dict:
+    torch.set_num_threads(1)
+    task, model = load_model(cfg, weights)
+    with torch.no_grad():
+        return task.evaluate(model, split or getattr(task, "eval_split", "valid"))
+
+
+__all__ = ["train", "run", "JobError", "evaluate_weights", "load_model"]

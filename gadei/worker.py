@@ -1,0 +1,181 @@
+"""A learner's side of the protocol: pull consistent snapshots, push into its own slots.
+
+One push of sequence number k (docs/protocol.md)::
+
+    L1  wait    until one of the learner's slots is FREE (freed by the PS: PS progress only)
+    L2  claim   store slot = (WRITING, k), then next_seq = k + 1
+    L3  write   the gradient or delta and its meta (version read, kind, norm, progress)
+    L4  commit  store slot = (READY, k)                  <- the learner's commit point
+
+A learner killed between L2 and L4 leaves a WRITING slot: the supervisor, after reaping it,
+records k as discarded and frees the slot. Sequence numbers continue across restarts.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from gadei import arena as A
+from gadei import context, proc
+
+
+class PSGone(RuntimeError):
+    """The parameter server made no progress within the timeout."""
+
+
+class Stopped(RuntimeError):
+    """The job was stopped (STOP set, or its supervisor is gone)."""
+
+
+class Worker:
+    """Learner `i`'s handle on the arena, with its model's parameters packed in one flat tensor.
+
+    `pull()` copies the published weights into the model (one memcpy); `push()` copies the
+    model's gradients (or a given delta) into a free slot and commits it.
+    """
+
+    def __init__(self, arena: A.Arena, i: int, model: torch.nn.Module | None = None, *,
+                 ps_timeout: float = 60.0):
+        self.arena, self.i, self.ctl = arena, i, arena.ctl
+        self.ps_timeout = ps_timeout
+        self.n = arena.layout.n
+        self.incarnation = self.ctl.load(arena.lw(i, A.L_INCARNATION))
+        self.next_seq = self.restart_seq()
+        self.step = self.ctl.load(arena.lw(i, A.L_STEP))
+        self.epoch = self.ctl.load(arena.lw(i, A.L_EPOCH))
+        self.version = -1
+        self.samples = 0            # samples in the current batch, set by the learner loop
+        self.params: list[torch.nn.Parameter] = []
+        self.flat = torch.zeros(self.n)
+        if model is not None:
+            self.bind(model)
+        self._owner = (self.ctl.load(A.OWNER_PID), self.ctl.load(A.OWNER_START))
+        self._checked = 0.0
+        self.update_context()
+
+    def restart_seq(self) -> int:
+        """Where this incarnation's sequence numbers continue: past anything its slots, its
+        record or the published ledger have seen."""
+        a, i = self.arena, self.i
+        seen = [self.ctl.load(a.lw(i, A.L_NEXT_SEQ)) - 1]
+        seen += [A.ctrl_seq(self.ctl.load(a.sw(i, s, A.S_CTRL))) for s in range(a.layout.slots)]
+        v = self.ctl.load(A.PUB)
+        seen.append(a.read_ledger(v % A.BUFFERS)["amax"][i])
+        return max(seen) + 1
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Make the model's parameters views of one flat tensor, in the layout's order."""
+        names = [name for name, _ in self.arena.layout.params]
+        got = [(name, p) for name, p in model.named_parameters()]
+        if [n for n, _ in got] != names or any(tuple(p.shape) != tuple(s) for (_, p), (_, s)
+                                                 in zip(got, self.arena.layout.params)):
+            raise ValueError("the model's parameters differ from the arena's layout: "
+                             "build_model() must give the same model in every process")
+        off = 0
+        for _, p in got:
+            k = p.numel()
+            view = self.flat[off:off + k].view_as(p)
+            view.copy_(p.data)
+            p.data = view
+            off += k
+        self.params = [p for _, p in got]
+        self._flat_np = self.flat.numpy()
+
+    def update_context(self) -> None:
+        context._set(context.Context(self.i, self.arena.layout.learners, self.incarnation,
+                                     self.next_seq, self.step))
+
+    # ---- liveness ------------------------------------------------------------------------
+    def beat(self) -> None:
+        self.ctl.store(self.arena.lw(self.i, A.L_BEAT), A.now_ns())
+
+    def check(self) -> None:
+        """Raise Stopped if the job is stopping or its owner is gone."""
+        if self.ctl.load(A.STOP):
+            raise Stopped("the job is stopping")
+        now = time.monotonic()
+        if now - self._checked > 0.5:
+            self._checked = now
+            if not proc.alive(*self._owner):
+                raise Stopped(f"the job's supervisor (pid {self._owner[0]}) is gone")
+
+    # ---- pull ----------------------------------------------------------------------------
+    def pull(self) -> int:
+        """Copy the latest consistent weights into the model; return their version."""
+        self.version, _ = self.arena.pull(self._flat_np)
+        self.ctl.store(self.arena.lw(self.i, A.L_PULLED), self.version)
+        return self.version
+
+    # ---- push ----------------------------------------------------------------------------
+    def claim(self) -> int:
+        """L1 + L2: wait for a FREE slot, mark it (WRITING, next_seq); return the slot."""
+        a, i, k = self.arena, self.i, self.next_seq
+        sleep, waited_since = 0.0, time.monotonic()
+        while True:
+            for s in range(a.layout.slots):
+                if A.ctrl_state(self.ctl.load(a.sw(i, s, A.S_CTRL))) == A.FREE:
+                    self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.WRITING, k))
+                    self.ctl.store(a.lw(i, A.L_NEXT_SEQ), k + 1)
+                    return s
+            self.beat()
+            self.check()
+            age = (A.now_ns() - self.ctl.load(A.PS_BEAT)) / 1e9
+            if age > self.ps_timeout and time.monotonic() - waited_since > self.ps_timeout:
+                raise PSGone(f"learner {i}: the parameter server (pid {self.ctl.load(A.PS_PID)}) "
+                             f"has not freed a slot nor beaten for {age:.0f} s")
+            sleep = min(0.002, sleep * 2 or 20e-6)
+            time.sleep(sleep)
+
+    def push(self, kind: int = A.GRADIENT, data: torch.Tensor | None = None, *, samples: int = 0,
+             step_done: bool = True) -> int:
+        """Commit the model's gradients (or `data`, a flat tensor) as the next sequence number.
+
+        Returns the sequence number committed. `step_done` counts this push as one completed
+        step of the learner's progress (recorded with the commit, so a restart resumes there).
+        """
+        a, i = self.arena, self.i
+        s = self.claim()
+        k = self.next_seq
+        slot = torch.from_numpy(a.slot(i, s))
+        # L3: write the payload straight into shared memory
+        if data is not None:
+            slot.copy_(data)
+        else:
+            off = 0
+            for p in self.params:
+                m = p.numel()
+                if p.grad is None:
+                    slot[off:off + m].zero_()
+                else:
+                    slot[off:off + m].copy_(p.grad.reshape(-1))
+                off += m
+        norm = float(torch.linalg.vector_norm(slot))
+        step = self.step + 1 if step_done else self.step
+        for word, value in ((A.S_VERSION, max(self.version, 0)), (A.S_KIND, kind),
+                            (A.S_NORM, A.f64_bits(norm)), (A.S_STEP, step),
+                            (A.S_EPOCH, self.epoch), (A.S_SAMPLES, samples),
+                            (A.S_INCARNATION, self.incarnation)):
+            self.ctl.store(a.sw(i, s, word), value)
+        self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.READY, k))  # L4: committed
+        self.next_seq = k + 1
+        self.step = step
+        self.ctl.store(a.lw(i, A.L_STEP), step)
+        self.update_context()
+        return k
+
+    def push_gradient(self, samples: int = 0) -> int:
+        """Commit the model's gradients as the next update."""
+        return self.push(A.GRADIENT, samples=samples or self.samples)
+
+    def push_delta(self, delta: torch.Tensor, samples: int = 0, step_done: bool = True) -> int:
+        """Commit `delta` (flat, added to the weights as is by the PS)."""
+        return self.push(A.DELTA, delta, samples=samples or self.samples, step_done=step_done)
+
+    def report(self, loss: float, samples: int) -> None:
+        """Publish progress for the supervisor's metrics (not part of the protocol)."""
+        a, i = self.arena, self.i
+        self.ctl.store(a.lw(i, A.L_LOSS), A.f64_bits(loss))
+        self.ctl.store(a.lw(i, A.L_SAMPLES), self.ctl.load(a.lw(i, A.L_SAMPLES)) + samples)
+        self.beat()

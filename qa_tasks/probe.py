@@ -1,0 +1,80 @@
+"""The probe: deterministic integer gradients that make every run auditable (DESIGN.md sec. 7).
+
+One parameter `w` of `size` float32 zeros. The gradient learner i commits as its sequence
+number k has element j equal to ((i * 7919 + k * 104729 + j) % 17) - 8. With SGD at lr 1 the
+final weights are exactly minus the sum of the applied gradients (all sums are small integers,
+exact in float32), so anyone can recompute them from the ledger.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gadei.context import current
+
+
+def gradient(i: int, k: int, size: int) -> np.ndarray:
+    j = np.arange(size, dtype=np.int64)
+    return (((i * 7919 + k * 104729 + j) % 17) - 8).astype(np.float32)
+
+
+class Probe:
+    eval_split = "train"
+
+    def __init__(self, *, probe_size: int = 1024):
+        if probe_size < 1:
+            raise ValueError(f"probe_size must be positive, not {probe_size}")
+        self.probe_size = probe_size
+
+    def build_model(self) -> torch.nn.Module:
+        model = torch.nn.Module()
+        model.w = torch.nn.Parameter(torch.zeros(self.probe_size))
+        return model
+
+    def batches(self, learner: int, learners: int, seed: int):
+        return iter([None] * 1000)
+
+    def batch_size(self, batch) -> int:
+        return 1
+
+    def loss(self, model, batch) -> torch.Tensor:
+        ctx = current()
+        if ctx is None:
+            raise RuntimeError("the probe's gradient depends on the sequence number: run it in a learner")
+        g = torch.from_numpy(gradient(ctx.learner, ctx.seq, self.probe_size))
+        return (model.w * g).sum()     # d loss / d w = g, exactly
+
+    def evaluate(self, model, split: str) -> dict[str, float]:
+        w = model.w.detach()
+        return {"w_abs_sum": float(w.abs().sum()), "w_finite": float(torch.isfinite(w).all())}
+
+
+def expected_weights(ledger: dict, size: int, delta_sign: float = 1.0) -> np.ndarray:
+    """Minus the sum of every applied gradient in `ledger` (a summary's "ledger")."""
+    w = np.zeros(size, np.float64)
+    for i, entry in ledger.items():
+        for a, b in entry["applied"]:
+            for k in range(a, b + 1):
+                w -= gradient(int(i), k, size)
+    return w.astype(np.float32)
+
+
+def audit(out_dir) -> list[str]:
+    """Every exactly-once violation of a finished probe job in `out_dir` (empty if none)."""
+    import json
+    from pathlib import Path
+    from gadei import checkpoint
+    from gadei import ledger as L
+    summary = json.loads((Path(out_dir) / "summary.json").read_text())
+    ck = checkpoint.load(out_dir)
+    problems = []
+    for i, entry in summary["ledger"].items():
+        problems += [f"learner {i}: {p}" for p in L.audit(entry)]
+    size = ck["weights"]["w"].size
+    want = expected_weights(summary["ledger"], size)
+    got = ck["weights"]["w"]
+    if not np.array_equal(want, got):
+        bad = np.flatnonzero(want != got)
+        problems.append(f"weights differ from minus the sum of applied gradients at {bad.size} "
+                        f"elements (first {bad[0]}: {got[bad[0]]} != {want[bad[0]]})")
+    return problems

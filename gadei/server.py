@@ -22,7 +22,7 @@ import torch
 
 from gadei import arena as A
 from gadei import ledger as L
-from gadei import proc
+from gadei import faults, proc
 
 
 def empty_ledger(learners: int) -> dict:
@@ -61,8 +61,8 @@ class Server:
                     self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, A.ctrl_seq(w)))
 
     # ---- P1 ------------------------------------------------------------------------------
-    def ready(self, i: int) -> tuple[int, int] | None:
-        """(slot, seq) of learner i's next update to apply, or None."""
+    def _scan(self, i: int) -> tuple[int, int] | None:
+        """One pass over learner i's slots: (slot, seq) of the smallest READY seq > applied."""
         best = None
         for s in range(self.slots):
             w = self.ctl.load(self.arena.sw(i, s, A.S_CTRL))
@@ -75,6 +75,19 @@ class Server:
             elif best is None or k < best[1]:
                 best = (s, k)
         return best
+
+    def ready(self, i: int) -> tuple[int, int] | None:
+        """(slot, seq) of learner i's next update to apply, or None.
+
+        One pass is not enough: the slots are read one at a time, so a pass can miss seq k in
+        slot 0 (still WRITING when read) and then find k + 1 in slot 1 (committed after k).
+        Applying k + 1 would then mark k as applied and lose it. A learner claims a slot for
+        k + 1 only after committing k, and only the PS frees a READY slot, so a second pass,
+        begun after the first saw k + 1, sees k READY: the second pass gives the true next.
+        """
+        if self._scan(i) is None:
+            return None
+        return self._scan(i)
 
     def pick(self) -> tuple[int, int, int] | None:
         """The next (learner, slot, seq) to apply, round-robin over learners."""
@@ -146,7 +159,9 @@ class Server:
         if picked is None:
             return False
         self.compute(*picked)
+        faults.point("ps_computed", "ps", self.version + 1)
         self.publish()
+        faults.point("ps_published", "ps", self.version)
         self.release()
         return True
 

@@ -40,27 +40,46 @@ def lock_dir() -> Path:
 
 
 def sweep_stale(log=print) -> list[str]:
-    """Unlink this user's arenas whose supervisor is gone (killed together with everything)."""
+    """Unlink this user's arenas whose supervisor is gone (killed together with everything).
+
+    An arena whose owner is not yet written is being created right now, unless it is old.
+    """
     removed = []
     for name in shm.segments():
         try:
+            young = time.time() - os.stat(shm.SHM_DIR / name).st_ctime < 60
             a = A.Arena.attach(name)
+        except FileNotFoundError:
+            continue
         except Exception:
-            # unreadable: only if nobody could still be creating it
-            try:
-                if time.time() - os.stat(shm.SHM_DIR / name).st_mtime > 60:
-                    shm.unlink(name)
-                    removed.append(name)
-            except FileNotFoundError:
-                pass
+            if not young:        # unreadable and old: a creation that died half way
+                shm.unlink(name)
+                removed.append(name)
             continue
         owner = (a.ctl.load(A.OWNER_PID), a.ctl.load(A.OWNER_START))
         a.close()
+        if owner[0] == 0 and young:
+            continue
         if not proc.alive(*owner):
             shm.unlink(name)
             removed.append(name)
             log(f"gadei: removed stale arena {name} (its supervisor, pid {owner[0]}, is gone)")
     return removed
+
+
+def discard_writing(arena: A.Arena, i: int) -> list[int]:
+    """Free dead learner i's WRITING slots; return their sequence numbers (now discarded).
+
+    Only call this once learner i is reaped: then nobody can still be writing those slots.
+    """
+    out = []
+    for s in range(arena.layout.slots):
+        w = arena.ctl.load(arena.sw(i, s, A.S_CTRL))
+        if A.ctrl_state(w) == A.WRITING:
+            out.append(A.ctrl_seq(w))
+            arena.ctl.store(arena.sw(i, s, A.S_STEP), 0)   # its progress was never committed
+            arena.ctl.store(arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, A.ctrl_seq(w)))
+    return out
 
 
 class Child:
@@ -205,14 +224,9 @@ class Supervisor:
     def reap_learner(self, i: int, child: Child, code: int) -> None:
         """Learner i is dead (reaped): discard its WRITING slots, restart it unless it was done."""
         a, ctl = self.arena, self.arena.ctl
-        for s in range(a.layout.slots):
-            w = ctl.load(a.sw(i, s, A.S_CTRL))
-            if A.ctrl_state(w) == A.WRITING:
-                k = A.ctrl_seq(w)
-                self.discarded[i].append(k)
-                ctl.store(a.sw(i, s, A.S_STEP), 0)
-                ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, k))
-                self.log(f"gadei: learner {i} died while writing seq {k}: discarded")
+        for k in discard_writing(a, i):
+            self.discarded[i].append(k)
+            self.log(f"gadei: learner {i} died while writing seq {k}: discarded")
         del self.learners[i]
         if ctl.load(a.lw(i, A.L_DONE)):
             return

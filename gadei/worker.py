@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gadei import arena as A
-from gadei import context, proc
+from gadei import context, faults, proc
 
 
 class PSGone(RuntimeError):
@@ -43,7 +43,7 @@ class Worker:
         self.n = arena.layout.n
         self.incarnation = self.ctl.load(arena.lw(i, A.L_INCARNATION))
         self.next_seq = self.restart_seq()
-        self.step = self.ctl.load(arena.lw(i, A.L_STEP))
+        self.step = self.restart_step()
         self.epoch = self.ctl.load(arena.lw(i, A.L_EPOCH))
         self.version = -1
         self.samples = 0            # samples in the current batch, set by the learner loop
@@ -64,6 +64,15 @@ class Worker:
         v = self.ctl.load(A.PUB)
         seen.append(a.read_ledger(v % A.BUFFERS)["amax"][i])
         return max(seen) + 1
+
+    def restart_step(self) -> int:
+        """Steps completed: the learner's record, or a commit it made just before it died."""
+        a, i = self.arena, self.i
+        steps = [self.ctl.load(a.lw(i, A.L_STEP))]
+        for s in range(a.layout.slots):
+            if A.ctrl_state(self.ctl.load(a.sw(i, s, A.S_CTRL))) != A.WRITING:
+                steps.append(self.ctl.load(a.sw(i, s, A.S_STEP)))
+        return max(steps)
 
     def bind(self, model: torch.nn.Module) -> None:
         """Make the model's parameters views of one flat tensor, in the layout's order."""
@@ -128,18 +137,9 @@ class Worker:
             sleep = min(0.002, sleep * 2 or 20e-6)
             time.sleep(sleep)
 
-    def push(self, kind: int = A.GRADIENT, data: torch.Tensor | None = None, *, samples: int = 0,
-             step_done: bool = True) -> int:
-        """Commit the model's gradients (or `data`, a flat tensor) as the next sequence number.
-
-        Returns the sequence number committed. `step_done` counts this push as one completed
-        step of the learner's progress (recorded with the commit, so a restart resumes there).
-        """
-        a, i = self.arena, self.i
-        s = self.claim()
-        k = self.next_seq
-        slot = torch.from_numpy(a.slot(i, s))
-        # L3: write the payload straight into shared memory
+    def write(self, s: int, data: torch.Tensor | None = None) -> float:
+        """L3: copy the payload (`data`, or the model's gradients) into slot s; return its norm."""
+        slot = torch.from_numpy(self.arena.slot(self.i, s))
         if data is not None:
             slot.copy_(data)
         else:
@@ -151,19 +151,37 @@ class Worker:
                 else:
                     slot[off:off + m].copy_(p.grad.reshape(-1))
                 off += m
-        norm = float(torch.linalg.vector_norm(slot))
+        # the PS rejects a non-finite payload by this norm, without another pass of its own
+        return float(torch.linalg.vector_norm(slot))
+
+    def commit(self, s: int, kind: int, norm: float, samples: int = 0, step_done: bool = True) -> int:
+        """L4: write the slot's meta, then mark it (READY, k): the learner's commit point."""
+        a, i, k = self.arena, self.i, self.next_seq
         step = self.step + 1 if step_done else self.step
         for word, value in ((A.S_VERSION, max(self.version, 0)), (A.S_KIND, kind),
                             (A.S_NORM, A.f64_bits(norm)), (A.S_STEP, step),
                             (A.S_EPOCH, self.epoch), (A.S_SAMPLES, samples),
                             (A.S_INCARNATION, self.incarnation)):
             self.ctl.store(a.sw(i, s, word), value)
-        self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.READY, k))  # L4: committed
+        self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.READY, k))  # committed
+        faults.point("learner_committed", i, k)
         self.next_seq = k + 1
         self.step = step
         self.ctl.store(a.lw(i, A.L_STEP), step)
         self.update_context()
         return k
+
+    def push(self, kind: int = A.GRADIENT, data: torch.Tensor | None = None, *, samples: int = 0,
+             step_done: bool = True) -> int:
+        """Commit the model's gradients (or `data`, a flat tensor) as the next sequence number.
+
+        Returns the sequence number committed. `step_done` counts this push as one completed
+        step of the learner's progress (recorded with the commit, so a restart resumes there).
+        """
+        s = self.claim()
+        faults.point("learner_writing", self.i, self.next_seq)
+        norm = self.write(s, data)
+        return self.commit(s, kind, norm, samples, step_done)
 
     def push_gradient(self, samples: int = 0) -> int:
         """Commit the model's gradients as the next update."""

@@ -1,0 +1,5 @@
+import sys
+
+from gadei.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""Running real jobs from tests: the CLI in a subprocess, killing its roles, auditing."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gadei import arena as A
+from gadei import shm
+
+
+def gadei_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "gadei", *map(str, args)]
+
+
+def run_gadei(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(gadei_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def start_gadei(*args, env=None) -> subprocess.Popen:
+    return subprocess.Popen(gadei_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def job_pids(job_prefix: str) -> tuple[int, list[int]] | None:
+    """(PS pid, learner pids) of the running job whose name starts with `job_prefix`."""
+    for name in shm.segments():
+        if not (shm.job_of(name) or "").startswith(job_prefix):
+            continue
+        try:
+            a = A.Arena.attach(name)
+        except (FileNotFoundError, ValueError):
+            continue
+        try:
+            ps = a.ctl.load(A.PS_PID)
+            learners = [a.ctl.load(a.lw(i, A.L_PID)) for i in range(a.layout.learners)]
+            return ps, learners
+        finally:
+            a.close()
+    return None
+
+
+def wait_for_job(job_prefix: str, timeout=60) -> tuple[int, list[int]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = job_pids(job_prefix)
+        if found and found[0] and all(found[1]):
+            return found
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_prefix} did not start within {timeout} s")
+
+
+def kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def summary(out: Path) -> dict:
+    return json.loads((Path(out) / "summary.json").read_text())

@@ -1,0 +1,162 @@
+"""End to end: `gadei train --task probe` with real processes, kills, faults, and the audit."""
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import pytest
+
+from gadei import checkpoint, shm
+from qa_tasks.probe import audit
+from tests.helpers import kill, run_gadei, start_gadei, summary, wait_for_job
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def probe_args(out, learners=2, steps=300, *more):
+    return ["train", "--task", "probe", "--learners", learners, "--steps", steps, "--lr", 1,
+            "--out", out, "--no-progress", *more]
+
+
+def assert_clean_audit(out):
+    problems = audit(out)
+    assert not problems, problems
+
+
+def test_probe_four_learners_passes_audit(tmp_path):
+    out = tmp_path / "run"
+    r = run_gadei(*probe_args(out, 4, 2000))
+    assert r.returncode == 0, r.stderr
+    s = summary(out)
+    assert s["updates_applied"] == 2000
+    assert all(e["committed"] == e["applied"] == [[0, 499]] for e in s["ledger"].values())
+    assert_clean_audit(out)
+
+
+def test_random_kills_of_learners_and_ps(tmp_path):
+    """kill -9 of random learners and of the PS during the run; the audit still passes."""
+    out = tmp_path / "chaos"
+    p = start_gadei(*probe_args(out, 4, 2000, "--job", "chaos-e2e"))
+    rng = random.Random(7)
+    kills = 0
+    try:
+        for _ in range(8):
+            ps, learners = wait_for_job("chaos-e2e")
+            time.sleep(rng.uniform(0.2, 1.0))
+            victim = ps if rng.random() < 0.35 else rng.choice(learners)
+            kills += kill(victim)
+        _, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    assert kills >= 4
+    s = summary(out)
+    assert s["restarts"]["ps"] + s["restarts"]["learners"] >= 4
+    assert s["updates_applied"] + sum(len(e["discarded"]) for e in s["ledger"].values()) >= 2000
+    assert_clean_audit(out)
+
+
+@pytest.mark.parametrize("fault, expect", [
+    ("learner_writing:1:5", "discarded"),
+    ("learner_committed:0:7", "learner restart"),
+    ("ps_computed:ps:11", "ps restart"),
+    ("ps_published:ps:17", "ps restart"),
+])
+def test_crash_at_each_protocol_point(tmp_path, fault, expect):
+    out = tmp_path / "fault"
+    r = run_gadei(*probe_args(out, 2, 60), env={"GADEI_FAULTS": fault})
+    assert r.returncode == 0, r.stderr
+    s = summary(out)
+    led = s["ledger"]
+    if expect == "discarded":
+        assert led["1"]["discarded"] == [5]           # only that uncommitted gradient is lost
+        assert led["1"]["incarnations"] == 2
+        assert [5, 5] not in led["1"]["applied"] and 6 in range(led["1"]["applied"][-1][1] + 1)
+    elif expect == "learner restart":
+        assert led["0"]["discarded"] == [] and led["0"]["incarnations"] == 2
+    else:
+        assert s["restarts"]["ps"] == 1
+    assert s["updates_applied"] == 60
+    assert_clean_audit(out)
+
+
+def test_second_job_with_the_same_name_is_refused(tmp_path):
+    out = tmp_path / "same"
+    first = start_gadei(*probe_args(out, 2, 100000, "--job", "dup-e2e"))
+    try:
+        wait_for_job("dup-e2e")
+        r = run_gadei(*probe_args(tmp_path / "other", 2, 100, "--job", "dup-e2e"))
+        assert r.returncode == 2
+        assert "already running" in r.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    assert summary(out)["interrupted"] is True
+
+
+def test_ctrl_c_then_resume_keeps_exactly_once(tmp_path):
+    """Ctrl-C stops cleanly (checkpoint, nothing in /dev/shm); --resume finishes the job."""
+    out = tmp_path / "first"
+    p = start_gadei(*probe_args(out, 2, 1500, "--job", "intr-e2e", "--checkpoint-every", 100))
+    wait_for_job("intr-e2e")
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    assert not shm.segments("intr-e2e")
+    s1 = summary(out)
+    assert s1["interrupted"]
+    out2 = tmp_path / "second"
+    r = run_gadei(*probe_args(out2, 2, 1500, "--resume", out))
+    assert r.returncode == 0, r.stderr
+    s2 = summary(out2)
+    assert_clean_audit(out2)
+    applied = sum(b - a + 1 for e in s2["ledger"].values() for a, b in e["applied"])
+    assert applied == 1500
+
+
+def test_whole_job_killed_then_resumed_from_checkpoint(tmp_path):
+    """kill -9 of the supervisor: its children stop and remove the arena; --resume continues
+    from the last checkpoint with exactly-once preserved."""
+    out = tmp_path / "crash"
+    p = start_gadei(*probe_args(out, 2, 3000, "--job", "crash-e2e", "--checkpoint-every", 50))
+    wait_for_job("crash-e2e")
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    p.kill()
+    p.communicate()
+    deadline = time.monotonic() + 20
+    while shm.segments("crash-e2e") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not shm.segments("crash-e2e"), "the PS should remove the arena of a dead supervisor"
+    ck = checkpoint.load(out)
+    assert ck["meta"]["version"] >= 50
+    out2 = tmp_path / "resumed"
+    r = run_gadei(*probe_args(out2, 2, 3000, "--resume", out))
+    assert r.returncode == 0, r.stderr
+    assert_clean_audit(out2)
+    assert summary(out2)["updates_applied"] == 3000
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    out = tmp_path / "ok"
+    assert run_gadei(*probe_args(out, 1, 20)).returncode == 0
+    data = (out / "checkpoint").read_bytes()
+    for name, bad in (("truncated", data[: len(data) // 2]),
+                      ("flipped", data[:100] + bytes([data[100] ^ 1]) + data[101:])):
+        target = tmp_path / name
+        target.mkdir()
+        (target / "checkpoint").write_bytes(bad)
+        with pytest.raises(checkpoint.CheckpointError, match="checksum|truncated"):
+            checkpoint.load(target)
+        r = run_gadei("eval", "--checkpoint", target)
+        assert r.returncode == 2 and "checksum" in r.stderr
+        r = run_gadei(*probe_args(tmp_path / f"re-{name}", 1, 40, "--resume", target))
+        assert r.returncode == 2 and "checksum" in r.stderr
+    # the good one still loads and evaluates
+    r = run_gadei("eval", "--checkpoint", out)
+    assert r.returncode == 0 and "w_abs_sum" in r.stdout

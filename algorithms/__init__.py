@@ -30,40 +30,69 @@ RULES: dict[str, str] = {
 # learner-side protocols; a plain rule name runs ASGD with that rule on the PS
 PROTOCOLS: dict[str, str] = {
     "asgd": "algorithms.asgd:ASGD",
+    "downpour": "algorithms.downpour:Downpour",
+    "easgd": "algorithms.easgd:EASGD",
+    "eamsgd": "algorithms.easgd:EAMSGD",
+    "sync": "algorithms.sync:Sync",
 }
 
 
 def protocol(name: str, **hyper):
-    """The learner-side protocol that optimizer `name` runs (ASGD for a plain rule)."""
-    spec = PROTOCOLS.get(name.lower(), PROTOCOLS["asgd"])
+    """The learner-side protocol that optimizer `name` runs: the protocol of that name, or
+    ASGD around the rule of that name."""
+    key = name.lower()
+    if key in PROTOCOLS:
+        return _make(key, PROTOCOLS[key], hyper)
+    from algorithms.asgd import ASGD
+    return ASGD(rule=get(key, **hyper))
+
+
+def _make(name: str, spec: str, hyper: dict):
+    cls = _load(spec)
+    unknown = sorted(set(hyper) - set(_params(cls)))
+    if unknown:
+        raise ValueError(f"optimizer {name!r} has no hyper-parameter {', '.join(unknown)}; "
+                         f"it takes {', '.join(_params(cls)) or 'none'}")
+    return cls(**hyper)
+
+
+def _load(spec: str):
     module, cls = spec.split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return getattr(importlib.import_module(module), cls)
+
+
+def _params(cls) -> dict[str, inspect.Parameter]:
+    return {k: p for k, p in inspect.signature(cls).parameters.items()
+            if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
 def names() -> list[str]:
-    return sorted(RULES)
+    return sorted(RULES) + sorted(PROTOCOLS)
 
 
 def rule_class(name: str):
     key = name.lower()
-    if key not in RULES:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(names())}")
-    module, cls = RULES[key].split(":")
-    return getattr(importlib.import_module(module), cls)
+    if key in RULES:
+        return _load(RULES[key])
+    if key in PROTOCOLS:
+        return _load(PROTOCOLS[key])
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(names())}")
 
 
 def hyper_parameters(name: str) -> dict[str, inspect.Parameter]:
     """The keyword hyper-parameters `get(name, ...)` accepts, with their defaults."""
-    params = inspect.signature(rule_class(name)).parameters
-    return {k: p for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-            or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
+    return {k: p for k, p in _params(rule_class(name)).items() if k != "rule"}
 
 
 def get(name: str, **hyper):
-    """Build the update rule `name` with hyper-parameters `hyper` (unknown keys are an error)."""
-    cls = rule_class(name)
-    unknown = sorted(set(hyper) - set(hyper_parameters(name)))
+    """The server-side update rule of optimizer `name` (for a protocol: the rule its PS
+    applies) with hyper-parameters `hyper`; unknown keys are an error."""
+    key = name.lower()
+    if key in PROTOCOLS:
+        return _make(key, PROTOCOLS[key], hyper).rule
+    cls = rule_class(key)
+    unknown = sorted(set(hyper) - set(hyper_parameters(key)))
     if unknown:
         raise ValueError(f"optimizer {name!r} has no hyper-parameter {', '.join(unknown)}; "
-                         f"it takes {', '.join(hyper_parameters(name)) or 'none'}")
+                         f"it takes {', '.join(hyper_parameters(key)) or 'none'}")
     return cls(**hyper)

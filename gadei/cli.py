@@ -55,6 +55,7 @@ def cmd_train(args, extra) -> int:
                     steps=args.steps, epochs=args.epochs, seed=args.seed, out=args.out,
                     job=args.job, checkpoint_every=args.checkpoint_every, resume=args.resume,
                     slots=args.slots, lease=args.lease, backend=args.backend,
+                    sync_every=args.sync_every, cross_node=args.cross_node,
                     progress=not args.no_progress and sys.stderr.isatty())
     if args.backend == "mpi":
         from gadei.mpi import run_mpi
@@ -145,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="sgd")
     t.add_argument("--learners", type=int, default=2)
     t.add_argument("--backend", choices=["local", "mpi"], default="local")
+    t.add_argument("--sync-every", type=int, help="MPI, several nodes: node updates between "
+                   "exchanges with the global PS (default $GADEI_SYNC_EVERY or 20)")
+    t.add_argument("--cross-node", choices=["downpour", "easgd"], help="MPI, several nodes: push "
+                   "deltas (downpour) or elastic differences (easgd) (default $GADEI_CROSS_NODE or downpour)")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--steps", type=int, help="total steps over all learners")
     g.add_argument("--epochs", type=int, help="epochs of each learner's shard")

@@ -25,14 +25,19 @@ from gadei.worker import PSGone, Stopped, Worker  # noqa: E402
 def run_ps(name: str) -> int:
     arena = A.Arena.attach(name)
     cfg = JobConfig(**arena.meta["config"])
-    rule = algorithms.get(cfg.optimizer, **cfg.hyper)
-    Server(arena, rule).run()
+    protocol = algorithms.protocol(cfg.optimizer, **cfg.hyper)
+    Server(arena, protocol.rule,
+           sync_timeout=protocol.round_timeout if protocol.sync else None).run()
     return 0
 
 
-def run_learner(name: str, i: int) -> int:
+def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | None = None) -> int:
+    """Learner i of arena `name` to the end of its quota. `gid` and `cfg`: its global learner id
+    and the global job configuration, when the arena is one node of a larger (MPI) job; they
+    choose its data shard, quota, seeds and the id the task sees (default: i, the arena's)."""
     arena = A.Arena.attach(name)
-    cfg = JobConfig(**arena.meta["config"])
+    cfg = cfg or JobConfig(**arena.meta["config"])
+    gid = i if gid is None else gid
     ctl = arena.ctl
     pid, started = proc.me()
     ctl.store(arena.lw(i, A.L_PID), pid)
@@ -42,11 +47,12 @@ def run_learner(name: str, i: int) -> int:
     torch.manual_seed(cfg.seed)
     model = task.build_model()
     model.train()
-    worker = Worker(arena, i, model, ps_timeout=cfg.ps_timeout)
+    worker = Worker(arena, i, model, ps_timeout=cfg.ps_timeout, ident=(gid, cfg.learners))
     protocol = algorithms.protocol(cfg.optimizer, **cfg.hyper)
     params = worker.params
 
-    quota = cfg.quota(i) if cfg.steps is not None else None
+    quota = cfg.quota(gid) if cfg.steps is not None else None
+    worker.quota = quota
     try:
         while True:
             if quota is not None and worker.step >= quota:
@@ -54,8 +60,8 @@ def run_learner(name: str, i: int) -> int:
             if quota is None and worker.epoch >= cfg.epochs:
                 break
             # a fresh shuffle per epoch and per incarnation
-            seed = cfg.seed + 1_000_003 * worker.epoch + 7_919 * worker.incarnation + 101 * i
-            for batch in task.batches(i, cfg.learners, seed):
+            seed = cfg.seed + 1_000_003 * worker.epoch + 7_919 * worker.incarnation + 101 * gid
+            for batch in task.batches(gid, cfg.learners, seed):
                 def closure(batch=batch):
                     for p in params:
                         p.grad = None

@@ -29,7 +29,7 @@ def empty_ledger(learners: int) -> dict:
     """The PS's part of the ledger, published with every version."""
     return {"applied": [[] for _ in range(learners)], "rejected": [[] for _ in range(learners)],
             "amax": [-1] * learners, "progress": [[0, 0, 0] for _ in range(learners)],
-            "updates": 0, "rejects": 0, "stale_sum": 0, "stale_max": 0, "last_norm": 0.0}
+            "dropped": [0] * learners, "updates": 0, "rejects": 0, "stale_sum": 0, "stale_max": 0, "last_norm": 0.0}
 
 
 class Server:
@@ -39,8 +39,12 @@ class Server:
     between any two of them.
     """
 
-    def __init__(self, arena: A.Arena, rule, warn=None):
+    def __init__(self, arena: A.Arena, rule, warn=None, sync_timeout: float | None = None):
         self.arena, self.rule = arena, rule
+        self.sync_timeout = sync_timeout       # None: ASGD (apply each slot); else SYNC rounds
+        self._round_start = None
+        self._dropped: list[int] = []
+        self._scratch = None
         self.ctl = arena.ctl
         self.learners, self.slots = arena.layout.learners, arena.layout.slots
         self._next = 0              # round-robin start, so no learner starves
@@ -99,47 +103,97 @@ class Server:
                 return (i, *found)
         return None
 
+    def pick_round(self) -> list[tuple[int, int, int]] | None:
+        """SYNC: one READY gradient of every live learner, or of those that came within the
+        round timeout (the others drop out of this round and the ledger counts it)."""
+        have = {}
+        for i in range(self.learners):
+            found = self.ready(i)
+            if found:
+                have[i] = found
+        if not have:
+            self._round_start = None
+            return None
+        now = time.monotonic()
+        if self._round_start is None:
+            self._round_start = now
+        missing = [i for i in range(self.learners) if i not in have and self.live(i)]
+        if missing and now - self._round_start < self.sync_timeout:
+            return None
+        self._round_start = None
+        self._dropped = missing
+        return [(i, s, k) for i, (s, k) in sorted(have.items())]
+
+    def live(self, i: int) -> bool:
+        """Learner i is running and has work left (a dead one is being replaced)."""
+        a, ctl = self.arena, self.ctl
+        return not ctl.load(a.lw(i, A.L_DONE)) and proc.alive(ctl.load(a.lw(i, A.L_PID)),
+                                                               ctl.load(a.lw(i, A.L_START)))
+
     # ---- P2 ------------------------------------------------------------------------------
-    def compute(self, i: int, s: int, k: int) -> None:
-        """Write version v+1 (weights, state, ledger) into the unpublished buffer."""
+    def compute(self, *picks: tuple[int, int, int]) -> None:
+        """Write version v+1 (weights, state, ledger) into the unpublished buffer, from one
+        committed slot (ASGD) or a round of them (SYNC: their gradients averaged)."""
         arena, v = self.arena, self.version
         src, dst = v % A.BUFFERS, (v + 1) % A.BUFFERS
-        word = lambda w: self.ctl.load(arena.sw(i, s, w))  # noqa: E731
-        kind, norm = word(A.S_KIND), A.bits_f64(word(A.S_NORM))
-        grad = arena.slot(i, s)
         w_src, w_dst = arena.weights(src), arena.weights(dst)
         s_src, s_dst = arena.state(src), arena.state(dst)
+        word = lambda i, s, w: self.ctl.load(arena.sw(i, s, w))  # noqa: E731
         ledger = copy.deepcopy(self.ledger)
-        if not np.isfinite(norm):
-            # never applied: the weights and state carry over unchanged
+        good = []
+        for i, s, k in picks:
+            norm = A.bits_f64(word(i, s, A.S_NORM))
+            if np.isfinite(norm):
+                good.append((i, s, k))
+                L.add(ledger["applied"][i], k)
+                stale = max(0, v - word(i, s, A.S_VERSION))
+                ledger["stale_sum"] += stale
+                ledger["stale_max"] = max(ledger["stale_max"], stale)
+                ledger["last_norm"] = norm
+            else:
+                ledger["rejected"][i].append(k)
+                ledger["rejects"] += 1
+                if i not in self._warned:
+                    self._warned.add(i)
+                    self._warn(f"gadei: learner {i} pushed a non-finite update (seq {k}, norm {norm}); "
+                               "rejected, and further ones are counted in the ledger. Lower the "
+                               "learning rate or check the loss for NaN/Inf.")
+            ledger["amax"][i] = k
+            p = ledger["progress"][i]
+            ledger["progress"][i] = [word(i, s, A.S_STEP), word(i, s, A.S_EPOCH), p[2] + word(i, s, A.S_SAMPLES)]
+        ledger["updates"] += len(good)
+        for i in self._dropped:
+            ledger["dropped"][i] += 1
+        self._dropped = []
+        if not good:
+            # nothing to apply: the weights and state carry over unchanged
             np.copyto(w_dst, w_src)
             for key in s_src:
                 np.copyto(s_dst[key], s_src[key])
-            ledger["rejected"][i].append(k)
-            ledger["rejects"] += 1
-            if i not in self._warned:
-                self._warned.add(i)
-                self._warn(f"gadei: learner {i} pushed a non-finite {A.KIND_NAMES.get(kind, kind)} "
-                           f"(seq {k}, norm {norm}); rejected, and further ones are counted in the "
-                           "ledger. Lower the learning rate or check the loss for NaN/Inf.")
+        elif len(good) == 1 and word(good[0][0], good[0][1], A.S_KIND) == A.DELTA:
+            grad = arena.slot(good[0][0], good[0][1])
+            torch.add(torch.from_numpy(w_src), torch.from_numpy(grad), out=torch.from_numpy(w_dst))
+            for key in s_src:
+                np.copyto(s_dst[key], s_src[key])
         else:
-            if kind == A.DELTA:
-                torch.add(torch.from_numpy(w_src), torch.from_numpy(grad), out=torch.from_numpy(w_dst))
-                for key in s_src:
-                    np.copyto(s_dst[key], s_src[key])
+            if len(good) == 1:
+                grad = arena.slot(good[0][0], good[0][1])
             else:
-                self.rule.apply(w_src, grad, s_src, out_weights=w_dst, out_state=s_dst)
-            L.add(ledger["applied"][i], k)
-            ledger["updates"] += 1
-            stale = max(0, v - word(A.S_VERSION))
-            ledger["stale_sum"] += stale
-            ledger["stale_max"] = max(ledger["stale_max"], stale)
-            ledger["last_norm"] = norm
-        ledger["amax"][i] = k
-        ledger["progress"][i] = [word(A.S_STEP), word(A.S_EPOCH), ledger["progress"][i][2] + word(A.S_SAMPLES)]
+                grad = self._mean([arena.slot(i, s) for i, s, _ in good])
+            self.rule.apply(w_src, grad, s_src, out_weights=w_dst, out_state=s_dst)
         arena.write_ledger(dst, ledger)
         self._staged = ledger
-        self._pending = (i, s, k)
+        self._pending = list(picks)
+
+    def _mean(self, grads: list[np.ndarray]) -> np.ndarray:
+        if self._scratch is None:
+            self._scratch = np.empty(self.arena.layout.n, np.float32)
+        out = torch.from_numpy(self._scratch)
+        torch.add(torch.from_numpy(grads[0]), torch.from_numpy(grads[1]), out=out)
+        for g in grads[2:]:
+            out.add_(torch.from_numpy(g))
+        out.mul_(1.0 / len(grads))
+        return self._scratch
 
     # ---- P3 ------------------------------------------------------------------------------
     def publish(self) -> None:
@@ -149,16 +203,16 @@ class Server:
 
     # ---- P4 ------------------------------------------------------------------------------
     def release(self) -> None:
-        i, s, k = self._pending
-        self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, k))
+        for i, s, k in self._pending:
+            self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, k))
         self._pending = None
 
     def step(self) -> bool:
-        """Apply one committed slot if there is one; False when there is no work."""
-        picked = self.pick()
-        if picked is None:
+        """Apply one committed slot (SYNC: one round) if there is one; False when there is none."""
+        picks = self.pick_round() if self.sync_timeout else [self.pick()]
+        if not picks or picks[0] is None:
             return False
-        self.compute(*picked)
+        self.compute(*picks)
         faults.point("ps_computed", "ps", self.version + 1)
         self.publish()
         faults.point("ps_published", "ps", self.version)

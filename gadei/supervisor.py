@@ -155,7 +155,7 @@ class Supervisor:
         if not params:
             raise JobError(f"task {cfg.task!r} built a model with no parameters")
         flat = torch.cat([p.detach().reshape(-1).float() for _, p in model.named_parameters()]).numpy()
-        rule = algorithms.get(cfg.optimizer, **cfg.hyper)
+        rule = algorithms.protocol(cfg.optimizer, **cfg.hyper).rule
         state0 = rule.init_state(flat.size)
         ledger = empty_ledger(cfg.learners)
         version, learner_recs = 0, None
@@ -212,6 +212,7 @@ class Supervisor:
     def start_ps(self) -> None:
         self.arena.ctl.store(A.EPOCH, self.arena.ctl.load(A.EPOCH) + 1)
         self.arena.ctl.store(A.PS_BEAT, A.now_ns())
+        self.arena.ctl.store(A.PS_PID, 0)
         self.ps = Child(self._cmd("ps", self.arena.name), self.out / "logs" / "ps.log", None)
 
     def start_learner(self, i: int) -> None:

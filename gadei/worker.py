@@ -37,16 +37,21 @@ class Worker:
     """
 
     def __init__(self, arena: A.Arena, i: int, model: torch.nn.Module | None = None, *,
-                 ps_timeout: float = 60.0):
+                 ps_timeout: float = 60.0, ident: tuple[int, int] | None = None):
         self.arena, self.i, self.ctl = arena, i, arena.ctl
+        # (learner id, learners) the task sees in gadei.context: (i, arena learners), or an MPI
+        # rank's global id and count when this arena is one node of a larger job
+        self.ident = ident or (i, arena.layout.learners)
         self.ps_timeout = ps_timeout
         self.n = arena.layout.n
+        self.learners = arena.layout.learners
         self.incarnation = self.ctl.load(arena.lw(i, A.L_INCARNATION))
         self.next_seq = self.restart_seq()
         self.step = self.restart_step()
         self.epoch = self.ctl.load(arena.lw(i, A.L_EPOCH))
         self.version = -1
         self.samples = 0            # samples in the current batch, set by the learner loop
+        self.quota: int | None = None   # steps this learner runs in all (None: by epochs)
         self.params: list[torch.nn.Parameter] = []
         self.flat = torch.zeros(self.n)
         if model is not None:
@@ -93,7 +98,7 @@ class Worker:
         self._flat_np = self.flat.numpy()
 
     def update_context(self) -> None:
-        context._set(context.Context(self.i, self.arena.layout.learners, self.incarnation,
+        context._set(context.Context(self.ident[0], self.ident[1], self.incarnation,
                                      self.next_seq, self.step))
 
     # ---- liveness ------------------------------------------------------------------------
@@ -143,21 +148,14 @@ class Worker:
         if data is not None:
             slot.copy_(data)
         else:
-            off = 0
-            for p in self.params:
-                m = p.numel()
-                if p.grad is None:
-                    slot[off:off + m].zero_()
-                else:
-                    slot[off:off + m].copy_(p.grad.reshape(-1))
-                off += m
+            self.gradient(slot)
         # the PS rejects a non-finite payload by this norm, without another pass of its own
         return float(torch.linalg.vector_norm(slot))
 
-    def commit(self, s: int, kind: int, norm: float, samples: int = 0, step_done: bool = True) -> int:
+    def commit(self, s: int, kind: int, norm: float, samples: int = 0, steps: int = 1) -> int:
         """L4: write the slot's meta, then mark it (READY, k): the learner's commit point."""
         a, i, k = self.arena, self.i, self.next_seq
-        step = self.step + 1 if step_done else self.step
+        step = self.step + steps
         for word, value in ((A.S_VERSION, max(self.version, 0)), (A.S_KIND, kind),
                             (A.S_NORM, A.f64_bits(norm)), (A.S_STEP, step),
                             (A.S_EPOCH, self.epoch), (A.S_SAMPLES, samples),
@@ -172,24 +170,59 @@ class Worker:
         return k
 
     def push(self, kind: int = A.GRADIENT, data: torch.Tensor | None = None, *, samples: int = 0,
-             step_done: bool = True) -> int:
+             steps: int = 1) -> int:
         """Commit the model's gradients (or `data`, a flat tensor) as the next sequence number.
 
-        Returns the sequence number committed. `step_done` counts this push as one completed
-        step of the learner's progress (recorded with the commit, so a restart resumes there).
+        Returns the sequence number committed. `steps` is how many of the learner's steps this
+        push completes (recorded with the commit, so a restarted learner resumes there).
         """
         s = self.claim()
         faults.point("learner_writing", self.i, self.next_seq)
         norm = self.write(s, data)
-        return self.commit(s, kind, norm, samples, step_done)
+        return self.commit(s, kind, norm, samples, steps)
 
     def push_gradient(self, samples: int = 0) -> int:
-        """Commit the model's gradients as the next update."""
+        """Commit the model's gradients as the next update; returns its sequence number."""
         return self.push(A.GRADIENT, samples=samples or self.samples)
 
-    def push_delta(self, delta: torch.Tensor, samples: int = 0, step_done: bool = True) -> int:
-        """Commit `delta` (flat, added to the weights as is by the PS)."""
-        return self.push(A.DELTA, delta, samples=samples or self.samples, step_done=step_done)
+    def push_delta(self, delta: torch.Tensor, *, samples: int = 0, steps: int = 1) -> int:
+        """Commit `delta` (flat; the PS adds it to the weights as is) covering `steps` steps."""
+        return self.push(A.DELTA, delta, samples=samples or self.samples, steps=steps)
+
+    def fetch(self, out: np.ndarray) -> int:
+        """Copy the latest consistent weights into `out` (not into the model); their version."""
+        version, _ = self.arena.pull(out)
+        return version
+
+    def gradient(self, out: torch.Tensor) -> torch.Tensor:
+        """The model's gradients gathered into the flat tensor `out` (zeros where none)."""
+        off = 0
+        for p in self.params:
+            m = p.numel()
+            if p.grad is None:
+                out[off:off + m].zero_()
+            else:
+                out[off:off + m].copy_(p.grad.reshape(-1))
+            off += m
+        return out
+
+    def wait_applied(self, k: int) -> None:
+        """Block until the PS has applied (or rejected) this learner's sequence number k.
+
+        Only the PS frees a READY slot, after publishing it; so k is done once no slot of
+        ours holds k as READY. Bounded like `claim`: by the job's stop and the PS's liveness.
+        """
+        a, i = self.arena, self.i
+        sleep, since = 0.0, time.monotonic()
+        while any(self.ctl.load(a.sw(i, s, A.S_CTRL)) == A.ctrl(A.READY, k) for s in range(a.layout.slots)):
+            self.beat()
+            self.check()
+            age = (A.now_ns() - self.ctl.load(A.PS_BEAT)) / 1e9
+            if age > self.ps_timeout and time.monotonic() - since > self.ps_timeout:
+                raise PSGone(f"learner {i}: the parameter server has not applied seq {k} nor beaten "
+                             f"for {age:.0f} s")
+            sleep = min(0.002, sleep * 2 or 20e-6)
+            time.sleep(sleep)
 
     def report(self, loss: float, samples: int) -> None:
         """Publish progress for the supervisor's metrics (not part of the protocol)."""

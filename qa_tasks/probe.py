@@ -49,14 +49,33 @@ class Probe:
         return {"w_abs_sum": float(w.abs().sum()), "w_finite": float(torch.isfinite(w).all())}
 
 
-def expected_weights(ledger: dict, size: int, delta_sign: float = 1.0) -> np.ndarray:
-    """Minus the sum of every applied gradient in `ledger` (a summary's "ledger")."""
+def expected_weights(ledger: dict, size: int, scale: float = 1.0) -> np.ndarray:
+    """-scale times the sum of every applied gradient in `ledger` (a summary's "ledger")."""
     w = np.zeros(size, np.float64)
     for i, entry in ledger.items():
         for a, b in entry["applied"]:
             for k in range(a, b + 1):
                 w -= gradient(int(i), k, size)
-    return w.astype(np.float32)
+    return (scale * w).astype(np.float32)
+
+
+def weight_scale(settings: dict) -> float | None:
+    """What one applied sequence number k of learner i adds to w, as a multiple of -g(i, k).
+
+    ASGD with SGD: lr. DOWNPOUR: each push carries n_push local steps of -lr * g(i, k) (the
+    probe's gradient depends only on the sequence number the steps will be pushed as), so
+    lr * n_push, when every learner's steps divide by n_push. None where the weights depend
+    on timing (EASGD, EAMSGD, SYNC, other rules): only the ledger is audited then.
+    """
+    opt, hyper = settings["optimizer"], settings["hyper"]
+    if opt in ("sgd", "asgd") and not hyper.get("weight_decay"):
+        return hyper.get("lr", 1e-3 if opt == "sgd" else 1e-3)
+    if opt == "downpour":
+        n_push, lr = hyper.get("n_push", 4), hyper.get("lr", 0.01)
+        steps, learners = settings["steps"], settings["learners"]
+        if steps is not None and steps % (learners * n_push) == 0:
+            return lr * n_push
+    return None
 
 
 def audit(out_dir) -> list[str]:
@@ -70,8 +89,11 @@ def audit(out_dir) -> list[str]:
     problems = []
     for i, entry in summary["ledger"].items():
         problems += [f"learner {i}: {p}" for p in L.audit(entry)]
+    scale = weight_scale(summary["settings"])
+    if scale is None:
+        return problems
     size = ck["weights"]["w"].size
-    want = expected_weights(summary["ledger"], size)
+    want = expected_weights(summary["ledger"], size, scale)
     got = ck["weights"]["w"]
     if not np.array_equal(want, got):
         bad = np.flatnonzero(want != got)

@@ -56,6 +56,10 @@ def wait_for_job(job_prefix: str, timeout=60) -> tuple[int, list[int]]:
 
 
 def kill(pid: int) -> bool:
+    """SIGKILL `pid` if it is a live process (not a zombie awaiting its reaper)."""
+    from gadei import proc
+    if not proc.alive(pid, 0):
+        return False
     try:
         os.kill(pid, signal.SIGKILL)
         return True

@@ -115,7 +115,7 @@ class ProtocolMachine(RuleBasedStateMachine):
     def ps_compute(self):
         picked = self.ps.pick()
         if picked is not None:
-            self.ps.compute(*picked)
+            self.ps.compute(picked)
             self.ps_phase = "computed"
 
     @precondition(lambda self: self.ps_phase == "computed")

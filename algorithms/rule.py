@@ -1,13 +1,68 @@
-"""The interface every server-side update rule implements, and the helpers they share."""
+"""The interface every server-side update rule implements, and the helpers they share.
+
+Note [one pass over memory]: an update rule written as a chain of whole-vector torch ops makes
+one trip to main memory per op (Adam: about ten), and the parameter server is bound by memory
+bandwidth. The rules therefore walk the vectors in cache-sized chunks (``chunks``): every op of
+the chain runs on a chunk that is still in cache, so each weight, gradient and state entry is
+read from memory once and written once -- the floor ``bytes_per_weight`` counts. Within a chunk
+the ops are the same ops, in the same order, as ``torch.optim``'s single-tensor code, so the
+results agree with torch to float32 rounding (in practice bit for bit).
+"""
 from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+# Floats per chunk and per torch thread. Each op costs ~2-3 us of dispatch on top of its work, so
+# chunks must be large; 256 Ki floats (1 MiB per array, ~10 MiB for all arrays and scratch of a
+# chunk) stay in L3 and keep dispatch under ~5 %. Measured on a 2-core EPYC (1 MiB L2, 32 MiB L3),
+# Adam on 10M weights: 64 Ki 28-33 ms, 128 Ki 26-31, 256 Ki 28, 1 Mi 29-31, unchunked 80 ms.
+CHUNK = 1 << 18
 
 
 def as_tensor(x) -> torch.Tensor:
     """A torch view of a float32 numpy array (shared memory stays shared: no copy)."""
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+
+
+def vectors(weights, grad) -> tuple[torch.Tensor, torch.Tensor]:
+    """`weights` and `grad` as torch views, checked to be flat float32 vectors of one length."""
+    w, g = as_tensor(weights), as_tensor(grad)
+    if w.dtype != torch.float32 or g.dtype != torch.float32:
+        raise ValueError(f"weights and grad must be float32, got {w.dtype} and {g.dtype}")
+    if w.dim() != 1 or w.shape != g.shape:
+        raise ValueError(f"weights and grad must be flat and of one length, got shapes "
+                         f"{tuple(w.shape)} and {tuple(g.shape)}")
+    return w, g
+
+
+def chunks(tensors: list[torch.Tensor | None], n_scratch: int = 0
+           ) -> Iterator[tuple[torch.Tensor | None, ...]]:
+    """Cache-sized views of `tensors` (flat, one length; None stays None), chunk by chunk.
+
+    Each tuple holds the chunk views of `tensors` followed by `n_scratch` scratch views of the
+    same length, which the caller may overwrite (allocated once per call: ``n_scratch`` chunks,
+    not vectors). See Note [one pass over memory].
+    """
+    n = next(t for t in tensors if t is not None).numel()
+    size = CHUNK * max(1, torch.get_num_threads())
+    if n <= size:  # one chunk: no splitting overhead for small vectors
+        yield (*tensors, *(torch.empty(n) for _ in range(n_scratch)))
+        return
+    scratch = [torch.empty(size) for _ in range(n_scratch)]
+    parts = [t.split(size) if t is not None else None for t in tensors]
+    for i in range((n + size - 1) // size):
+        m = min(size, n - i * size)
+        yield (*(p[i] if p is not None else None for p in parts),
+               *(s if m == size else s[:m] for s in scratch))
+
+
+def counter(state: dict, key: str = "step") -> float:
+    """The value of the shape-(1,) counter `state[key]`."""
+    return float(state[key][0])
 
 
 class Rule:
@@ -21,13 +76,19 @@ class Rule:
     - ``apply(weights, grad, state, out_weights=None, out_state=None)``: write the updated
       weights and state into ``out_*`` (same layout as the inputs), or in place where None.
       ``grad`` is only read. The inputs are never modified when ``out_*`` are given.
+
+    ``bytes_per_weight`` is the memory traffic one update must make per weight: read the weight,
+    the gradient and each state vector, write the weight and each state vector
+    (``12 + 8 * k`` for ``k`` state vectors); the benchmark's floor.
     """
 
     name = "rule"
+    bytes_per_weight = 12
 
     def hyper(self) -> dict[str, float | bool | int | str]:
         """The hyper-parameters this rule was built with (part of the arena's layout digest)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        params = inspect.signature(type(self)).parameters
+        return {k: getattr(self, k) for k in params}
 
     def init_state(self, n: int) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -38,3 +99,21 @@ class Rule:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper().items())
         return f"algorithms.get({self.name!r}, {args})"
+
+
+def state_views(state: dict, out_state: dict | None, keys: list[str | None]
+                ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+    """Torch views of the state vectors `keys` (None -> None) in `state` and in `out_state`
+    (`state` itself when None)."""
+    out_state = state if out_state is None else out_state
+    ins = [as_tensor(state[k]) if k is not None else None for k in keys]
+    outs = [as_tensor(out_state[k]) if k is not None else None for k in keys]
+    return ins, outs
+
+
+def zeros(n: int) -> np.ndarray:
+    return np.zeros(n, np.float32)
+
+
+def step_counter() -> np.ndarray:
+    return np.zeros(1, np.float64)

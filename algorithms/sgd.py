@@ -1,34 +1,41 @@
-"""SGD: plain stochastic gradient descent, equal to ``torch.optim.SGD`` without momentum.
+"""SGD: plain stochastic gradient descent (Robbins & Monro 1951), equal to ``torch.optim.SGD``
+without momentum.
 
     g_t     = g_t + weight_decay * w_t          (if weight_decay != 0)
     w_{t+1} = w_t - lr * g_t
+
+State: none. Memory floor: 12 bytes per weight (read w, g; write w).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, as_tensor
+from algorithms.rule import Rule, as_tensor, chunks, vectors
 
 
 def sgd(w: torch.Tensor, g: torch.Tensor, out: torch.Tensor, *, lr: float,
         weight_decay: float) -> None:
-    """out = w - lr * (g + weight_decay * w), in one fused pass when weight_decay == 0.
+    """out = w - lr * (g + weight_decay * w), in one pass over memory.
 
     `out` may alias `w`; `g` is only read.
     """
-    if weight_decay:
-        g = g.add(w, alpha=weight_decay)
-    torch.add(w, g, alpha=-lr, out=out)
+    if not weight_decay:
+        torch.add(w, g, alpha=-lr, out=out)
+        return
+    for w_, g_, o_, d in chunks([w, g, out], 1):
+        torch.add(g_, w_, alpha=weight_decay, out=d)
+        torch.add(w_, d, alpha=-lr, out=o_)
 
 
 class SGD(Rule):
     name = "sgd"
+    bytes_per_weight = 12
 
     def __init__(self, *, lr: float = 1e-3, weight_decay: float = 0.0):
-        if lr < 0.0:
+        if not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
-        if weight_decay < 0.0:
+        if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         self.lr, self.weight_decay = lr, weight_decay
 
@@ -36,6 +43,6 @@ class SGD(Rule):
         return {}
 
     def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
-        w = as_tensor(weights)
+        w, g = vectors(weights, grad)
         out = w if out_weights is None else as_tensor(out_weights)
-        sgd(w, as_tensor(grad), out, lr=self.lr, weight_decay=self.weight_decay)
+        sgd(w, g, out, lr=self.lr, weight_decay=self.weight_decay)

@@ -85,13 +85,16 @@ def discard_writing(arena: A.Arena, i: int) -> list[int]:
 class Child:
     """A role process: the PS (i = None) or learner i, with its log file."""
 
-    def __init__(self, cmd: list[str], log: Path, i: int | None):
+    def __init__(self, cmd: list[str], log: Path, i: int | None, first: bool):
         self.i = i
         self.log = log
+        env = dict(os.environ)
+        if not first:
+            env.pop("GADEI_FAULTS", None)   # an injected fault fires in the first incarnation only
         with open(log, "ab") as f:
             # a session of its own: Ctrl-C reaches the supervisor only, which stops the job
             self.popen = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+                                          start_new_session=True, env=env)
         self.started = time.monotonic()
 
     def kill(self) -> int:
@@ -213,14 +216,16 @@ class Supervisor:
         self.arena.ctl.store(A.EPOCH, self.arena.ctl.load(A.EPOCH) + 1)
         self.arena.ctl.store(A.PS_BEAT, A.now_ns())
         self.arena.ctl.store(A.PS_PID, 0)
-        self.ps = Child(self._cmd("ps", self.arena.name), self.out / "logs" / "ps.log", None)
+        self.ps = Child(self._cmd("ps", self.arena.name), self.out / "logs" / "ps.log", None,
+                        first=self.restarts["ps"] == 0)
 
     def start_learner(self, i: int) -> None:
         a = self.arena
         a.ctl.store(a.lw(i, A.L_BEAT), A.now_ns())
         a.ctl.store(a.lw(i, A.L_PID), 0)
         self.learners[i] = Child(self._cmd("learner", a.name, str(i)),
-                                 self.out / "logs" / f"learner-{i}.log", i)
+                                 self.out / "logs" / f"learner-{i}.log", i,
+                                 first=self.incarnations[i] == 1)
 
     def reap_learner(self, i: int, child: Child, code: int) -> None:
         """Learner i is dead (reaped): discard its WRITING slots, restart it unless it was done."""

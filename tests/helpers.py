@@ -67,5 +67,20 @@ def kill(pid: int) -> bool:
         return False
 
 
+def chaos(p: subprocess.Popen, job_prefix: str, kills: int, rng, ps_share: float = 0.35,
+          gap=(0.2, 1.0)) -> int:
+    """SIGKILL random learners and the PS of a running job until `kills` hit or it ends."""
+    done = 0
+    while done < kills and p.poll() is None:
+        found = job_pids(job_prefix)
+        if not found or not found[0] or not all(found[1]):
+            time.sleep(0.05)      # starting, or a role is being replaced
+            continue
+        time.sleep(rng.uniform(*gap))
+        ps, learners = found
+        done += kill(ps if rng.random() < ps_share else rng.choice(learners))
+    return done
+
+
 def summary(out: Path) -> dict:
     return json.loads((Path(out) / "summary.json").read_text())

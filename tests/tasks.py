@@ -39,3 +39,12 @@ class Blobs:
             logits = model(x)
         return {"loss": float(torch.nn.functional.cross_entropy(logits, y)),
                 "accuracy": float((logits.argmax(1) == y).float().mean())}
+
+
+class Poisoned(Blobs):
+    """Blobs whose loss is NaN for every sequence number k with k % 5 == 3 (to test rejection)."""
+
+    def loss(self, model, batch) -> torch.Tensor:
+        from gadei.context import current
+        loss = super().loss(model, batch)
+        return loss * float("nan") if current().seq % 5 == 3 else loss

@@ -116,7 +116,7 @@ def test_matches_torch_1000_steps(name, hyper, chunk):
 
 @pytest.mark.timeout(60)
 def test_every_rule_has_a_case():
-    assert {n for n, _ in CASES} == set(algorithms.names())
+    assert {n for n, _ in CASES} == set(algorithms.RULES)
 
 
 LR = st.floats(1e-4, 0.5)
@@ -270,7 +270,7 @@ def test_hyper_round_trip(name, hyper):
 def test_defaults_equal_torch():
     """Our keyword defaults are torch.optim's (msgd: momentum 0.9 by design)."""
     import inspect
-    for name in algorithms.names():
+    for name in sorted(algorithms.RULES):
         ours = {k: p.default for k, p in algorithms.hyper_parameters(name).items()}
         ref = {k: p.default for k, p in inspect.signature(TORCH[name]).parameters.items()}
         if "betas" in ref:

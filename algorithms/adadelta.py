@@ -1,0 +1,61 @@
+"""ADADELTA: an adaptive learning rate method (Zeiler 2012), equal to ``torch.optim.Adadelta``.
+
+    g_t     = g_t + weight_decay * w_t                            (if weight_decay != 0)
+    v_t     = rho * v_{t-1} + (1 - rho) * g_t^2
+    d_t     = sqrt(u_{t-1} + eps) / sqrt(v_t + eps) * g_t
+    u_t     = rho * u_{t-1} + (1 - rho) * d_t^2
+    w_{t+1} = w_t - lr * d_t
+
+State: ``square_avg`` (v), ``acc_delta`` (u), ``step`` (t, counter). Memory floor: 28 bytes per
+weight.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+
+
+def adadelta(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
+             w_out: torch.Tensor, v_out: torch.Tensor, u_out: torch.Tensor, *, lr: float,
+             rho: float, eps: float, weight_decay: float) -> None:
+    """One Adadelta step. Outputs may alias inputs."""
+    for w_, g_, v_, u_, wo, vo, uo, d, std, delta in chunks([w, g, v, u, w_out, v_out, u_out], 3):
+        if weight_decay:
+            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
+        torch.mul(v_, rho, out=vo).addcmul_(g_, g_, value=1 - rho)
+        torch.add(vo, eps, out=std).sqrt_()
+        torch.add(u_, eps, out=delta).sqrt_()
+        delta.div_(std).mul_(g_)
+        torch.mul(u_, rho, out=uo).addcmul_(delta, delta, value=1 - rho)
+        torch.add(w_, delta, alpha=-lr, out=wo)
+
+
+class Adadelta(Rule):
+    name = "adadelta"
+    bytes_per_weight = 28
+
+    def __init__(self, *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0.0):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"Invalid rho value: {rho}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self.lr, self.rho, self.eps, self.weight_decay = lr, rho, eps, weight_decay
+
+    def init_state(self, n: int) -> dict[str, np.ndarray]:
+        return {"square_avg": zeros(n), "acc_delta": zeros(n), "step": step_counter()}
+
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+        w, g = vectors(weights, grad)
+        w_out = w if out_weights is None else as_tensor(out_weights)
+        out_state = state if out_state is None else out_state
+        (v, u), (v_out, u_out) = state_views(state, out_state, ["square_avg", "acc_delta"])
+        adadelta(w, g, v, u, w_out, v_out, u_out, lr=self.lr, rho=self.rho, eps=self.eps,
+                 weight_decay=self.weight_decay)
+        out_state["step"][0] = counter(state) + 1

@@ -1,0 +1,64 @@
+"""ADAGRAD: adaptive sub-gradient steps (Duchi, Hazan & Singer 2011), equal to
+``torch.optim.Adagrad``.
+
+    g_t     = g_t + weight_decay * w_t                 (if weight_decay != 0)
+    clr_t   = lr / (1 + (t - 1) * lr_decay)
+    s_t     = s_{t-1} + g_t^2                          (s_0 = initial_accumulator_value)
+    w_{t+1} = w_t - clr_t * g_t / (sqrt(s_t) + eps)
+
+State: ``sum`` (s), ``step`` (t, counter). Memory floor: 20 bytes per weight.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors
+
+
+def adagrad(w: torch.Tensor, g: torch.Tensor, s: torch.Tensor, w_out: torch.Tensor,
+            s_out: torch.Tensor, *, step: float, lr: float, lr_decay: float, eps: float,
+            weight_decay: float) -> None:
+    """One Adagrad step; `step` is t (1 on the first update). Outputs may alias inputs."""
+    clr = lr / (1 + (step - 1) * lr_decay)
+    for w_, g_, s_, wo, so, d, std in chunks([w, g, s, w_out, s_out], 2):
+        if weight_decay:
+            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
+        torch.addcmul(s_, g_, g_, value=1, out=so)
+        torch.sqrt(so, out=std).add_(eps)
+        torch.addcdiv(w_, g_, std, value=-clr, out=wo)
+
+
+class Adagrad(Rule):
+    name = "adagrad"
+    bytes_per_weight = 20
+
+    def __init__(self, *, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= lr_decay:
+            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not 0.0 <= initial_accumulator_value:
+            raise ValueError(f"Invalid initial_accumulator_value value: "
+                             f"{initial_accumulator_value}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        self.lr, self.lr_decay, self.weight_decay = lr, lr_decay, weight_decay
+        self.initial_accumulator_value, self.eps = initial_accumulator_value, eps
+
+    def init_state(self, n: int) -> dict[str, np.ndarray]:
+        return {"sum": np.full(n, self.initial_accumulator_value, np.float32),
+                "step": step_counter()}
+
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+        w, g = vectors(weights, grad)
+        w_out = w if out_weights is None else as_tensor(out_weights)
+        out_state = state if out_state is None else out_state
+        step = counter(state) + 1
+        (s,), (s_out,) = state_views(state, out_state, ["sum"])
+        adagrad(w, g, s, w_out, s_out, step=step, lr=self.lr, lr_decay=self.lr_decay,
+                eps=self.eps, weight_decay=self.weight_decay)
+        out_state["step"][0] = step

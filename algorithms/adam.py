@@ -1,0 +1,90 @@
+"""ADAM: adaptive moment estimation (Kingma & Ba 2015), with the AMSGrad variant (Reddi, Kale &
+Kumar 2018) and decoupled weight decay, i.e. AdamW (Loshchilov & Hutter 2019). Equal to
+``torch.optim.Adam`` (``decoupled_weight_decay=True``: ``torch.optim.AdamW``); note eps is added
+*after* the bias-corrected square root.
+
+    w_t     = w_t * (1 - lr * weight_decay)           (if decoupled_weight_decay)
+    g_t     = g_t + weight_decay * w_t                (if weight_decay != 0, not decoupled)
+    m_t     = beta1 * m_{t-1} + (1 - beta1) * g_t
+    v_t     = beta2 * v_{t-1} + (1 - beta2) * g_t^2
+    vmax_t  = max(vmax_{t-1}, v_t)                    (amsgrad; then v_t := vmax_t below)
+    w_{t+1} = w_t - lr / (1 - beta1^t) * m_t / (sqrt(v_t) / sqrt(1 - beta2^t) + eps)
+
+State: ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (vmax, if amsgrad), ``step``
+(t, counter). Memory floor: 28 bytes per weight, 36 with amsgrad.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+
+
+def adam(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+         w_out: torch.Tensor, m_out: torch.Tensor, v_out: torch.Tensor, *, step: float,
+         lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+         decoupled_weight_decay: bool = False, amsgrad: bool = False,
+         vmax: torch.Tensor | None = None, vmax_out: torch.Tensor | None = None) -> None:
+    """One Adam step; `step` is t (1 on the first update); `vmax`/`vmax_out` needed with
+    amsgrad. Outputs may alias inputs."""
+    step_size = lr / (1 - beta1 ** step)
+    bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+    for w_, g_, m_, v_, x_, wo, mo, vo, xo, d, den in chunks(
+            [w, g, m, v, vmax, w_out, m_out, v_out, vmax_out], 2):
+        if weight_decay:
+            if decoupled_weight_decay:
+                w_ = torch.mul(w_, 1 - lr * weight_decay, out=wo)
+            else:
+                g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
+        torch.lerp(m_, g_, 1 - beta1, out=mo)
+        torch.mul(v_, beta2, out=vo).addcmul_(g_, g_, value=1 - beta2)
+        if amsgrad:
+            vo_ = torch.maximum(x_, vo, out=xo)
+        else:
+            vo_ = vo
+        torch.sqrt(vo_, out=den).div_(bias_correction2_sqrt).add_(eps)
+        torch.addcdiv(w_, mo, den, value=-step_size, out=wo)
+
+
+class Adam(Rule):
+    name = "adam"
+    bytes_per_weight = 28
+
+    def __init__(self, *, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
+                 decoupled_weight_decay: bool = False):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= beta1 < 1.0:
+            raise ValueError(f"Invalid beta1 value (need 0 <= beta1 < 1): {beta1}")
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"Invalid beta2 value (need 0 <= beta2 < 1): {beta2}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.weight_decay, self.amsgrad = weight_decay, bool(amsgrad)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self.bytes_per_weight = 36 if self.amsgrad else 28
+
+    def init_state(self, n: int) -> dict[str, np.ndarray]:
+        state = {"exp_avg": zeros(n), "exp_avg_sq": zeros(n)}
+        if self.amsgrad:
+            state["max_exp_avg_sq"] = zeros(n)
+        state["step"] = step_counter()
+        return state
+
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+        w, g = vectors(weights, grad)
+        w_out = w if out_weights is None else as_tensor(out_weights)
+        out_state = state if out_state is None else out_state
+        step = counter(state) + 1
+        keys = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq" if self.amsgrad else None]
+        (m, v, x), (m_out, v_out, x_out) = state_views(state, out_state, keys)
+        adam(w, g, m, v, w_out, m_out, v_out, step=step, lr=self.lr, beta1=self.beta1,
+             beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay,
+             decoupled_weight_decay=self.decoupled_weight_decay, amsgrad=self.amsgrad,
+             vmax=x, vmax_out=x_out)
+        out_state["step"][0] = step

@@ -1,0 +1,63 @@
+"""ADAMAX: Adam with the infinity norm (Kingma & Ba 2015, section 7.1), equal to
+``torch.optim.Adamax``; note eps is added to |g| *inside* the max.
+
+    g_t     = g_t + weight_decay * w_t                (if weight_decay != 0)
+    m_t     = beta1 * m_{t-1} + (1 - beta1) * g_t
+    u_t     = max(beta2 * u_{t-1}, |g_t| + eps)
+    w_{t+1} = w_t - lr / (1 - beta1^t) * m_t / u_t
+
+State: ``exp_avg`` (m), ``exp_inf`` (u), ``step`` (t, counter). Memory floor: 28 bytes per weight.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+
+
+def adamax(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, u: torch.Tensor,
+           w_out: torch.Tensor, m_out: torch.Tensor, u_out: torch.Tensor, *, step: float,
+           lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """One Adamax step; `step` is t (1 on the first update). Outputs may alias inputs."""
+    clr = lr / (1 - beta1 ** step)
+    for w_, g_, m_, u_, wo, mo, uo, d, a in chunks([w, g, m, u, w_out, m_out, u_out], 2):
+        if weight_decay:
+            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
+        torch.lerp(m_, g_, 1 - beta1, out=mo)
+        torch.abs(g_, out=a).add_(eps)
+        torch.maximum(torch.mul(u_, beta2, out=uo), a, out=uo)
+        torch.addcdiv(w_, mo, uo, value=-clr, out=wo)
+
+
+class Adamax(Rule):
+    name = "adamax"
+    bytes_per_weight = 28
+
+    def __init__(self, *, lr: float = 2e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= beta1 < 1.0:
+            raise ValueError(f"Invalid beta1 value (need 0 <= beta1 < 1): {beta1}")
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"Invalid beta2 value (need 0 <= beta2 < 1): {beta2}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.weight_decay = weight_decay
+
+    def init_state(self, n: int) -> dict[str, np.ndarray]:
+        return {"exp_avg": zeros(n), "exp_inf": zeros(n), "step": step_counter()}
+
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+        w, g = vectors(weights, grad)
+        w_out = w if out_weights is None else as_tensor(out_weights)
+        out_state = state if out_state is None else out_state
+        step = counter(state) + 1
+        (m, u), (m_out, u_out) = state_views(state, out_state, ["exp_avg", "exp_inf"])
+        adamax(w, g, m, u, w_out, m_out, u_out, step=step, lr=self.lr, beta1=self.beta1,
+               beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
+        out_state["step"][0] = step

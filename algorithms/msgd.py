@@ -1,0 +1,80 @@
+"""MSGD: SGD with momentum (Polyak 1964) and optional Nesterov momentum (Nesterov 1983, in the
+form of Sutskever et al. 2013), equal to ``torch.optim.SGD`` with ``momentum``.
+
+    g_t     = g_t + weight_decay * w_t                       (if weight_decay != 0)
+    b_t     = g_t                                            (t = 1)
+    b_t     = momentum * b_{t-1} + (1 - dampening) * g_t     (t > 1)
+    u_t     = g_t + momentum * b_t   (nesterov)   or   b_t   (otherwise)
+    w_{t+1} = w_t - lr * u_t
+
+With ``momentum == 0`` this is plain SGD (no buffer, dampening unused), as in torch.
+State: ``momentum_buffer`` (b), ``step`` (t, counter). Memory floor: 20 bytes per weight.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+from algorithms.sgd import sgd
+
+
+def msgd(w: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, w_out: torch.Tensor,
+         buf_out: torch.Tensor, *, step: float, lr: float, momentum: float, dampening: float,
+         nesterov: bool, weight_decay: float) -> None:
+    """One momentum-SGD step; `step` is t (1 on the first update). Outputs may alias inputs."""
+    for w_, g_, b_, wo, bo, d, u in chunks([w, g, buf, w_out, buf_out], 2):
+        if weight_decay:
+            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
+        if step == 1:
+            bo.copy_(g_)
+        else:
+            torch.mul(b_, momentum, out=bo)
+            bo.add_(g_, alpha=1 - dampening)
+        if nesterov:
+            torch.add(g_, bo, alpha=momentum, out=u)
+            torch.add(w_, u, alpha=-lr, out=wo)
+        else:
+            torch.add(w_, bo, alpha=-lr, out=wo)
+
+
+class MSGD(Rule):
+    name = "msgd"
+    bytes_per_weight = 20
+
+    def __init__(self, *, lr: float = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0):
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= momentum:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if not 0.0 <= dampening <= 1.0:
+            raise ValueError(f"Invalid dampening value: {dampening}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"Nesterov momentum requires a momentum and zero dampening, "
+                             f"got momentum={momentum}, dampening={dampening}")
+        self.lr, self.momentum, self.dampening = lr, momentum, dampening
+        self.nesterov, self.weight_decay = bool(nesterov), weight_decay
+        if momentum == 0:
+            self.bytes_per_weight = 12
+
+    def init_state(self, n: int) -> dict[str, np.ndarray]:
+        if self.momentum == 0:
+            return {"step": step_counter()}
+        return {"momentum_buffer": zeros(n), "step": step_counter()}
+
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+        w, g = vectors(weights, grad)
+        w_out = w if out_weights is None else as_tensor(out_weights)
+        out_state = state if out_state is None else out_state
+        step = counter(state) + 1
+        if self.momentum == 0:
+            sgd(w, g, w_out, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            (buf,), (buf_out,) = state_views(state, out_state, ["momentum_buffer"])
+            msgd(w, g, buf, w_out, buf_out, step=step, lr=self.lr, momentum=self.momentum,
+                 dampening=self.dampening, nesterov=self.nesterov,
+                 weight_decay=self.weight_decay)
+        out_state["step"][0] = step

@@ -1,0 +1,46 @@
+"""Non-finite gradients are rejected, not applied; DELTA pushes keep exactly-once under kills."""
+from __future__ import annotations
+
+import random
+import pytest
+
+import gadei
+from gadei import ledger as L
+from qa_tasks.probe import audit
+from tests.helpers import chaos, start_gadei, summary
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_non_finite_gradients_are_rejected_and_training_goes_on(tmp_path):
+    s = gadei.train("tests.tasks:Poisoned", optimizer="sgd", learners=2, steps=100, out=tmp_path, lr=0.1)
+    for i, entry in s["ledger"].items():
+        committed = L.expand(entry["committed"])
+        assert entry["rejected"] == [k for k in committed if k % 5 == 3]
+        assert set(L.expand(entry["applied"])) == {k for k in committed if k % 5 != 3}
+        assert L.audit(entry) == []
+    assert s["updates_rejected"] == 20
+    assert s["final_metrics"]["loss"] == s["final_metrics"]["loss"]   # finite weights: not NaN
+    log = (tmp_path / "logs" / "ps.log").read_text()
+    assert log.count("non-finite") == 2          # warned once per learner
+    assert "learner 0" in log and "learner 1" in log
+
+
+@pytest.mark.parametrize("optimizer", [["downpour", "--n-push", 2, "--n-fetch", 3],
+                                       ["easgd", "--tau", 2, "--beta", 0.9]])
+def test_delta_protocols_keep_exactly_once_under_kills(tmp_path, optimizer):
+    out = tmp_path / optimizer[0]
+    job = f"delta-{optimizer[0]}"
+    p = start_gadei("train", "--task", "probe", "--learners", 2, "--steps", 1200, "--lr", 1,
+                    "--optimizer", *optimizer, "--out", out, "--job", job, "--no-progress")
+    try:
+        kills = chaos(p, job, 4, random.Random(3), ps_share=0.3, gap=(0.3, 1.0))
+        _, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    s = summary(out)
+    assert kills >= 2 and s["restarts"]["ps"] + s["restarts"]["learners"] >= 2
+    assert audit(out) == []       # ledger for both; exact weights for DOWNPOUR (docs/algorithms.md)

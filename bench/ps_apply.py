@@ -15,8 +15,10 @@ For P float32 weights and every rule in ``algorithms.RULES`` (default hyper-para
    bytes read + written over time);
 4. efficiency = floor time / measured time (1.0 = at the hardware limit).
 
-``measure_rule(rule, P, reps)`` and ``memory_bandwidth()`` are importable for other benchmarks
-(the PS row through the arena reuses them). ``--compare-torch`` adds, for reference, the same
+``measure_rule(rule, P, reps)`` and ``memory_bandwidth()`` are importable for other benchmarks.
+The "PS" columns (``measure_ps``) time the real parameter server's whole update on an arena in
+shared memory: pick the slot, apply the rule out of place into the unpublished buffer, write
+the ledger, publish, free the slot. ``--compare-torch`` adds, for reference, the same
 rule applied in place (A -> A) and ``torch.optim``'s single-tensor step (in place, one whole-vector
 op after another). Out of place costs more than in place even at the floor: the output is a
 third stream, and writing it first reads it into cache (write-allocate).
@@ -83,6 +85,42 @@ def measure_rule(rule, P: int, reps: int, in_place: bool = False) -> dict:
             "updates_per_s": 1.0 / med, "bytes_per_weight": rule.bytes_per_weight}
 
 
+def measure_ps(name: str, P: int, reps: int) -> dict:
+    """Median seconds per update of the real PS (`Server.step`: pick, compute into the
+    unpublished buffer, ledger, publish, release) on an arena of `P` weights, with this
+    process committing a ready-made gradient into a slot before each update."""
+    from gadei import arena as A
+    from gadei.server import Server, empty_ledger
+    rule = algorithms.get(name)
+    state = rule.init_state(P)
+    layout = A.Layout(params=(("w", (P,)),), state=tuple((k, v.dtype.name, v.shape) for k, v in state.items()),
+                      rule=rule.name, hyper=tuple(sorted(rule.hyper().items())), learners=1, slots=2)
+    arena = A.Arena.create("bench-ps-apply", layout, {"config": {}})
+    try:
+        rng = np.random.default_rng(0)
+        arena.weights(0)[:] = rng.random(P, dtype=np.float32) - 0.5
+        for k, v in state.items():
+            arena.state(0)[k][:] = v
+        arena.write_ledger(0, empty_ledger(1))
+        for s in range(2):
+            arena.slot(0, s)[:] = rng.random(P, dtype=np.float32) - 0.5
+            arena.ctl.store(arena.sw(0, s, A.S_NORM), A.f64_bits(1.0))
+        server = Server(arena, rule, warn=lambda m: None)
+        times = []
+        for k in range(reps + 2):
+            arena.ctl.store(arena.sw(0, k % 2, A.S_CTRL), A.ctrl(A.READY, k))   # a commit
+            t0 = time.perf_counter()
+            assert server.step()
+            if k >= 2:                 # two warm-up updates
+                times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        return {"median_s": med, "updates_per_s": 1.0 / med}
+    finally:
+        server = None
+        arena.unlink()
+        arena.close()
+
+
 def measure_torch_optim(name: str, P: int, reps: int) -> float:
     """Median seconds per ``torch.optim`` step (single-tensor, in place) for the same rule."""
     cls, kw = TORCH_OPTIM[name]
@@ -106,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rules", default=",".join(sorted(algorithms.RULES)))
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--compare-torch", action="store_true")
+    ap.add_argument("--no-ps", action="store_true", help="skip the rows through the real PS")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     sizes = [1_000_000] if args.quick else [int(float(s)) for s in args.sizes.split(",")]
@@ -117,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"torch threads {torch.get_num_threads()}, chunk {algorithms.rule.CHUNK} floats")
     print("floor = bytes_per_weight * P / bandwidth; eff = floor / measured (> 1: the vectors "
           "fit in cache)")
-    head = f"{'rule':<9} {'P':>10} {'B/w':>4} {'ms/upd':>9} {'upd/s':>9} {'floor ms':>9} {'eff':>6}"
+    head = (f"{'rule':<9} {'P':>10} {'B/w':>4} {'ms/upd':>9} {'upd/s':>9} {'floor ms':>9} {'eff':>6}"
+            + ("" if args.no_ps else f" {'PS ms':>8} {'PS eff':>6}"))
     print(head + ("  in-place ms  torch.optim ms" if args.compare_torch else ""))
     rows = []
     for P in sizes:
@@ -127,6 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
             r["efficiency"] = r["floor_s"] / r["median_s"]
             line = (f"{name:<9} {P:>10} {r['bytes_per_weight']:>4} {r['median_s'] * 1e3:>9.2f} "
                     f"{r['updates_per_s']:>9.1f} {r['floor_s'] * 1e3:>9.2f} {r['efficiency']:>6.2f}")
+            if not args.no_ps:
+                ps = measure_ps(name, P, reps)
+                r["ps_median_s"], r["ps_efficiency"] = ps["median_s"], r["floor_s"] / ps["median_s"]
+                line += f" {ps['median_s'] * 1e3:>8.2f} {r['ps_efficiency']:>6.2f}"
             if args.compare_torch:
                 r["in_place_s"] = measure_rule(algorithms.get(name), P, reps, True)["median_s"]
                 r["torch_optim_s"] = measure_torch_optim(name, P, reps)

@@ -13,7 +13,6 @@ applies it. Killed between P3 and P4, the slot is READY with k <= applied[i]: `r
 """
 from __future__ import annotations
 
-import copy
 import sys
 import time
 
@@ -139,7 +138,9 @@ class Server:
         w_src, w_dst = arena.weights(src), arena.weights(dst)
         s_src, s_dst = arena.state(src), arena.state(dst)
         word = lambda i, s, w: self.ctl.load(arena.sw(i, s, w))  # noqa: E731
-        ledger = copy.deepcopy(self.ledger)
+        # Changed in place: if this process dies before publishing, the next PS re-reads the
+        # published ledger, and until then nothing reads this one but us.
+        ledger = self.ledger
         good = []
         for i, s, k in picks:
             norm = A.bits_f64(word(i, s, A.S_NORM))

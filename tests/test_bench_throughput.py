@@ -24,7 +24,8 @@ def check(what: str, ok: bool, got) -> None:
 @pytest.mark.timeout(300)
 def test_quick_run_writes_sane_records(tmp_path):
     out = tmp_path / "throughput.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-m", "bench.ps_throughput", "--quick",
                            "--systems", ",".join(PEERS), "--json", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -78,5 +79,29 @@ def test_exchange_task_gradient_is_the_constant():
         task.loss(model, batch).backward()
     check("w.grad after 3 backward passes = 3 x the constant",
           torch.equal(model.w.grad, torch.full((7,), 6.0)), model.w.grad)
-    check("the constant is not modified by accumulation", torch.equal(task._g, torch.full((7,), 2.0)),
-          task._g)
+    check("the constant is not modified by accumulation",
+          torch.equal(task._g, torch.full((7,), 2.0)), task._g)
+
+
+@pytest.mark.timeout(400)
+def test_gadei_row_is_exactly_once(tmp_path):
+    """gadei through the benchmark: every committed update applied, and the weights agree."""
+    from bench.peers.gadei_ps import available
+    why = available()
+    if why:
+        pytest.skip(f"gadei row not runnable yet: {why}")
+    out = tmp_path / "gadei.json"
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "bench.ps_throughput", "--quick",
+                           "--systems", "gadei", "--json", str(out)],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": path},
+                          capture_output=True, text=True, timeout=360)
+    check("exit status (stdout/stderr tail follows)", proc.returncode == 0,
+          (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]))
+    [r] = json.loads(out.read_text())
+    check("gadei: exchanges/s positive", r["exchanges_per_s_total"] > 0, r["exchanges_per_s_total"])
+    check("gadei: lost_fraction == 0 (ledger: applied == committed)", r["lost_fraction"] == 0.0,
+          (r["applied_total"], r["pushed_total"]))
+    check("gadei: applied read off the weights == applied in the ledger",
+          r["applied_from_weights"] == r["applied_total"],
+          (r["applied_from_weights"], r["applied_total"]))

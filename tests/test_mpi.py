@@ -1,0 +1,156 @@
+"""The MPI backend under real `mpiexec`: one node, two virtual nodes, a killed rank, and the
+validation of the control messages that cross MPI (docs/mpi.md)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+
+from gadei import mpi_wire as W
+from gadei import checkpoint, shm
+from qa_tasks.probe import audit
+from tests.helpers import kill, summary, wait_for_job
+
+MPIEXEC = shutil.which("mpiexec")
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec (the mpich wheel) is not installed")
+
+
+def mpi_cmd(n: int, *args) -> list[str]:
+    return [MPIEXEC, "-n", str(n), sys.executable, "-m", "gadei", "train", "--backend", "mpi",
+            "--task", "probe", "--lr", "1", "--no-progress", *map(str, args)]
+
+
+def run_mpi(n, *args, env=None, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run(mpi_cmd(n, *args), capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def assert_clean_audit(out):
+    problems = audit(out)
+    assert not problems, problems
+
+
+@needs_mpi
+@pytest.mark.timeout(240)
+def test_one_node_three_ranks_passes_audit(tmp_path):
+    out = tmp_path / "one"
+    r = run_mpi(3, "--steps", 500, "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(out)
+    assert s["mpi"]["nodes"] == 1 and s["mpi"]["learners_per_node"] == [2]
+    assert s["updates_applied"] == 500
+    assert all(e["committed"] == e["applied"] == [[0, 249]] for e in s["ledger"].values())
+    assert (out / "metrics.jsonl").stat().st_size > 0
+    assert checkpoint.load(out)["meta"]["final"] is True
+    assert_clean_audit(out)
+
+
+@needs_mpi
+@pytest.mark.timeout(300)
+def test_two_virtual_nodes_pass_audit(tmp_path):
+    """GADEI_RANKS_PER_NODE=2: two nodes of (leader, learner); DOWNPOUR deltas over MPI."""
+    out = tmp_path / "two"
+    r = run_mpi(4, "--steps", 500, "--out", out, "--sync-every", 25, env={"GADEI_RANKS_PER_NODE": "2"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = summary(out)
+    assert s["mpi"]["nodes"] == 2 and s["mpi"]["cross_node"] == "downpour"
+    assert s["mpi"]["syncs"] >= 2 and s["mpi"]["cross_node_bytes"] > 0
+    assert s["updates_applied"] == 500
+    assert sorted(s["ledger"]) == ["0", "1"]
+    assert checkpoint.load(out)["meta"]["mpi_nodes"] == [[0], [1]]
+    assert_clean_audit(out)
+
+
+@needs_mpi
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("ranks_per_node", [0, 2])
+def test_killed_rank_ends_job_then_resume_is_exactly_once(tmp_path, ranks_per_node):
+    """kill -9 of a learner rank: MPICH ends every rank (docs/mpi.md); the job stops within a
+    bound, the PS subprocesses remove the arenas, and --resume finishes exactly once."""
+    out, job = tmp_path / "killed", f"mpikill{ranks_per_node}"
+    n = 4 if ranks_per_node else 3
+    env = {**os.environ, "GADEI_RANKS_PER_NODE": str(ranks_per_node)} if ranks_per_node else dict(os.environ)
+    env.pop("GADEI_RANKS_PER_NODE", None) if not ranks_per_node else None
+    p = subprocess.Popen(mpi_cmd(n, "--steps", 4000, "--out", out, "--job", job, "--checkpoint-every", 40,
+                                 "--sync-every", 10),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _, learners = wait_for_job(job, timeout=120)
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (out / "checkpoint").exists(), "no checkpoint written"
+        time.sleep(0.5)
+        assert kill(learners[0])
+        t0 = time.monotonic()
+        stdout, stderr = p.communicate(timeout=60)
+        ended = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode != 0
+    assert ended < 30, f"the job took {ended:.0f} s to end after the kill"
+    assert "BAD TERMINATION" in stdout + stderr or "Killed" in stdout + stderr, stdout + stderr
+    deadline = time.monotonic() + 20
+    while shm.segments(job) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not shm.segments(job), "the node PS should remove the arena of its dead leader"
+    ck = checkpoint.load(out)
+    assert ck["meta"]["version"] >= 1
+    out2 = tmp_path / "resumed"
+    r = run_mpi(n, "--steps", 4000, "--out", out2, "--resume", out, "--sync-every", 50,
+                env={"GADEI_RANKS_PER_NODE": str(ranks_per_node)} if ranks_per_node else None, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_clean_audit(out2)
+    s = summary(out2)
+    assert s["updates_applied"] + sum(len(e["discarded"]) for e in s["ledger"].values()) == 4000
+
+
+# ---- control messages (no MPI needed) ---------------------------------------------------
+def sync_msg(**over):
+    msg = {"op": "sync", "node": 1, "round": 0, "n": 4, "final": False, "kind": "delta",
+           "ledger": {"3": {"applied": [[0, 4]], "rejected": [], "amax": 4, "progress": [5, 0, 5],
+                            "discarded": [], "incarnations": 1, "next_seq": 5, "lost": False}},
+           "stats": {"updates": 5, "rejects": 0, "stale_sum": 0, "stale_max": 0, "samples": 5,
+                     "ps_restarts": 0, "lost": 0, "version": 5}}
+    msg.update(over)
+    return msg
+
+
+def test_control_message_round_trip():
+    msg = sync_msg()
+    assert W.unpack(W.pack(msg), ("sync",)) == msg
+
+
+@pytest.mark.parametrize("blob, pattern", [
+    (msgpack.packb({**sync_msg(), "round": "0"}), "key 'round' must be int, got str"),
+    (msgpack.packb({**sync_msg(), "final": 1}), "key 'final' must be bool"),
+    (msgpack.packb({**sync_msg(), "node": True}), "key 'node' must be int, got bool"),
+    (msgpack.packb({k: v for k, v in sync_msg().items() if k != "ledger"}), "missing key.*ledger"),
+    (msgpack.packb({**sync_msg(), "extra": 1}), "unexpected key.*extra"),
+    (msgpack.packb({**sync_msg(), "op": "shutdown"}), "op 'shutdown' is not one of"),
+    (msgpack.packb([1, 2, 3]), "expected a map"),
+    (msgpack.packb({**sync_msg(), "kind": msgpack.ExtType(5, b"x")}), "extension type 5"),
+    (msgpack.packb({1: 2}), "not valid msgpack"),                       # strict_map_key
+    (b"\xc1", "not valid msgpack"),
+    (b"\x00" * (W.CTRL_MAX + 1), "exceeds the"),
+    (msgpack.packb(sync_msg(ledger={"3": {"applied": [[0, 4]]}})), "missing key"),
+    (msgpack.packb(sync_msg(ledger={"x": {}})), "not a learner id"),
+    (msgpack.packb(sync_msg(n=-1)), "bad n"),
+])
+def test_control_message_validation_rejects(blob, pattern):
+    with pytest.raises(W.ProtocolError, match=pattern):
+        W.unpack(blob, ("sync", "beat"), "node 1")
+
+
+def test_pack_refuses_a_malformed_message():
+    with pytest.raises(W.ProtocolError, match="must be int"):
+        W.pack({"op": "beat", "node": 1, "round": 2.5})
+    with pytest.raises(W.ProtocolError, match="exceeds"):
+        W.pack({"op": "stop", "reason": "x" * (W.CTRL_MAX + 10)})

@@ -357,19 +357,20 @@ class MPILink:
     def __init__(self, world, n: int, timeout: float):
         self.world, self.n, self.timeout = world, n, timeout
         self._reqs = None
+        self._rbuf = bytearray(W.CTRL_MAX)
+        self._down = np.empty(n, np.float32)    # reused: a fresh buffer costs its page faults
         self.bytes_up = self.bytes_down = 0
 
     def post(self, msg: dict, vec: np.ndarray | None) -> None:
         MPI = _MPI()
         blob = W.pack(msg)
         self._keep = (blob, vec)        # Isend buffers must live until the sends complete
-        self._rbuf = bytearray(W.CTRL_MAX)
         self._status = MPI.Status()
         self._rreq = self.world.Irecv(self._rbuf, 0, W.TAG_DOWN)
         self._rvec = None
         sends = [self.world.Isend(blob, 0, W.TAG_UP)]
         if vec is not None:
-            self._rvec = np.empty(self.n, np.float32)
+            self._rvec = self._down
             self._dreq = self.world.Irecv(self._rvec, 0, W.TAG_DOWN_DATA)
             sends.append(self.world.Isend(vec, 0, W.TAG_UP_DATA))
             self.bytes_up += vec.nbytes
@@ -516,6 +517,8 @@ class GlobalPS:
         self.final: set[int] = set()
         self.heard = [time.monotonic()] * topo.nodes
         self.sends: list = []
+        self._up = np.empty(self.C.size, np.float32)                   # reused receive buffer
+        self._down = [np.empty(self.C.size, np.float32) for _ in range(topo.nodes)]  # per node
         self.syncs = 0
         self.bytes = 0
         self.ckpt_updates = -1
@@ -538,13 +541,16 @@ class GlobalPS:
         if vec is None or vec.size != self.C.size:
             raise W.ProtocolError(f"node {node}'s sync carries {None if vec is None else vec.size} "
                                   f"values, the model has {self.C.size}")
+        out = self._down[node]       # free: the node took our last answer before asking again
         if msg["kind"] == "delta":
             self.C += vec
-            out, kind = self.C.copy(), "centre"
+            np.copyto(out, self.C)
+            kind = "centre"
         else:
-            e = (self.alpha * (vec - self.C)).astype(np.float32)
-            self.C += e
-            out, kind = e, "elastic"
+            np.subtract(vec, self.C, out=out)
+            out *= np.float32(self.alpha)
+            self.C += out
+            kind = "elastic"
         self.version += 1
         self.syncs += 1
         self.bytes += 2 * vec.nbytes
@@ -578,8 +584,11 @@ class GlobalPS:
             if msg["op"] == "sync":
                 if msg["n"] != self.C.size:
                     raise W.ProtocolError(f"{who} announces {msg['n']} values; the model has {self.C.size}")
-                vec = np.empty(self.C.size, np.float32)
+                vec = self._up
                 W.wait(world.Irecv(vec, src, W.TAG_UP_DATA), deadline, f"the tensor of {who}'s sync")
+            for item in [x for x in self.sends if x[4] == who]:   # strictly: free its reply buffer
+                W.wait(item[0], item[3], f"{who} to take the previous answer")
+                self.sends.remove(item)
             reply, out = self.handle(node, msg, vec)
             blob = W.pack(reply)
             reqs = [world.Isend(blob, src, W.TAG_DOWN)]

@@ -135,10 +135,13 @@ def wait(req, deadline: float, what: str, on_idle=None):
     """Poll request `req` (or a list of them) until done; MPITimeout past `deadline`
     (time.monotonic()). `on_idle` runs between polls (e.g. serving other peers)."""
     reqs = req if isinstance(req, list) else [req]
-    sleep = 0.0
+    sleep, spins = 0.0, 0
     while True:
         if all(r.Test() for r in reqs):
             return
+        spins += 1
+        if spins < 200:          # a message already on its way: poll it in before sleeping
+            continue
         if time.monotonic() > deadline:
             for r in reqs:
                 try:
@@ -148,5 +151,5 @@ def wait(req, deadline: float, what: str, on_idle=None):
             raise MPITimeout(f"timed out waiting for {what}")
         if on_idle is not None:
             on_idle()
-        sleep = min(0.005, sleep * 2 or 50e-6)
+        sleep = min(0.001, sleep * 2 or 20e-6)
         time.sleep(sleep)

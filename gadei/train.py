@@ -64,10 +64,13 @@ class _Meter:
         self.bar.set_postfix(upd_s=row["updates_per_s"], stale=f"{row['staleness']:.1f}",
                              loss=f"{row['loss']:.4g}", refresh=False)
         self.bar.refresh()
-        self.last = self.end = (now, updates, samples)
+        if updates > self.end[1]:
+            self.end = (now, updates, samples)   # the steady window ends at the last update
+        self.last = (now, updates, samples)
 
     def rates(self) -> tuple[float, float]:
-        """Updates/s and samples/s from the first update seen to the end (start-up excluded)."""
+        """Updates/s and samples/s from the first update seen to the last (start-up and
+        shutdown excluded)."""
         if self.first is None:
             return 0.0, 0.0
         dt = max(self.end[0] - self.first[0], 1e-9)
@@ -134,6 +137,7 @@ def run(cfg: JobConfig) -> dict:
             "staleness": {"mean": ledger["stale_sum"] / max(1, ledger["updates"]),
                           "max": ledger["stale_max"]},
             "restarts": sup.restarts, "checkpoint": str(out / "checkpoint"),
+            "sync_rounds_missed": ledger["dropped"],
             "ledger": sup.summary_ledger(ledger),
         }
         sup.close()

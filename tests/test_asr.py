@@ -24,7 +24,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, atol: 
     assert diff <= atol, f"{what}: max |difference| {diff:.3g} > {atol}"
 
 
-TINY = dict(d_model=32, heads=2, layers=4, inter_layer=2, ff_dim=64, conv_channels=8, dropout=0.0)
+TINY = dict(d_model=32, heads=2, layers=4, inter_layer=2, ff_dim=64, conv_channels=16, dropout=0.0)
 
 
 def wav_bytes(x: np.ndarray, rate: int = 8000, channels: int = 1) -> bytes:
@@ -317,7 +317,7 @@ def test_training_loss_falls_and_evaluate_reports(tmp_path):
     batches = list(task.batches(0, 1, seed=0))[:2]
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
-    for step in range(80):
+    for step in range(100):
         loss = task.loss(model, batches[step % 2])
         opt.zero_grad()
         loss.backward()
@@ -328,3 +328,28 @@ def test_training_loss_falls_and_evaluate_reports(tmp_path):
     metrics = task.evaluate(model, "test")
     assert set(metrics) >= {"wer", "cer", "skipped_fraction", "encoder_ms_per_utt"}
     assert 0 <= metrics["skipped_fraction"] <= 0.5 and metrics["encoder_ms_per_utt"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_asr_trains_through_gadei_with_two_learners(tmp_path):
+    """The same task through the shared-memory PS: 2 learner processes, Adam on the server; the
+    checkpoint's weights, loaded by name without pickle, give the summary's metrics."""
+    gadei = pytest.importorskip("gadei")
+    from gadei import checkpoint
+    options = dict(data="generated", batch=8, speakers="gen0", max_digits=3, **TINY)
+    task = ASR(**options)
+    torch.manual_seed(0)
+    batch = next(iter(task.batches(0, 1, seed=99)))
+    with torch.no_grad():
+        before = float(task.loss(task.build_model().eval(), batch))
+    summary = gadei.train("asr", task_options=options, optimizer="adam", learners=2, steps=120,
+                          out=tmp_path / "run", lr=3e-3)
+    assert summary["updates_applied"] == 120
+    model = task.build_model()
+    weights = checkpoint.load(tmp_path / "run")["weights"]
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})
+    with torch.no_grad():
+        after = float(task.loss(model.eval(), batch))
+    assert after < 0.5 * before, (before, after)
+    metrics = task.evaluate(model, "test")
+    assert metrics["wer"] == pytest.approx(summary["final_metrics"]["wer"])

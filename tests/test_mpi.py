@@ -74,8 +74,9 @@ def test_killed_rank_ends_job_then_resume_is_exactly_once(tmp_path, ranks_per_no
     bound, the PS subprocesses remove the arenas, and --resume finishes exactly once."""
     out, job = tmp_path / "killed", f"mpikill{ranks_per_node}"
     n = 4 if ranks_per_node else 3
-    env = {**os.environ, "GADEI_RANKS_PER_NODE": str(ranks_per_node)} if ranks_per_node else dict(os.environ)
-    env.pop("GADEI_RANKS_PER_NODE", None) if not ranks_per_node else None
+    env = {k: v for k, v in os.environ.items() if k != "GADEI_RANKS_PER_NODE"}
+    if ranks_per_node:
+        env["GADEI_RANKS_PER_NODE"] = str(ranks_per_node)
     p = subprocess.Popen(mpi_cmd(n, "--steps", 4000, "--out", out, "--job", job, "--checkpoint-every", 40,
                                  "--sync-every", 10),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -104,8 +105,8 @@ def test_killed_rank_ends_job_then_resume_is_exactly_once(tmp_path, ranks_per_no
     ck = checkpoint.load(out)
     assert ck["meta"]["version"] >= 1
     out2 = tmp_path / "resumed"
-    r = run_mpi(n, "--steps", 4000, "--out", out2, "--resume", out, "--sync-every", 50,
-                env={"GADEI_RANKS_PER_NODE": str(ranks_per_node)} if ranks_per_node else None, timeout=300)
+    r = subprocess.run(mpi_cmd(n, "--steps", 4000, "--out", out2, "--resume", out, "--sync-every", 50),
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert_clean_audit(out2)
     s = summary(out2)

@@ -27,8 +27,9 @@ def test_non_finite_gradients_are_rejected_and_training_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", [["downpour", "--n-push", 2, "--n-fetch", 3],
-                                       ["easgd", "--tau", 2, "--beta", 0.9]])
-def test_delta_protocols_keep_exactly_once_under_kills(tmp_path, optimizer):
+                                       ["easgd", "--tau", 2, "--beta", 0.9],
+                                       ["sync", "--round-timeout", 2]])
+def test_protocols_keep_exactly_once_under_kills(tmp_path, optimizer):
     out = tmp_path / optimizer[0]
     job = f"delta-{optimizer[0]}"
     p = start_gadei("train", "--task", "probe", "--learners", 2, "--steps", 1200, "--lr", 1,

@@ -1,0 +1,197 @@
+"""Encoder speed and WER of the `asr` task with and without CTC blank-triggered layer skipping.
+
+Launch (real data, trains a model first when no checkpoint is given; one thread)::
+
+    nice -n 10 python -m bench.asr_layerskip --data-dir /work/shared/data --train-steps 150 \
+        --save runs/asr/model.npz --json runs/asr/train.json
+    python -m bench.asr_layerskip --data-dir /work/shared/data --checkpoint runs/asr/model.npz
+    python -m bench.asr_layerskip --quick            # CI: generated data, small model, seconds
+
+Any other ``--some-option V`` is a task option (as in ``gadei train``), e.g. ablations
+``--inter-ctc-weight 0``, ``--factorized false``, ``--distill-weight 0``.
+
+`--checkpoint` takes a .npz written by ``--save`` (its task options are read from the .json beside
+it) or a gadei checkpoint directory (``gadei.checkpoint.load``; pass the task options it was
+trained with). Without one, a model is trained here by a plain single-process loop: Adam, lr
+`--lr` with 50 warm-up steps and cosine decay to lr/10, gradient norm clipped to 5,
+`--train-steps` steps over epochs of the task's `batches(0, 1, epoch)`.
+
+Measured, for the plain model (no intermediate head, no skipping) and for each threshold: per
+utterance (batch 1) the wall time of features -> log-probs, the median over `--repeats` rounds
+(rounds interleave the settings, so machine noise hits all alike), averaged over utterances;
+WER/CER by greedy decoding; the fraction of layer-frames skipped. Speed-up = t_plain / t_skip.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import qa_tasks
+from qa_tasks.asr import ASR, error_rates
+
+QUICK = {"data": "generated", "d_model": 32, "heads": 2, "layers": 4, "inter_layer": 2, "ff_dim": 64,
+         "conv_channels": 16, "dropout": 0.0, "batch": 8, "speakers": "gen0"}
+
+
+def parse() -> tuple[argparse.Namespace, dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="a .npz from --save, or a gadei checkpoint directory")
+    p.add_argument("--train-steps", type=int, default=150, help="steps to train when no checkpoint")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument("--save", help="write the trained weights here (.npz, task options in .json beside it)")
+    p.add_argument("--thresholds", default="0.5,0.8,0.9,0.95,0.99")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", help="write the results (and the resolved configuration) here")
+    p.add_argument("--quick", action="store_true", help="generated data (one speaker), tiny model, 100 steps, 2 repeats")
+    args, rest = p.parse_known_args()
+    return args, task_options(rest)
+
+
+def task_options(rest: list[str]) -> dict:
+    """`--some-option V` pairs -> {"some_option": V}, typed by the task's defaults."""
+    params = inspect.signature(ASR).parameters
+    if len(rest) % 2:
+        sys.exit(f"task options come in pairs --name value, got {rest}")
+    out = {}
+    for flag, value in zip(rest[::2], rest[1::2]):
+        name = flag.lstrip("-").replace("-", "_")
+        if not flag.startswith("--") or name not in params:
+            sys.exit(f"unknown option {flag}: the asr task takes {', '.join(params)}")
+        default = params[name].default
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                sys.exit(f"{flag} takes true or false, got {value!r}")
+            out[name] = value.lower() in ("true", "1")
+        else:
+            out[name] = type(default)(value) if default is not None else value
+    return out
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Weights from a .npz (no pickle) or a gadei checkpoint directory, names checked."""
+    if path.is_dir():
+        from gadei import checkpoint          # the core's format; imported only when used
+        weights = checkpoint.load(path)["weights"]
+    else:
+        with np.load(path, allow_pickle=False) as z:
+            weights = {k: z[k] for k in z.files}
+    state = model.state_dict()
+    if set(weights) != set(state):
+        raise SystemExit(f"{path}: parameter names differ from the model's (missing "
+                         f"{sorted(set(state) - set(weights))[:3]}, unexpected {sorted(set(weights) - set(state))[:3]}); "
+                         "pass the task options it was trained with")
+    model.load_state_dict({k: torch.from_numpy(np.asarray(weights[k])).reshape(state[k].shape) for k in state})
+
+
+def save(model: torch.nn.Module, path: str, options: dict, log: list[dict]) -> None:
+    """Weights as .npz (no pickle) and the task options beside them as .json."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})
+    Path(path).with_suffix(".json").write_text(json.dumps({"task_options": options, "log": log}, indent=1))
+
+
+def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lambda log: None) -> list[dict]:
+    """Plain single-process training; returns the loss log (every 50 steps) and valid WERs.
+    on_epoch(log) runs after each epoch (the script saves the weights there)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    log, step, epoch, t0, recent = [], 0, 0, time.time(), []
+    while step < steps:
+        model.train()
+        for batch in task.batches(0, 1, epoch):
+            loss = task.loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            step += 1
+            recent.append(float(loss.detach()))
+            if step % 50 == 0 or step == steps:
+                log.append({"step": step, "loss": float(np.mean(recent)), "s": round(time.time() - t0, 1)})
+                recent = []
+                print(f"step {step:5d}  loss {log[-1]['loss']:.3f}  {log[-1]['s']:.0f} s", flush=True)
+            if step == steps:
+                break
+        epoch += 1
+        r = task.transcribe(model, "valid", 1.0)
+        wer, _ = error_rates(r["refs"], r["hyps"])
+        log.append({"step": step, "epoch": epoch, "valid_wer": wer})
+        print(f"epoch {epoch}  valid WER {100 * wer:.2f} %", flush=True)
+        on_epoch(log)
+    return log
+
+
+def measure(task: ASR, model, split: str, thresholds: list[float], repeats: int) -> list[dict]:
+    """One row per setting (plain first): median-of-repeats ms per utterance, WER, CER, skipped."""
+    settings = [1.0] + thresholds                  # 1.0: the plain model, no skipping
+    task.transcribe(model, split, settings[0])     # warm-up (allocator, caches)
+    runs = {s: [] for s in settings}
+    for _ in range(repeats):
+        for s in settings:
+            runs[s].append(task.transcribe(model, split, s))
+    upper, layers = model.n_layers - model.inter_layer, model.n_layers
+    rows = []
+    for s in settings:
+        r = runs[s][0]
+        ms = np.median(np.array([run["ms"] for run in runs[s]]), axis=0)      # (utterances,)
+        wer, cer = error_rates(r["refs"], r["hyps"])
+        rows.append({"threshold": None if s >= 1 else s, "wer": wer, "cer": cer,
+                     "skipped_fraction": r["skipped"] * upper / (r["frames"] * layers),
+                     "skipped_frames": r["skipped"] / r["frames"], "ms_per_utt": float(ms.mean())})
+    for row in rows:
+        row["speedup"] = rows[0]["ms_per_utt"] / row["ms_per_utt"]
+    return rows
+
+
+def main() -> None:
+    args, options = parse()
+    torch.set_num_threads(1)
+    if args.quick:
+        options = {**QUICK, **options}
+        args.train_steps, args.repeats, args.lr = min(args.train_steps, 100), min(args.repeats, 2), 3e-3
+    if args.checkpoint and Path(args.checkpoint).suffix == ".npz":
+        saved = Path(args.checkpoint).with_suffix(".json")
+        if saved.exists():
+            options = {**json.loads(saved.read_text())["task_options"], **options}
+    task = qa_tasks.get("asr", **options)
+    torch.manual_seed(args.train_seed)
+    model = task.build_model()
+    log = []
+    if args.checkpoint:
+        load_weights(model, Path(args.checkpoint))
+    else:
+        print(f"training {sum(p.numel() for p in model.parameters()):,} parameters for {args.train_steps} steps")
+        log = train(task, model, args.train_steps, args.lr,
+                    lambda log: args.save and save(model, args.save, options, log))
+    thresholds = [float(t) for t in args.thresholds.split(",") if t]
+    rows = measure(task, model, args.split, thresholds, args.repeats)
+
+    print(f"\n{args.split}: {len(task.eval_set(args.split)[1])} utterances, batch 1, 1 thread, "
+          f"median of {args.repeats}")
+    print(f"{'threshold':>9} {'WER %':>7} {'CER %':>7} {'skipped %':>9} {'ms/utt':>7} {'speed-up':>8}")
+    for r in rows:
+        th = "none" if r["threshold"] is None else f"{r['threshold']:.2f}"
+        print(f"{th:>9} {100 * r['wer']:7.2f} {100 * r['cer']:7.2f} {100 * r['skipped_fraction']:9.1f} "
+              f"{r['ms_per_utt']:7.2f} {r['speedup']:7.2f}x")
+    if args.json:
+        out = {"config": {**vars(args), "task_options": options, "model": task.model_options,
+                          "torch": torch.__version__, "threads": torch.get_num_threads()},
+               "rows": rows, "train_log": log}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The cross-node path's throughput: one node leader's sync rounds against the global PS.
+
+    mpiexec -n 2 python -m bench.mpi_path [--quick] [--sizes 1048576,4194304] [--rounds 10]
+            [--out bench/results/mpi_path.json]
+
+World rank 1 plays a node leader (gadei.mpi.MPILink: a validated msgpack control message and a
+raw float32 delta up, the centre back down, each wait bounded) and world rank 0 the global PS
+(gadei.mpi.GlobalPS.serve: probe, validate, receive, C += delta, reply), i.e. exactly the code
+a multi-node job runs, minus the node arenas. Reported per model size: seconds per sync round
+and the bytes/s both ways together (2 x 4 x P bytes per round, control messages excluded),
+beside the floor of the same machine: a raw blocking MPI Send/Recv ping-pong of the same bytes.
+On one machine MPICH moves these through shared memory, so this is an upper bound of what a
+real network gives; across machines the network's bandwidth bounds it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from gadei.job import JobConfig
+from gadei.mpi import GlobalPS, MPILink, Settings, Topology
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one small size, few rounds (for tests)")
+    p.add_argument("--sizes", default="262144,1048576,4194304,16777216", help="float32 values per sync")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--out")
+    args = p.parse_args()
+    sizes = [262144] if args.quick else [int(s) for s in args.sizes.split(",")]
+    rounds = 3 if args.quick else args.rounds
+    world = MPI.COMM_WORLD
+    if world.Get_size() != 2:
+        raise SystemExit("run with: mpiexec -n 2 python -m bench.mpi_path")
+    rank = world.Get_rank()
+    settings = Settings(timeout=60.0)
+    topo = Topology(world, None, rank, 2, 0, rank, [0, 1], [[], [0]], np.zeros((2, 4), np.int64), None)
+    results = []
+    for n in sizes:
+        # the floor on this machine: raw blocking MPI Send/Recv of the same bytes, no gadei
+        buf = np.ones(n, np.float32)
+        world.Barrier()
+        raw = []
+        for r in range(rounds + 1):
+            t0 = time.perf_counter()
+            if rank == 1:
+                world.Send(buf, 0, 1)
+                world.Recv(buf, 0, 2)
+            else:
+                world.Recv(buf, 1, 1)
+                world.Send(buf, 1, 2)
+            if r:
+                raw.append(time.perf_counter() - t0)
+        raw_t = float(np.median(raw))
+        world.Barrier()
+        if rank == 0:
+            gps = GlobalPS(topo, JobConfig(), settings, (("w", (n,)),), np.zeros(n, np.float32), None,
+                           print)
+            while len(gps.final) < 1:
+                gps.serve()
+            while gps.sends:                 # let the last reply leave
+                gps.serve()
+        else:
+            link = MPILink(world, n, settings.timeout)
+            delta = np.ones(n, np.float32)
+            stats = {"updates": 0, "rejects": 0, "stale_sum": 0, "stale_max": 0, "samples": 0,
+                     "ps_restarts": 0, "lost": 0, "version": 0}
+            times = []
+            for r in range(rounds + 1):
+                msg = {"op": "sync", "node": 1, "round": r, "n": n, "final": r == rounds, "kind": "delta",
+                       "ledger": {}, "stats": stats}
+                t0 = time.perf_counter()
+                link.post(msg, delta)
+                while (got := link.poll()) is None:
+                    pass
+                if r:                        # round 0 warms up the connection
+                    times.append(time.perf_counter() - t0)
+                assert got[1][0] == r + 1, got[1][0]
+            t = float(np.median(times))
+            results.append({"values": n, "mbytes_per_round": 2 * 4 * n / 1e6, "s_per_round": round(t, 5),
+                            "bytes_per_s": round(2 * 4 * n / t, 1), "raw_mpi_s_per_round": round(raw_t, 5),
+                            "raw_mpi_bytes_per_s": round(2 * 4 * n / raw_t, 1), "rounds": rounds})
+            print(f"P = {n:>9,} float32: {t * 1e3:8.2f} ms per sync round, "
+                  f"{2 * 4 * n / t / 1e9:6.2f} GB/s both ways (raw MPI Send/Recv: {raw_t * 1e3:8.2f} ms, "
+                  f"{2 * 4 * n / raw_t / 1e9:6.2f} GB/s)", flush=True)
+    if rank == 1:
+        record = {"bench": "mpi_path", "mpi": MPI.Get_library_version().splitlines()[0],
+                  "host": platform.node(), "quick": args.quick, "results": results}
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(record, indent=1))
+        print(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()

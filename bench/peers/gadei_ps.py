@@ -1,0 +1,111 @@
+"""gadei itself: ``gadei.train`` on the ``bench.exchange_task.Exchange`` task with SGD.
+
+``gadei.train`` runs a step count, not a wall time, and starts its processes inside the call,
+so the rate comes from the run's ``metrics.jsonl`` (one row a second: time, updates applied):
+the steady rate between the first and the last row taken while updates were still arriving
+(start-up and shut-down excluded), over at least ``seconds``. Steps:
+
+1. run with the step count that fills ``seconds + 2`` at a guessed rate (exchanges of 20·P
+   bytes at 2 GB/s);
+2. if the steady window came out under 60 % of ``seconds``, run once more with the step count
+   from the rate it measured.
+
+Every update is one exchange (a learner pushes a gradient, the PS applies it, the learner pulls
+the weights). ``lost_fraction = 1 - applied / committed`` from the run's ledger; the applied count
+is also read off the final weights (``-mean(w)``, as for the peers). ``updates_per_s_summary`` is
+gadei's own ``updates_per_s`` for comparison.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+GUESS_BYTES_PER_S = 2e9
+
+
+def available() -> str | None:
+    """None when ``gadei.train`` can be called, else why not (for the skip message)."""
+    try:
+        import gadei
+    except Exception as e:                       # a half-written package fails in many ways
+        return f"import gadei failed: {type(e).__name__}: {e}"
+    if not callable(getattr(gadei, "train", None)):
+        return "gadei.train does not exist yet"
+    return None
+
+
+def ledger_count(ledger: dict, key: str) -> int:
+    """Sequence numbers under `key` ("committed", "applied") over all learners of a ledger."""
+    return sum(last - first + 1 for entry in ledger.values() for first, last in entry[key])
+
+
+def steady_rate(metrics_path: str, total: int) -> dict | None:
+    """The rate between the first and the last metrics row with 0 < updates < total, or None."""
+    try:
+        with open(metrics_path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        return None
+    inner = [(r["t"], r["updates"]) for r in rows if 0 < r.get("updates", 0) < total]
+    if len(inner) < 2 or inner[-1][0] <= inner[0][0]:
+        return None
+    (t0, u0), (t1, u1) = inner[0], inner[-1]
+    return {"rate": (u1 - u0) / (t1 - t0), "window_s": t1 - t0, "updates": u1 - u0}
+
+
+def _applied_from_checkpoint(out: str) -> float | None:
+    try:
+        import gadei.checkpoint
+
+        from bench.peers import applied_from_weights
+        return applied_from_weights(gadei.checkpoint.load(os.path.join(out, "checkpoint"))
+                                    ["weights"]["w"])
+    except Exception:                            # optional cross-check only
+        return None
+
+
+def run(params: int, learners: int, seconds: float, warmup: float, lr: float = 1.0) -> dict:
+    import torch
+
+    import gadei
+
+    from bench.exchange_task import Exchange
+    from bench.peers import lost_fraction
+    torch.set_num_threads(1)
+    why = available()
+    if why:
+        raise RuntimeError(f"gadei is not runnable: {why}")
+    task = Exchange(params=params)
+    rate = GUESS_BYTES_PER_S / (20 * params)     # total exchanges/s, a guess for attempt 0
+    with tempfile.TemporaryDirectory(prefix="bench-gadei-") as d:
+        for attempt in range(2):
+            # steps: gadei counts them over all learners (were it per learner, the run would
+            # only last longer)
+            total = max(2 * learners, math.ceil(rate * (seconds + 2 + warmup)))
+            out = os.path.join(d, f"run{attempt}")
+            s = gadei.train(task, optimizer="sgd", learners=learners, steps=total, out=out, lr=lr)
+            applied = ledger_count(s["ledger"], "applied")
+            steady = steady_rate(os.path.join(out, "metrics.jsonl"), applied)
+            if steady and steady["window_s"] >= 0.6 * seconds:
+                break
+            rate = steady["rate"] if steady else max(float(s["updates_per_s"]), 1e-3)
+        if not steady:
+            raise RuntimeError(f"gadei: no steady window in metrics.jsonl after 2 runs (last: "
+                               f"{applied} updates, summary {s['updates_per_s']}/s)")
+        committed = ledger_count(s["ledger"], "committed")
+        return {
+            "exchanges_per_s_total": steady["rate"],
+            "exchanges_timed": steady["updates"],
+            "elapsed_s": steady["window_s"],
+            "pushed_total": committed,
+            "applied_total": applied,
+            "lost_fraction": lost_fraction(applied, committed),
+            "applied_from_weights": _applied_from_checkpoint(out),
+            "steps": total,
+            "attempts": attempt + 1,
+            "updates_per_s_summary": float(s["updates_per_s"]),
+            "summary": json.loads(json.dumps({k: v for k, v in s.items() if k != "ledger"},
+                                             default=str)),
+        }

@@ -48,11 +48,13 @@ def protocol(name: str, **hyper):
 
 
 def _make(name: str, spec: str, hyper: dict):
+    """Build optimizer `name` (a rule or a protocol) from `hyper`; unknown keys are an error."""
     cls = _load(spec)
-    unknown = sorted(set(hyper) - set(_params(cls)))
+    takes = {k for k in _params(cls) if k != "rule"}
+    unknown = sorted(set(hyper) - takes)
     if unknown:
         raise ValueError(f"optimizer {name!r} has no hyper-parameter {', '.join(unknown)}; "
-                         f"it takes {', '.join(_params(cls)) or 'none'}")
+                         f"it takes {', '.join(sorted(takes)) or 'none'}")
     return cls(**hyper)
 
 
@@ -90,9 +92,6 @@ def get(name: str, **hyper):
     key = name.lower()
     if key in PROTOCOLS:
         return _make(key, PROTOCOLS[key], hyper).rule
-    cls = rule_class(key)
-    unknown = sorted(set(hyper) - set(hyper_parameters(key)))
-    if unknown:
-        raise ValueError(f"optimizer {name!r} has no hyper-parameter {', '.join(unknown)}; "
-                         f"it takes {', '.join(hyper_parameters(key)) or 'none'}")
-    return cls(**hyper)
+    if key not in RULES:
+        rule_class(key)      # the error that lists what there is
+    return _make(key, RULES[key], hyper)

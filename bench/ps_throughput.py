@@ -50,23 +50,12 @@ import time
 import numpy as np
 
 from bench.peers import MODULES, SYSTEMS
+from bench.ps_apply import memory_bandwidth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BYTES_PER_WEIGHT = 20        # note B in the module docstring: apply 12 + pull 8
 QUICK = {"params": [100_000], "learners": [2], "seconds": 1.0, "warmup": 0.3}
 DEFAULTS = {"params": [1_000_000, 16_000_000], "learners": [2], "seconds": 5.0, "warmup": 1.0}
-
-
-def memory_bandwidth(nbytes: int = 256 << 20, reps: int = 10) -> float:
-    """Bytes per second read + written by a large ``np.copyto`` (the best of `reps`)."""
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.zeros_like(src)            # touched: no page faults inside the timing
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * nbytes / best
 
 
 def int_list(text: str) -> list[int]:
@@ -271,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped["gadei"] = why
         systems = [s for s in systems if s != "gadei"]
         print(f"skipping gadei: {why} (the other systems run)", file=sys.stderr)
-    bw_before = memory_bandwidth()
+    bw_before = memory_bandwidth(reps=10)
     print(f"memory bandwidth (np.copyto, read+write): {bw_before / 1e9:.1f} GB/s; "
           f"{args.seconds:g} s per system after {args.warmup:g} s warm-up", flush=True)
     runs, failed = {}, {}     # (system, P, N) -> the worker results of every repeat
@@ -299,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                     median["exchanges_per_s_runs"] = [r["exchanges_per_s_total"] for r in rs]
                     median["lost_fraction_runs"] = [r["lost_fraction"] for r in rs]
                     raw.append((s, P, N, median))
-    bw_after = memory_bandwidth()
+    bw_after = memory_bandwidth(reps=10)
     bandwidth = max(bw_before, bw_after)
     config = {
         **{k: v for k, v in vars(args).items() if k not in ("worker", "result")},

@@ -123,24 +123,33 @@ class Worker:
         return self.version
 
     # ---- push ----------------------------------------------------------------------------
-    def claim(self) -> int:
-        """L1 + L2: wait for a FREE slot, mark it (WRITING, next_seq); return the slot."""
-        a, i, k = self.arena, self.i, self.next_seq
-        sleep, waited_since = 0.0, time.monotonic()
+    def wait_for_ps(self, done, what: str):
+        """Poll `done()` until it returns something true, and return that. The learner beats
+        meanwhile; the wait ends with Stopped when the job stops and with PSGone when the PS
+        has neither made `done()` true nor beaten for `ps_timeout` seconds."""
+        sleep, since = 0.0, time.monotonic()
         while True:
-            for s in range(a.layout.slots):
-                if A.ctrl_state(self.ctl.load(a.sw(i, s, A.S_CTRL))) == A.FREE:
-                    self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.WRITING, k))
-                    self.ctl.store(a.lw(i, A.L_NEXT_SEQ), k + 1)
-                    return s
+            got = done()
+            if got:
+                return got
             self.beat()
             self.check()
             age = (A.now_ns() - self.ctl.load(A.PS_BEAT)) / 1e9
-            if age > self.ps_timeout and time.monotonic() - waited_since > self.ps_timeout:
-                raise PSGone(f"learner {i}: the parameter server (pid {self.ctl.load(A.PS_PID)}) "
-                             f"has not freed a slot nor beaten for {age:.0f} s")
+            if age > self.ps_timeout and time.monotonic() - since > self.ps_timeout:
+                raise PSGone(f"learner {self.i}: the parameter server (pid {self.ctl.load(A.PS_PID)}) "
+                             f"has not {what} nor beaten for {age:.0f} s")
             sleep = min(0.002, sleep * 2 or 20e-6)
             time.sleep(sleep)
+
+    def claim(self) -> int:
+        """L1 + L2: wait for a FREE slot, mark it (WRITING, next_seq); return the slot."""
+        a, i, k = self.arena, self.i, self.next_seq
+        free = lambda: next((s + 1 for s in range(a.layout.slots)  # noqa: E731  (+1: slot 0 is true)
+                             if A.ctrl_state(self.ctl.load(a.sw(i, s, A.S_CTRL))) == A.FREE), None)
+        s = self.wait_for_ps(free, "freed a slot") - 1
+        self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.WRITING, k))
+        self.ctl.store(a.lw(i, A.L_NEXT_SEQ), k + 1)
+        return s
 
     def write(self, s: int, data: torch.Tensor | None = None) -> float:
         """L3: copy the payload (`data`, or the model's gradients) into slot s; return its norm."""
@@ -210,19 +219,11 @@ class Worker:
         """Block until the PS has applied (or rejected) this learner's sequence number k.
 
         Only the PS frees a READY slot, after publishing it; so k is done once no slot of
-        ours holds k as READY. Bounded like `claim`: by the job's stop and the PS's liveness.
+        ours holds k as READY.
         """
-        a, i = self.arena, self.i
-        sleep, since = 0.0, time.monotonic()
-        while any(self.ctl.load(a.sw(i, s, A.S_CTRL)) == A.ctrl(A.READY, k) for s in range(a.layout.slots)):
-            self.beat()
-            self.check()
-            age = (A.now_ns() - self.ctl.load(A.PS_BEAT)) / 1e9
-            if age > self.ps_timeout and time.monotonic() - since > self.ps_timeout:
-                raise PSGone(f"learner {i}: the parameter server has not applied seq {k} nor beaten "
-                             f"for {age:.0f} s")
-            sleep = min(0.002, sleep * 2 or 20e-6)
-            time.sleep(sleep)
+        a, i, ready = self.arena, self.i, A.ctrl(A.READY, k)
+        self.wait_for_ps(lambda: all(self.ctl.load(a.sw(i, s, A.S_CTRL)) != ready
+                                     for s in range(a.layout.slots)), f"applied seq {k}")
 
     def report(self, loss: float, samples: int) -> None:
         """Publish progress for the supervisor's metrics (not part of the protocol)."""

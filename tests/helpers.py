@@ -82,5 +82,21 @@ def chaos(p: subprocess.Popen, job_prefix: str, kills: int, rng, ps_share: float
     return done
 
 
+def train_under_chaos(args: list, job: str, kills: int, rng, **chaos_args) -> tuple[int, dict]:
+    """Run `gadei <args> --job job`, SIGKILLing its roles meanwhile; (kills made, summary).
+    Fails if the job itself did not end well."""
+    p = start_gadei(*args, "--job", job)
+    try:
+        made = chaos(p, job, kills, rng, **chaos_args)
+        _, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    out = Path(args[args.index("--out") + 1])
+    return made, summary(out)
+
+
 def summary(out: Path) -> dict:
     return json.loads((Path(out) / "summary.json").read_text())

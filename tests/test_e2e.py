@@ -9,7 +9,7 @@ import pytest
 
 from gadei import checkpoint, shm
 from qa_tasks.probe import audit
-from tests.helpers import chaos, run_gadei, start_gadei, summary, wait_for_job
+from tests.helpers import run_gadei, start_gadei, summary, train_under_chaos, wait_for_job
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,16 +37,7 @@ def test_probe_four_learners_passes_audit(tmp_path):
 def test_random_kills_of_learners_and_ps(tmp_path):
     """kill -9 of random learners and of the PS during the run; the audit still passes."""
     out = tmp_path / "chaos"
-    p = start_gadei(*probe_args(out, 4, 2000, "--job", "chaos-e2e"))
-    try:
-        kills = chaos(p, "chaos-e2e", 8, random.Random(7))
-        _, err = p.communicate(timeout=240)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-    assert p.returncode == 0, err
-    s = summary(out)
+    kills, s = train_under_chaos(probe_args(out, 4, 2000), "chaos-e2e", 8, random.Random(7))
     assert kills >= 4 and s["restarts"]["ps"] + s["restarts"]["learners"] >= 1
     assert s["updates_applied"] + sum(len(e["discarded"]) for e in s["ledger"].values()) >= 2000
     assert_clean_audit(out)

@@ -155,3 +155,13 @@ def test_pack_refuses_a_malformed_message():
         W.pack({"op": "beat", "node": 1, "round": 2.5})
     with pytest.raises(W.ProtocolError, match="exceeds"):
         W.pack({"op": "stop", "reason": "x" * (W.CTRL_MAX + 10)})
+
+
+@needs_mpi
+@pytest.mark.timeout(120)
+def test_without_mpiexec_is_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gadei", "train", "--backend", "mpi", "--task", "probe",
+                        "--steps", "10", "--out", str(tmp_path / "x"), "--no-progress"],
+                       capture_output=True, text=True, timeout=100)
+    assert r.returncode == 2
+    assert "at least 2 ranks" in r.stderr and "mpiexec -n 3" in r.stderr

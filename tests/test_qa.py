@@ -315,7 +315,7 @@ def test_short_training_run_lowers_the_loss_and_beats_chance():
     model = task.build_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     epoch_losses = []
-    for epoch in range(2):
+    for epoch in range(3):
         losses = []
         for batch in task.batches(0, 1, seed=epoch):
             loss = task.loss(model, batch)
@@ -324,7 +324,7 @@ def test_short_training_run_lowers_the_loss_and_beats_chance():
             opt.step()
             losses.append(loss.item())
         epoch_losses.append(np.mean(losses))
-    assert epoch_losses[-1] < 0.9 * epoch_losses[0], epoch_losses
+    assert epoch_losses[-1] < 0.8 * epoch_losses[0], epoch_losses
     assert task.evaluate(model, "valid")["top1"] > 0.2                 # chance is 0.05
 
 

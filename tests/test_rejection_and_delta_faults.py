@@ -7,7 +7,7 @@ import pytest
 import gadei
 from gadei import ledger as L
 from qa_tasks.probe import audit
-from tests.helpers import chaos, start_gadei, summary
+from tests.helpers import train_under_chaos
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,17 +31,9 @@ def test_non_finite_gradients_are_rejected_and_training_goes_on(tmp_path):
                                        ["sync", "--round-timeout", 2]])
 def test_protocols_keep_exactly_once_under_kills(tmp_path, optimizer):
     out = tmp_path / optimizer[0]
-    job = f"delta-{optimizer[0]}"
-    p = start_gadei("train", "--task", "probe", "--learners", 2, "--steps", 1200, "--lr", 1,
-                    "--optimizer", *optimizer, "--out", out, "--job", job, "--no-progress")
-    try:
-        kills = chaos(p, job, 4, random.Random(3), ps_share=0.3, gap=(0.3, 1.0))
-        _, err = p.communicate(timeout=240)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-    assert p.returncode == 0, err
-    s = summary(out)
+    args = ["train", "--task", "probe", "--learners", 2, "--steps", 1200, "--lr", 1,
+            "--optimizer", *optimizer, "--out", out, "--no-progress"]
+    kills, s = train_under_chaos(args, f"delta-{optimizer[0]}", 4, random.Random(3),
+                                 ps_share=0.3, gap=(0.3, 1.0))
     assert kills >= 2 and s["restarts"]["ps"] + s["restarts"]["learners"] >= 1
     assert audit(out) == []       # ledger for both; exact weights for DOWNPOUR (docs/algorithms.md)

@@ -33,11 +33,11 @@ LEDGER_MAX = 256 * 1024
 BUFFERS = 3  # three, so a pull has two full update periods to copy a version (see pull())
 
 # global control words
-PUB, EPOCH, PS_PID, PS_START, PS_BEAT, STOP, OWNER_PID, OWNER_START, HOLD, ROUND = range(10)
+PUB, EPOCH, PS_PID, PS_START, PS_BEAT, STOP, OWNER_PID, OWNER_START, HOLD, PS_BUSY_NS = range(10)
 GLOBAL_WORDS = 16
 # per-learner words
 L_PID, L_START, L_BEAT, L_INCARNATION, L_NEXT_SEQ, L_STEP, L_EPOCH, L_LOSS, L_SAMPLES, L_DONE, \
-    L_PULLED = range(11)
+    L_PULLED, L_PULL_NS, L_WAIT_NS, L_PUSH_NS, L_STEP_NS = range(15)   # *_NS: time spent, summed
 LEARNER_WORDS = 16
 # per-slot words
 S_CTRL, S_VERSION, S_KIND, S_STEP, S_EPOCH, S_NORM, S_SAMPLES, S_INCARNATION = range(8)

@@ -54,7 +54,7 @@ def cmd_train(args, extra) -> int:
                     optimizer=args.optimizer, hyper=hyper, learners=args.learners,
                     steps=args.steps, epochs=args.epochs, seed=args.seed, out=args.out,
                     job=args.job, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                    slots=args.slots, lease=args.lease, backend=args.backend,
+                    slots=args.slots, lease=args.lease, backend=args.backend, eval_every=args.eval_every,
                     sync_every=args.sync_every, cross_node=args.cross_node,
                     progress=not args.no_progress and sys.stderr.isatty())
     if args.backend == "mpi":
@@ -161,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--job", help="job name (default: from --out)")
     t.add_argument("--slots", type=int, default=2, help="gradient slots per learner")
     t.add_argument("--lease", type=float, default=60.0, help="seconds before a silent process is replaced")
+    t.add_argument("--eval-every", type=float, default=0.0,
+                   help="seconds between evaluations written to metrics.jsonl (0: only at the end)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
     e = sub.add_parser("eval", help="evaluate a checkpoint")

@@ -34,6 +34,7 @@ class JobConfig:
     ps_timeout: float = 120.0            # seconds a learner waits on a silent PS before giving up
     max_restarts: int = 1000             # restarts of each role before the job gives up
     backend: str = "local"
+    eval_every: float = 0.0              # seconds between evaluations into metrics.jsonl (0: none)
     sync_every: int | None = None        # MPI across nodes: node updates between syncs with the centre
     cross_node: str | None = None        # MPI across nodes: "downpour" (deltas) or "easgd" (elastic)
     progress: bool = True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")   # one core per process; set before torch loads
@@ -69,7 +70,9 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
                     loss.backward()
                     return loss
                 worker.samples = batch_size(task, batch)
+                t0 = time.perf_counter_ns()
                 loss = protocol.step(worker, model, closure)
+                worker.spent(A.L_STEP_NS, t0)
                 worker.report(loss, worker.samples)
                 worker.check()
                 if quota is not None and worker.step >= quota:

@@ -228,15 +228,23 @@ class Server:
         ctl.store(A.PS_PID, pid)
         ctl.store(A.PS_START, started)
         owner = (ctl.load(A.OWNER_PID), ctl.load(A.OWNER_START))
-        idle, beat, checked = 0.0, 0, 0.0
+        idle, beat, checked, busy = 0.0, 0, 0.0, 0
         while True:
             t = A.now_ns()
             if t - beat > 5_000_000:
                 ctl.store(A.PS_BEAT, t)
                 beat = t
+            t0 = time.perf_counter_ns()
             if self.step():
+                busy += time.perf_counter_ns() - t0
+                if t - beat > 5_000_000 or busy > 100_000_000:
+                    ctl.store(A.PS_BUSY_NS, ctl.load(A.PS_BUSY_NS) + busy)
+                    busy = 0
                 idle = 0.0
                 continue
+            if busy:
+                ctl.store(A.PS_BUSY_NS, ctl.load(A.PS_BUSY_NS) + busy)
+                busy = 0
             if ctl.load(A.STOP):
                 return
             now = time.monotonic()

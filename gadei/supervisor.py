@@ -342,6 +342,20 @@ class Supervisor:
                            "rejected": ledger["rejected"][i], "incarnations": rec["incarnations"]}
         return out
 
+    def time_split(self, wall_s: float) -> dict:
+        """Where the time went: per learner compute, pull, push and wait; the PS's busy share.
+
+        Counted by the processes themselves (a restarted learner's counters carry on)."""
+        a = self.arena
+        get = lambda i, w: a.ctl.load(a.lw(i, w)) / 1e9  # noqa: E731
+        learners = {}
+        for i in range(self.cfg.learners):
+            pull, wait, push, step = (get(i, w) for w in (A.L_PULL_NS, A.L_WAIT_NS, A.L_PUSH_NS, A.L_STEP_NS))
+            learners[str(i)] = {"compute_s": round(max(0.0, step - pull - wait - push), 3),
+                                "pull_s": round(pull, 3), "push_s": round(push, 3), "wait_s": round(wait, 3)}
+        busy = a.ctl.load(A.PS_BUSY_NS) / 1e9
+        return {"learners": learners, "ps": {"busy_s": round(busy, 3), "idle_s": round(max(0.0, wall_s - busy), 3)}}
+
     def drained(self) -> bool:
         a = self.arena
         return all(A.ctrl_state(a.ctl.load(a.sw(i, s, A.S_CTRL))) == A.FREE

@@ -34,6 +34,8 @@ class _Meter:
         self.first = None    # (t, updates) when the first update was seen
         self.samples_at_first = 0
         self.end = (self.t0, 0, 0)
+        self.evaluator = Evaluator(cfg) if cfg.eval_every else None
+        self.last_eval = self.t0
 
     def __call__(self, sup: Supervisor) -> None:
         now = time.monotonic()
@@ -41,7 +43,7 @@ class _Meter:
             return
         self.record(now)
 
-    def record(self, now: float) -> None:
+    def record(self, now: float, final: bool = False) -> None:
         a, cfg = self.sup.arena, self.sup.cfg
         v = a.published()
         updates = v - self.sup.start_version
@@ -58,6 +60,10 @@ class _Meter:
                "loss": float(np.mean(losses)), "staleness": float(np.mean([max(0, v - p) for p in pulled])),
                "steps": steps, "learners_alive": len(self.sup.learners),
                "restarts": dict(self.sup.restarts)}
+        if self.evaluator is not None and (now - self.last_eval >= self.sup.cfg.eval_every or final):
+            _, weights, _, _ = self.sup.snapshot()
+            row["eval"] = self.evaluator(weights)
+            self.last_eval = time.monotonic()
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         self.bar.n = min(steps, self.bar.total or steps)
@@ -85,7 +91,8 @@ def train(task="probe", *, task_options: dict | None = None, optimizer: str = "s
           learners: int = 2, steps: int | None = None, epochs: int | None = None,
           out: str | Path = "runs/job", seed: int = 0, checkpoint_every: int = 0,
           resume: str | Path | None = None, progress: bool = False, evaluate: bool = True,
-          job: str | None = None, lease: float = 60.0, slots: int = 2, **hyper) -> dict:
+          job: str | None = None, lease: float = 60.0, slots: int = 2, eval_every: float = 0.0,
+          **hyper) -> dict:
     """Train `task` through the shared-memory PS with `learners` processes; return the summary.
 
     `task` is a built-in name, "package.module:Class", a task class or instance; `hyper` are
@@ -96,7 +103,7 @@ def train(task="probe", *, task_options: dict | None = None, optimizer: str = "s
                     learners=learners, steps=steps, epochs=epochs, seed=seed, out=str(out),
                     job=job, checkpoint_every=checkpoint_every,
                     resume=str(resume) if resume else None, lease=lease, slots=slots,
-                    progress=progress)
+                    progress=progress, eval_every=eval_every)
     return run(cfg)
 
 
@@ -123,8 +130,9 @@ def run(cfg: JobConfig) -> dict:
             sup.log("gadei: interrupted; stopping the learners and the PS, saving a checkpoint")
             sup.stop_children()
             train_s = time.monotonic() - t_start
-        meter.record(time.monotonic())
+        meter.record(time.monotonic(), final=True)
         sup.stop_children()
+        time_split = sup.time_split(train_s)
         version = sup.write_checkpoint(final=not sup.interrupted)
         _, weights, _, ledger = sup.snapshot()
         updates_per_s, samples_per_s = meter.rates()
@@ -137,7 +145,7 @@ def run(cfg: JobConfig) -> dict:
             "staleness": {"mean": ledger["stale_sum"] / max(1, ledger["updates"]),
                           "max": ledger["stale_max"]},
             "restarts": sup.restarts, "checkpoint": str(out / "checkpoint"),
-            "sync_rounds_missed": ledger["dropped"],
+            "sync_rounds_missed": ledger["dropped"], "time_split": time_split,
             "ledger": sup.summary_ledger(ledger),
         }
         sup.close()
@@ -153,29 +161,40 @@ def run(cfg: JobConfig) -> dict:
             signal.signal(s, h)
 
 
-def load_model(cfg: JobConfig, weights: np.ndarray | dict):
-    """The task and its model holding `weights` (flat, or a name -> array mapping)."""
-    task = build_task(cfg)
-    torch.manual_seed(cfg.seed)
-    model = task.build_model()
-    with torch.no_grad():
-        if isinstance(weights, dict):
-            for name, p in model.named_parameters():
-                p.copy_(torch.from_numpy(np.asarray(weights[name])).reshape(p.shape))
-        else:
-            off = 0
-            for p in model.parameters():
-                p.copy_(torch.from_numpy(weights[off:off + p.numel()]).reshape(p.shape))
-                off += p.numel()
-    model.eval()
-    return task, model
+class Evaluator:
+    """The task and a model built once; `evaluator(weights)` evaluates those weights."""
+
+    def __init__(self, cfg: JobConfig):
+        torch.set_num_threads(1)
+        self.task = build_task(cfg)
+        torch.manual_seed(cfg.seed)
+        self.model = self.task.build_model()
+
+    def load(self, weights: np.ndarray | dict) -> torch.nn.Module:
+        """Copy `weights` (flat, or a name -> array mapping) into the model; return it."""
+        with torch.no_grad():
+            if isinstance(weights, dict):
+                for name, p in self.model.named_parameters():
+                    p.copy_(torch.from_numpy(np.asarray(weights[name])).reshape(p.shape))
+            else:
+                off = 0
+                for p in self.model.parameters():
+                    p.copy_(torch.from_numpy(weights[off:off + p.numel()]).reshape(p.shape))
+                    off += p.numel()
+        return self.model
+
+    def __call__(self, weights, split: str | None = None) -> dict:
+        model = self.load(weights)
+        model.eval()
+        try:
+            with torch.no_grad():
+                return self.task.evaluate(model, split or getattr(self.task, "eval_split", "valid"))
+        finally:
+            model.train()
 
 
 def evaluate_weights(cfg: JobConfig, weights, split: str | None = None) -> dict:
-    torch.set_num_threads(1)
-    task, model = load_model(cfg, weights)
-    with torch.no_grad():
-        return task.evaluate(model, split or getattr(task, "eval_split", "valid"))
+    return Evaluator(cfg)(weights, split)
 
 
-__all__ = ["train", "run", "JobError", "evaluate_weights", "load_model"]
+__all__ = ["train", "run", "JobError", "evaluate_weights", "Evaluator"]

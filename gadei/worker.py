@@ -118,7 +118,9 @@ class Worker:
     # ---- pull ----------------------------------------------------------------------------
     def pull(self) -> int:
         """Copy the latest consistent weights into the model; return their version."""
+        t0 = time.perf_counter_ns()
         self.version, _ = self.arena.pull(self._flat_np)
+        self.spent(A.L_PULL_NS, t0)
         self.ctl.store(self.arena.lw(self.i, A.L_PULLED), self.version)
         return self.version
 
@@ -185,10 +187,21 @@ class Worker:
         Returns the sequence number committed. `steps` is how many of the learner's steps this
         push completes (recorded with the commit, so a restarted learner resumes there).
         """
+        t0 = time.perf_counter_ns()
         s = self.claim()
+        t1 = self.spent(A.L_WAIT_NS, t0)
         faults.point("learner_writing", self.i, self.next_seq)
         norm = self.write(s, data)
-        return self.commit(s, kind, norm, samples, steps)
+        k = self.commit(s, kind, norm, samples, steps)
+        self.spent(A.L_PUSH_NS, t1)
+        return k
+
+    def spent(self, word: int, since_ns: int) -> int:
+        """Add the time since `since_ns` to one of this learner's time counters; now."""
+        now = time.perf_counter_ns()
+        w = self.arena.lw(self.i, word)
+        self.ctl.store(w, self.ctl.load(w) + now - since_ns)
+        return now
 
     def push_gradient(self, samples: int = 0) -> int:
         """Commit the model's gradients as the next update; returns its sequence number."""
@@ -222,8 +235,10 @@ class Worker:
         ours holds k as READY.
         """
         a, i, ready = self.arena, self.i, A.ctrl(A.READY, k)
+        t0 = time.perf_counter_ns()
         self.wait_for_ps(lambda: all(self.ctl.load(a.sw(i, s, A.S_CTRL)) != ready
                                      for s in range(a.layout.slots)), f"applied seq {k}")
+        self.spent(A.L_WAIT_NS, t0)
 
     def report(self, loss: float, samples: int) -> None:
         """Publish progress for the supervisor's metrics (not part of the protocol)."""

@@ -104,10 +104,10 @@ def train(task="probe", *, task_options: dict | None = None, optimizer: str = "s
                     job=job, checkpoint_every=checkpoint_every,
                     resume=str(resume) if resume else None, lease=lease, slots=slots,
                     progress=progress, eval_every=eval_every)
-    return run(cfg)
+    return run(cfg, evaluate=evaluate)
 
 
-def run(cfg: JobConfig) -> dict:
+def run(cfg: JobConfig, evaluate: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     sup = Supervisor(cfg)
@@ -149,7 +149,7 @@ def run(cfg: JobConfig) -> dict:
             "ledger": sup.summary_ledger(ledger),
         }
         sup.close()
-        summary["final_metrics"] = evaluate_weights(cfg, weights) if not sup.interrupted else {}
+        summary["final_metrics"] = evaluate_weights(cfg, weights) if evaluate and not sup.interrupted else {}
         summary["wall_time_s"] = round(time.monotonic() - t_start, 3)
         write_json(out / "summary.json", summary)
         return summary

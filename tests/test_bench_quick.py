@@ -1,0 +1,41 @@
+"""The benchmarks' quick modes run and their output parses (the full runs are in docs/)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def run(module: str, *args) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", module, "--quick", *args], capture_output=True,
+                       text=True, timeout=540)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_ps_apply_quick(tmp_path):
+    run("bench.ps_apply", "--rules", "sgd,adam", "--json", tmp_path / "a.json")
+    rows = json.loads((tmp_path / "a.json").read_text())["rows"]
+    assert {r["rule"] for r in rows} == {"sgd", "adam"}
+    assert all(r["updates_per_s"] > 0 and r["ps_median_s"] > 0 and 0 < r["efficiency"] for r in rows)
+
+
+def test_optimizers_quick(tmp_path):
+    run("bench.optimizers", "--json", tmp_path / "o.json", "--md", tmp_path / "o.md",
+        "--plot", tmp_path / "o.png")
+    rows = json.loads((tmp_path / "o.json").read_text())["rows"]
+    assert [(r["optimizer"], r["learners"]) for r in rows] == [("adam", 1), ("adam", 2),
+                                                                ("easgd", 1), ("easgd", 2)]
+    assert all(r["samples_per_s"] > 0 and r["curve"] for r in rows)
+    assert (tmp_path / "o.png").stat().st_size > 1000 and "| adam | 2 |" in (tmp_path / "o.md").read_text()
+
+
+def test_scaling_quick(tmp_path):
+    run("bench.scaling", "--json", tmp_path / "s.json")
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert [r["learners"] for r in rows] == [1, 2]
+    assert all(set(r["time_split"]["learners"]) == {str(i) for i in range(r["learners"])} for r in rows)

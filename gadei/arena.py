@@ -272,6 +272,20 @@ class Arena:
     def published(self) -> int:
         return self.ctl.load(PUB)
 
+    def published_ledger(self, timeout: float = 60.0) -> tuple[int, dict]:
+        """(version, ledger) of the published version, read consistently (as `pull` does)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.ctl.load(PUB)
+            try:
+                ledger = self.read_ledger(v % BUFFERS)
+            except Exception:   # any decoding error of a torn copy
+                ledger = None
+            if ledger is not None and self.ctl.load(PUB, fence=True) <= v + 1:
+                return v, ledger
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no consistent ledger of {self.name} within {timeout} s")
+
     # ---- consistent reads --------------------------------------------------------------
     def pull(self, out: np.ndarray, *, state: dict | None = None, timeout: float = 60.0) -> tuple[int, dict | None]:
         """Copy the published weights (and optionally state and ledger) into `out`; return

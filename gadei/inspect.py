@@ -9,8 +9,7 @@ def describe(name: str) -> dict:
     a = A.Arena.attach(name)
     try:
         ctl, now = a.ctl, A.now_ns()
-        v = ctl.load(A.PUB)
-        ledger = a.read_ledger(v % A.BUFFERS)
+        v, ledger = a.published_ledger()
         cfg = a.meta.get("config", {})
         owner = ctl.load(A.OWNER_PID)
         learners = []

@@ -78,6 +78,9 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
                 if quota is not None and worker.step >= quota:
                     break
             else:
+                if not got:
+                    raise ValueError(f"learner {i} of {cfg.learners} got no batches from task "
+                                     f"{cfg.task!r}: its share of the data is empty; use fewer learners")
                 worker.epoch += 1
                 ctl.store(arena.lw(i, A.L_EPOCH), worker.epoch)
         finish = getattr(protocol, "finish", None)

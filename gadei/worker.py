@@ -66,8 +66,7 @@ class Worker:
         a, i = self.arena, self.i
         seen = [self.ctl.load(a.lw(i, A.L_NEXT_SEQ)) - 1]
         seen += [A.ctrl_seq(self.ctl.load(a.sw(i, s, A.S_CTRL))) for s in range(a.layout.slots)]
-        v = self.ctl.load(A.PUB)
-        seen.append(a.read_ledger(v % A.BUFFERS)["amax"][i])
+        seen.append(a.published_ledger()[1]["amax"][i])
         return max(seen) + 1
 
     def restart_step(self) -> int:

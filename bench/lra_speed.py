@@ -17,7 +17,7 @@ wall time of a single-threaded run includes waiting for a core, its CPU time doe
     python -m bench.lra_speed --quick              # seconds: short lengths, tiny model (CI)
     python -m bench.lra_speed --fourier 1,2:0.5 --fourier 1:0.25 --json runs/lra_speed/results.json
 
-`--fourier LAYERS:RATIO` (repeatable; default 1,2:0.5, the `lra` task's default) is a Fourier
+`--fourier LAYERS:RATIO` (repeatable; default 1:0.25, the `lra` task's default) is a Fourier
 Transformer that shortens the sequence by RATIO before each of LAYERS; every variant is compared
 with the same Transformer.
 
@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-heads", type=int, default=4)
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--d-ff", type=int, default=256)
-    p.add_argument("--fourier", action="append", help="LAYERS:RATIO, repeatable (default 1,2:0.5)")
+    p.add_argument("--fourier", action="append", help="LAYERS:RATIO, repeatable (default 1:0.25)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default="runs/lra_speed/results.json")
     p.add_argument("--png", default="runs/lra_speed/speed.png")
@@ -123,7 +123,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.lengths, args.steps, args.warmup = "128,256", 1, 1
         args.d_model, args.n_heads, args.n_layers, args.d_ff = 32, 2, 3, 64
-    variants = [parse_variant(v) for v in (args.fourier or ["1,2:0.5"])]
+    variants = [parse_variant(v) for v in (args.fourier or ["1:0.25"])]
     config = {
         "lengths": [int(s) for s in args.lengths.split(",")], "batch": args.batch,
         "steps": args.steps, "warmup": args.warmup, "d_model": args.d_model,

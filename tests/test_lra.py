@@ -92,7 +92,7 @@ trees = st.recursive(st.integers(0, 9),
                      max_leaves=40)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 @settings(max_examples=200, deadline=None)
 @given(trees)
 def test_labels_match_an_independent_evaluator(tree):
@@ -267,7 +267,7 @@ def test_real_data_folder_is_read_and_missing_folder_explained(tmp_path, cache):
         LRA(model="fnet")
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_short_training_lowers_the_loss_and_weights_carry_over(tmp_path, cache):
     torch.manual_seed(0)
     task = LRA(**TINY, model="transformer")

@@ -1,0 +1,241 @@
+"""The `lra` workload: ListOps at long range, with a Transformer or a Fourier Transformer.
+
+Data (see qa_tasks/listops.py for the generator and the formats):
+- "generated" (the default with no data directory): ListOps generated to the Long Range Arena
+  specification with this task's length / depth / size options, cached as LRA TSV files under
+  the gadei cache (qa_tasks.common.cache_dir("lra")). The defaults are small and short (10..100
+  tokens) so tests and demos run in seconds; LRA's setting is
+  `--min-length 500 --max-length 2000 --n-train 96000 --n-valid 2000 --n-test 2000`.
+- "real": `<data dir>/listops/basic_{train,val,test}.tsv` in LRA's format. Sequences longer
+  than max_length are cut to max_length, as LRA's input pipeline does; pass `--max-length 2000`
+  for LRA's setting.
+
+Model (`--model transformer | fourier`): see qa_tasks/fourier.py. `--fourier-layers` and
+`--fourier-ratio` choose before which layers and by how much the Fourier Transformer shortens the
+sequence; the default, 1 and 0.25 (one full-length layer, then the rest at a quarter of the
+length), was the fastest of the settings measured at equal accuracy (docs/results-lra.md).
+Both models have the same parameters, so `--init-from DIR` starts a Fourier Transformer from a
+trained Transformer's checkpoint (the paper's inherit-then-fine-tune recipe) or the reverse.
+
+Metric: accuracy over the 10 classes (LRA reports 36-37 % for the vanilla Transformer on its
+2,000-token ListOps).
+
+    gadei train --task lra --model fourier --optimizer adam --learners 2 --steps 2000 --out runs/lra
+
+`python -m qa_tasks.lra` trains in one process with a plain Adam loop (no parameter server): the
+reference the PS runs are compared with, and how docs/results-lra.md was measured.
+
+    python -m qa_tasks.lra --model transformer --steps 1500 --save runs/lra/t.npz --json runs/lra/t.json
+    python -m qa_tasks.lra --model fourier --init-from runs/lra/t.npz --steps 300   # inherit, fine-tune
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qa_tasks import common, listops
+from qa_tasks.fourier import ModelConfig, TransformerClassifier, build
+
+
+class LRA:
+    eval_split = "valid"
+
+    def __init__(self, *, data: str = "auto", data_dir: str | None = None,
+                 model: str = "transformer",
+                 min_length: int = 10, max_length: int = 100, max_depth: int = 10, max_args: int = 10,
+                 n_train: int = 2000, n_valid: int = 200, n_test: int = 200, data_seed: int = 0,
+                 batch: int = 32, eval_batch: int = 64,
+                 d_model: int = 64, n_heads: int = 4, n_layers: int = 4, d_ff: int = 128,
+                 dropout: float = 0.0, positions: str = "learned", pooling: str = "mean",
+                 fourier_layers: str = "1", fourier_ratio: float = 0.25,
+                 init_from: str | None = None):
+        # every option kept under its own name, so gadei.train(<an LRA instance>) can rebuild it
+        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        if model not in ("transformer", "fourier"):
+            raise ValueError(f"model must be 'transformer' or 'fourier', not {model!r}")
+        if batch < 1 or eval_batch < 1:
+            raise ValueError(f"batch sizes must be >= 1, got batch={batch}, eval_batch={eval_batch}")
+        self.real = common.use_real_data(data, data_dir)
+        # generated data: validated now (bad lengths fail at construction, not mid-run)
+        self.spec = listops.ListOpsSpec(min_length=min_length, max_length=max_length, max_depth=max_depth,
+                                        max_args=max_args, n_train=n_train, n_valid=n_valid,
+                                        n_test=n_test, seed=data_seed)
+        try:
+            layers = tuple(int(s) for s in str(fourier_layers).split(",") if s.strip())
+        except ValueError:
+            raise ValueError(f"fourier_layers must be comma-separated layer indices like '1,2', "
+                             f"not {fourier_layers!r}") from None
+        self.cls = cls = pooling == "cls"
+        self.cfg = ModelConfig(vocab_size=len(listops.VOCAB), n_classes=listops.N_CLASSES,
+                               max_len=max_length + cls, d_model=d_model, n_heads=n_heads,
+                               n_layers=n_layers, d_ff=d_ff, dropout=dropout, positions=positions,
+                               pooling=pooling, pad_id=listops.PAD,
+                               fourier_layers=layers if model == "fourier" else (),
+                               fourier_ratio=fourier_ratio)
+        if model == "fourier" and not layers:
+            raise ValueError("--model fourier needs --fourier-layers (e.g. 1)")
+        self._splits: dict[str, list[list[int]] | None] = {}
+        self._labels: dict[str, np.ndarray] = {}
+        self.truncated = 0  # real sequences cut to max_length
+
+    # ---- data -----------------------------------------------------------------------------------
+
+    def _load(self, split: str) -> tuple[list[list[int]], np.ndarray]:
+        if split not in listops.LRA_FILES:
+            raise ValueError(f"unknown split {split!r}: use one of {', '.join(listops.LRA_FILES)}")
+        if split not in self._splits:
+            if self.real:
+                folder = common.dataset_dir(self.data_dir, "listops")
+            else:
+                folder = listops.generated_files(self.spec, common.cache_dir("lra"))
+            path = folder / listops.LRA_FILES[split]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: the listops folder must hold "
+                                        f"{', '.join(listops.LRA_FILES.values())} (LRA's TSV format)")
+            rows = listops.read_lra_tsv(path)
+            seqs = []
+            for tokens, _ in rows:
+                ids = ([listops.CLS] if self.cls else []) + listops.encode(tokens)
+                if len(ids) > self.cfg.max_len:
+                    ids, self.truncated = ids[: self.cfg.max_len], self.truncated + 1
+                seqs.append(ids)
+            self._splits[split] = seqs
+            self._labels[split] = np.array([label for _, label in rows], dtype=np.int64)
+        return self._splits[split], self._labels[split]
+
+    @staticmethod
+    def _collate(seqs: list[list[int]], labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(seqs), max(len(s) for s in seqs)), listops.PAD, dtype=torch.long)  # (B, T)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+        return ids, torch.from_numpy(labels)
+
+    def batches(self, learner: int, learners: int, seed: int):
+        """One epoch of this learner's shard (every learners-th example, a fixed split that does
+        not depend on seed, so shards never overlap), shuffled by seed; (ids (B, T), labels (B,))."""
+        if not 0 <= learner < learners:
+            raise ValueError(f"learner {learner} out of range for {learners} learners")
+        seqs, labels = self._load("train")
+        shard = np.arange(learner, len(seqs), learners)
+        order = shard[np.random.default_rng(seed).permutation(len(shard))]
+        for start in range(0, len(order), self.batch):
+            idx = order[start: start + self.batch]
+            yield self._collate([seqs[i] for i in idx], labels[idx])
+
+    def batch_size(self, batch) -> int:
+        return int(batch[0].shape[0])
+
+    # ---- model ----------------------------------------------------------------------------------
+
+    def build_model(self) -> TransformerClassifier:
+        model = build(self.cfg, self.model)
+        if self.init_from:
+            model.load_state_dict(load_weights(self.init_from), strict=True)
+        return model
+
+    def loss(self, model, batch) -> torch.Tensor:
+        ids, labels = batch
+        return F.cross_entropy(model(ids), labels)
+
+    @torch.no_grad()
+    def evaluate(self, model, split: str) -> dict[str, float]:
+        seqs, labels = self._load(split)
+        was_training = model.training
+        model.eval()
+        order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths batch together
+        correct, loss_sum = 0, 0.0
+        for start in range(0, len(order), self.eval_batch):
+            idx = order[start: start + self.eval_batch]
+            ids, y = self._collate([seqs[i] for i in idx], labels[idx])
+            logits = model(ids)                                     # (B, 10)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(-1) == y).sum())
+        model.train(was_training)
+        n = max(len(seqs), 1)
+        return {"accuracy": correct / n, "loss": loss_sum / n}
+
+
+def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """A model's state_dict as an .npz (name -> array); `load_weights` reads it without pickle."""
+    np.savez(path, **{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Weights for `--init-from`: a gadei job folder or checkpoint file, or an .npz written by
+    save_weights. Neither format uses pickle."""
+    path = Path(path)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            weights = {k: f[k] for k in f.files}
+    elif path.exists():  # a gadei job folder or its checkpoint file
+        try:
+            from gadei import checkpoint  # only for gadei checkpoints; the task works without it
+        except ImportError as e:
+            raise ValueError(f"{path} is not an .npz and gadei.checkpoint is unavailable ({e}); "
+                             "pass an .npz written by qa_tasks.lra.save_weights instead") from e
+        weights = checkpoint.load(path)["weights"]
+    else:
+        raise FileNotFoundError(f"init_from {path} does not exist: expected a gadei job folder, its "
+                                "checkpoint file, or an .npz of weights (qa_tasks.lra.save_weights)")
+    return {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}
+
+
+def main(argv=None) -> None:
+    """Single-process training: every LRA option as --flag, plus the loop's own."""
+    p = argparse.ArgumentParser(description="Train the lra task in one process (plain Adam loop).")
+    for name, param in inspect.signature(LRA).parameters.items():
+        kind = type(param.default) if param.default is not None else str
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=param.default)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--save", help="write the final weights here (.npz)")
+    p.add_argument("--json", help="write the settings and metrics here")
+    args = vars(p.parse_args(argv))
+    loop = {k: args.pop(k) for k in ("steps", "lr", "seed", "threads", "eval_every", "save", "json")}
+    torch.set_num_threads(loop["threads"])
+    task = LRA(**args)
+    torch.manual_seed(loop["seed"])
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=loop["lr"])
+    log = {"settings": {**args, **loop}, "start": {s: task.evaluate(model, s) for s in ("valid", "test")}}
+    print(json.dumps({"step": 0, **log["start"]}), flush=True)
+    t0, step, epoch, losses = time.perf_counter(), 0, 0, []
+    while step < loop["steps"]:
+        for batch in task.batches(0, 1, seed=loop["seed"] * 1000 + epoch):
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss(model, batch)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if step % loop["eval_every"] == 0 or step == loop["steps"]:
+                print(json.dumps({"step": step, "train_loss": float(np.mean(losses[-50:])),
+                                  "valid": task.evaluate(model, "valid"),
+                                  "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+            if step == loop["steps"]:
+                break
+        epoch += 1
+    log.update(seconds=time.perf_counter() - t0, steps=step,
+               final={s: task.evaluate(model, s) for s in ("valid", "test")})
+    print(json.dumps({"final": log["final"], "seconds": round(log["seconds"], 1)}), flush=True)
+    if loop["save"]:
+        Path(loop["save"]).parent.mkdir(parents=True, exist_ok=True)
+        save_weights(model, loop["save"])
+    if loop["json"]:
+        Path(loop["json"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(loop["json"]).write_text(json.dumps(log, indent=1))
+
+
+if __name__ == "__main__":
+    main()

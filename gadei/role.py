@@ -62,7 +62,8 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
                 break
             # a fresh shuffle per epoch and per incarnation
             seed = cfg.seed + 1_000_003 * worker.epoch + 7_919 * worker.incarnation + 101 * gid
-            for batch in task.batches(gid, cfg.learners, seed):
+            got = 0
+            for got, batch in enumerate(task.batches(gid, cfg.learners, seed), 1):
                 def closure(batch=batch):
                     for p in params:
                         p.grad = None

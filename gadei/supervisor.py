@@ -382,19 +382,33 @@ class Supervisor:
             time.sleep(0.05)
         return time.monotonic() - t0
 
-    def stop_children(self) -> None:
-        if self.arena is not None:
-            self.arena.ctl.store(A.STOP, 1)
-        children = list(self.learners.values()) + ([self.ps] if self.ps else [])
-        deadline = time.monotonic() + 5
-        for c in children:
+    def stop_children(self, grace: float = 5.0) -> None:
+        """Stop the learners, let the PS apply everything they committed, then stop it.
+
+        So an interrupted job loses no committed gradient either: only one being written
+        when its learner was stopped is discarded. Every wait is bounded by `grace`.
+        """
+        a = self.arena
+        if a is not None:
+            a.ctl.store(A.STOP, 1)
+        for i, c in list(self.learners.items()):
             try:
-                c.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+                c.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                c.kill()
+            if a is not None:
+                for k in discard_writing(a, i):
+                    self.discarded[i].append(k)
+        self.learners.clear()
+        if self.ps is not None:
+            if a is not None:
+                a.ctl.store(A.PS_STOP, 1)      # it stops once no slot is READY
+            try:
+                self.ps.popen.wait(timeout=2 * grace)
             except subprocess.TimeoutExpired:
                 pass
-            c.kill()
-        self.learners.clear()
-        self.ps = None
+            self.ps.kill()
+            self.ps = None
 
     def close(self) -> None:
         self.stop_children()

@@ -92,6 +92,7 @@ def test_ctrl_c_then_resume_keeps_exactly_once(tmp_path):
     assert not shm.segments("intr-e2e")
     s1 = summary(out)
     assert s1["interrupted"]
+    assert_clean_audit(out)     # stopping drains: nothing committed is left unapplied
     out2 = tmp_path / "second"
     r = run_gadei(*probe_args(out2, 2, 1500, "--resume", out))
     assert r.returncode == 0, r.stderr

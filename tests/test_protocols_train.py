@@ -42,3 +42,11 @@ def test_bad_hyper_parameters_fail_before_any_process_starts(tmp_path):
         gadei.train("tests.tasks:Blobs", optimizer="adam", momentum=0.9, out=tmp_path)
     with pytest.raises(ValueError, match="unknown optimizer"):
         gadei.train("tests.tasks:Blobs", optimizer="lbfgs", out=tmp_path)
+
+
+def test_epochs_mode_runs_every_learner_through_its_shard(tmp_path):
+    """--epochs: each learner passes over its shard that many times (Blobs: 1000 training
+    samples, 2 shards of 500, 15 batches of 32 each), then stops."""
+    s = gadei.train("tests.tasks:Blobs", optimizer="sgd", learners=2, epochs=2, out=tmp_path, lr=0.1)
+    assert s["updates_applied"] == 2 * 2 * 15
+    assert s["samples"] == 2 * 2 * 15 * 32

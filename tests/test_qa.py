@@ -4,6 +4,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +49,10 @@ def write_release(root, *, valid=VALID, test=None):
     answers = {k: {"en": v, "zh": "..."} for k, v in ANSWERS.items()}
     write_gz(folder / "pypi_insuranceqa_data_1.0" / "answers.json.gz", [json.dumps(answers)])
     return folder
+
+
+# the real data, when the environment points at it (read before the fixture below hides it)
+REAL_DATA = os.environ.get("GADEI_DATA")
 
 
 @pytest.fixture(autouse=True)
@@ -347,3 +353,18 @@ def test_gadei_train_with_two_learners_learns_the_generated_task(tmp_path):
                           out=tmp_path / "run", lr=1e-2)
     assert summary["updates_applied"] >= 120
     assert summary["final_metrics"]["top1"] > 0.2, summary["final_metrics"]   # chance is 0.05
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not (REAL_DATA and (Path(REAL_DATA) / "insuranceqa").is_dir()),
+                    reason="set GADEI_DATA to the folder holding insuranceqa/")
+def test_real_release_matches_its_readme():
+    """The counts the data README documents, and its pool recall of the 500-pool valid split."""
+    corpus = insuranceqa.load(REAL_DATA)
+    assert len(corpus.answers) == 27413 and corpus.answer_labels[[0, -1]].tolist() == [1, 27413]
+    assert len(corpus.splits["train"]) == 12889 and len(corpus.splits["valid"]) == 2000
+    valid = corpus.splits["valid"]
+    assert set(valid.pool.lengths().tolist()) == {500}
+    cands, is_truth, in_pool = candidates(valid, len(valid))
+    assert (is_truth & in_pool).any(axis=1).sum() == 1592          # README / upstream: recall 0.796
+    assert (corpus.answers.values == insuranceqa.UNK).mean() < 0.01

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import qa_tasks
-from qa_tasks import nlc as nlc_mod
 from qa_tasks import qc as qc_mod
 from qa_tasks.nlc import NLC, SelfAttentiveClassifier, attention_penalty, oos_metrics, read_clinc
 from qa_tasks.qc import QC, read_trec
-from qa_tasks.text import PAD_ID, UNK_ID, KimCNN, Vocab, pad_batch, shard_batches, tokenize
+from qa_tasks.text import UNK_ID, KimCNN, Vocab, pad_batch, shard_batches, tokenize
 
 torch.set_num_threads(1)
 
@@ -327,6 +326,7 @@ def test_qc_trains_through_gadei_with_two_learners(tmp_path):
                           out=tmp_path / "run", lr=5e-3)
     after = summary["final_metrics"]
     assert summary["updates_applied"] == 60
+    assert summary["restarts"] == {"ps": 0, "learners": 0}, "a process crashed: see the logs/ under out"
     assert after["loss"] < 0.5 * before["loss"] and after["accuracy"] > 0.8
     # the checkpoint holds the model's weights under its parameter names, loadable without pickle
     model = task.build_model()

@@ -342,9 +342,9 @@ def test_asr_trains_through_gadei_with_two_learners(tmp_path):
     batch = next(iter(task.batches(0, 1, seed=99)))
     with torch.no_grad():
         before = float(task.loss(task.build_model().eval(), batch))
-    summary = gadei.train("asr", task_options=options, optimizer="adam", learners=2, steps=120,
+    summary = gadei.train("asr", task_options=options, optimizer="adam", learners=2, steps=80,
                           out=tmp_path / "run", lr=3e-3)
-    assert summary["updates_applied"] == 120
+    assert summary["updates_applied"] == 80
     model = task.build_model()
     weights = checkpoint.load(tmp_path / "run")["weights"]
     model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()})

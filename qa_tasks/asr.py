@@ -1,0 +1,192 @@
+"""The `asr` task: connected-digit recognition with CTC blank-triggered dynamic layer skipping.
+
+Data: FSDD spoken digits joined into utterances of 1 to 7 digits of one speaker (``fsdd.py``);
+model: conv subsampling + Transformer encoder, final and intermediate CTC heads, skipping of the
+top layers for frames the intermediate head calls blank (``ctc_skip.py``, with the paper).
+
+Metrics (``evaluate``), decoding greedily, one utterance at a time (batch 1):
+
+    wer                 word error rate, a digit is a word ("3 1 4")
+    cer                 character error rate over the spelled-out words ("three one four")
+    skipped_fraction    layer-frames skipped / layer-frames of a full run
+                        = sum(skipped frames) * (L - k) / (sum(frames) * L)
+    encoder_ms_per_utt  wall time of features -> log-probs per utterance (mean), without the
+                        feature extraction; skipping when skip_threshold < 1, else the plain model
+    encoder_cpu_ms_per_utt  the same in CPU time of the calling thread (torch with one thread
+                        computes there): on a shared machine, wall time mostly measures waiting
+                        for a core, CPU time what the model itself costs
+
+Launch::
+
+    gadei train --task asr --optimizer adam --learners 2 --steps 3000 --out runs/asr
+    gadei eval --task asr --checkpoint runs/asr --skip-threshold 0.9
+"""
+from __future__ import annotations
+
+import time
+
+import jiwer
+import numpy as np
+import torch
+
+from qa_tasks import fsdd
+from qa_tasks.common import data_root, use_real_data
+from qa_tasks.ctc_skip import CTCSkipEncoder, ctc_losses, greedy
+
+
+class ASR:
+    eval_split = "test"
+
+    def __init__(self, *, data: str = "auto", data_dir: str | None = None, speakers: str = "",
+                 batch: int = 16, max_digits: int = 7, noise: float = 0.002, n_mels: int = 40,
+                 d_model: int = 64, heads: int = 4, layers: int = 6, inter_layer: int = 3,
+                 ff_dim: int = 256, conv_channels: int = 32, dropout: float = 0.1,
+                 inter_ctc_weight: float = 0.3, factorized: bool = True, distill_weight: float = 1.0,
+                 skip_threshold: float = 0.99, spike_extension: int = 1, seed: int = 0):
+        """speakers: comma-separated names to use (empty: all in the source);
+        inter_ctc_weight: w in (1 - w) CTC_final + w CTC_inter (0 turns intermediate CTC off);
+        distill_weight: weight of KL(final || intermediate) (0 turns distillation off);
+        factorized: sigmoid blank + softmax over digits at the intermediate head;
+        skip_threshold: intermediate P(blank) above which a frame skips the top layers in
+        evaluate (>= 1: no skipping); spike_extension: kept frames also keep this many neighbours;
+        seed: composes the valid and test utterances."""
+        self.real = use_real_data(data, data_dir)
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if not 0.0 <= inter_ctc_weight < 1.0:
+            raise ValueError(f"inter_ctc_weight must be in [0, 1), got {inter_ctc_weight}")
+        if distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {distill_weight}")
+        if inter_ctc_weight == 0 and distill_weight == 0:
+            raise ValueError("inter_ctc_weight and distill_weight are both 0: the intermediate head that "
+                             "decides skipping would never be trained; make one of them positive")
+        if spike_extension < 0:
+            raise ValueError(f"spike_extension must be >= 0 frames, got {spike_extension}")
+        # every option kept as an attribute of its own name (gadei rebuilds the task from them)
+        self.data, self.data_dir, self.speakers, self.batch = data, data_dir, speakers, batch
+        self.max_digits, self.noise, self.seed = max_digits, noise, seed
+        self.n_mels, self.d_model, self.heads, self.layers = n_mels, d_model, heads, layers
+        self.inter_layer, self.ff_dim, self.conv_channels, self.dropout = inter_layer, ff_dim, conv_channels, dropout
+        self.inter_ctc_weight, self.factorized, self.distill_weight = inter_ctc_weight, factorized, distill_weight
+        self.skip_threshold, self.spike_extension = skip_threshold, spike_extension
+        self.speaker_list = [s.strip() for s in speakers.split(",") if s.strip()]
+        self.model_options = dict(n_mels=n_mels, d_model=d_model, heads=heads, layers=layers,
+                                  inter_layer=inter_layer, ff_dim=ff_dim, conv_channels=conv_channels,
+                                  dropout=dropout, factorized=bool(factorized))
+        CTCSkipEncoder(**self.model_options)          # fail now on an impossible shape, not mid-run
+        self.fbank = fsdd.mel_filterbank(n_mels)
+        self._recordings: list[fsdd.Recording] | None = None
+        self._eval: dict[str, tuple[list[torch.Tensor], list[tuple[int, ...]]]] = {}
+
+    # -- data ------------------------------------------------------------------------------------
+
+    @property
+    def recordings(self) -> list[fsdd.Recording]:
+        if self._recordings is None:
+            if self.real:
+                source = fsdd.find_source(data_root(self.data_dir))
+                self._recordings = fsdd.load_recordings(source, self.speaker_list or None)
+            else:
+                recs = fsdd.generated_recordings()
+                if self.speaker_list:
+                    recs = [r for r in recs if r.speaker in self.speaker_list]
+                    if not recs:
+                        raise ValueError(f"generated data has speakers gen0, gen1, gen2, not {self.speakers!r}")
+                self._recordings = recs
+        return self._recordings
+
+    def utterances(self, split: str, seed) -> list[fsdd.Utterance]:
+        recs = fsdd.select(self.recordings, split)
+        if not recs:
+            raise ValueError(f"no recordings in split {split!r} (indices: test 0-4, valid 5-9, train 10+)")
+        return fsdd.join(recs, seed, self.max_digits, noise=self.noise)
+
+    def features(self, utt: fsdd.Utterance) -> torch.Tensor:
+        return fsdd.log_mel(utt.audio, self.fbank)                               # (T, M)
+
+    def eval_set(self, split: str) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
+        """Features and digits of a split's fixed utterances (composed from `seed`), cached."""
+        if split not in self._eval:
+            utts = self.utterances(split, [self.seed, fsdd.SPLITS.index(split)])
+            self._eval[split] = ([self.features(u) for u in utts], [u.digits for u in utts])
+        return self._eval[split]
+
+    def collate(self, feats: list[torch.Tensor], digits: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        lens = torch.tensor([len(f) for f in feats])
+        x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])          # (B, T, M)
+        for i, f in enumerate(feats):
+            x[i, :len(f)] = f
+        tl = torch.tensor([len(d) for d in digits])
+        y = torch.zeros(len(digits), int(tl.max()), dtype=torch.long)           # (B, S), labels 1..10
+        for i, d in enumerate(digits):
+            y[i, :len(d)] = torch.tensor(d) + 1
+        return {"feats": x, "lens": lens, "targets": y, "target_lens": tl}
+
+    def batches(self, learner: int, learners: int, seed: int):
+        """One epoch of this learner's shard: its train recordings (every learners-th, so shards are
+        disjoint whatever the seeds) joined into fresh utterances by `seed`, shuffled, batched."""
+        if not 0 <= learner < learners:
+            raise ValueError(f"learner must be in 0..{learners - 1}, got {learner}")
+        shard = fsdd.select(self.recordings, "train")[learner::learners]
+        utts = fsdd.join(shard, [self.seed, seed, learner], self.max_digits, noise=self.noise)
+        order = np.random.default_rng([seed, learner]).permutation(len(utts))
+        for start in range(0, len(order), self.batch):
+            chosen = [utts[j] for j in order[start:start + self.batch]]
+            yield self.collate([self.features(u) for u in chosen], [u.digits for u in chosen])
+
+    @staticmethod
+    def batch_size(batch) -> int:
+        return int(batch["feats"].shape[0])
+
+    # -- model and loss --------------------------------------------------------------------------
+
+    def build_model(self) -> CTCSkipEncoder:
+        return CTCSkipEncoder(**self.model_options)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        """(1 - w) CTC_final + w CTC_inter + lambda KL(sg(P_final) || P_inter)."""
+        parts = ctc_losses(model, batch["feats"], batch["lens"], batch["targets"], batch["target_lens"])
+        w = self.inter_ctc_weight
+        return (1 - w) * parts["final"] + w * parts["inter"] + self.distill_weight * parts["kd"]
+
+    # -- evaluation ------------------------------------------------------------------------------
+
+    def transcribe(self, model, split: str, threshold: float) -> dict:
+        """Decode a split one utterance at a time -> hyps, refs, per-utterance encoder ms, and
+        frames skipped / frames in all. threshold >= 1 runs the plain model (no skipping)."""
+        feats, refs = self.eval_set(split)
+        model.eval()
+        hyps, ms, cpu_ms, skipped, frames = [], [], [], 0, 0
+        with torch.inference_mode():
+            for f in feats:
+                x, lens = f[None], torch.tensor([len(f)])
+                t0, c0 = time.perf_counter(), time.thread_time()
+                if threshold >= 1:
+                    lp, out_lens = model.full(x, lens)
+                    sk = torch.zeros(1, dtype=torch.long)
+                else:
+                    lp, out_lens, sk = model.skipping(x, lens, threshold, self.spike_extension)
+                ms.append(1000 * (time.perf_counter() - t0))
+                cpu_ms.append(1000 * (time.thread_time() - c0))   # this thread's CPU time: see the note
+                hyps.append(greedy(lp, out_lens)[0])
+                skipped, frames = skipped + int(sk.sum()), frames + int(out_lens.sum())
+        return {"hyps": hyps, "refs": [list(r) for r in refs], "ms": ms, "cpu_ms": cpu_ms,
+                "skipped": skipped, "frames": frames}
+
+    def evaluate(self, model, split: str) -> dict[str, float]:
+        r = self.transcribe(model, split, self.skip_threshold)
+        wer, cer = error_rates(r["refs"], r["hyps"])
+        upper = model.n_layers - model.inter_layer
+        return {"wer": wer, "cer": cer,
+                "skipped_fraction": r["skipped"] * upper / (r["frames"] * model.n_layers),
+                "encoder_ms_per_utt": float(np.mean(r["ms"])), "encoder_cpu_ms_per_utt": float(np.mean(r["cpu_ms"])),
+                "utterances": float(len(r["refs"]))}
+
+
+def error_rates(refs: list[list[int]], hyps: list[list[int]]) -> tuple[float, float]:
+    """(WER over digits as words, CER over the spelled-out words), corpus level, via jiwer."""
+    words = lambda seq: " ".join(str(d) for d in seq)
+    spelled = lambda seq: " ".join(fsdd.DIGIT_WORDS[d] for d in seq)
+    wer = jiwer.wer([words(r) for r in refs], [words(h) for h in hyps])
+    cer = jiwer.cer([spelled(r) for r in refs], [spelled(h) for h in hyps])
+    return float(wer), float(cer)

@@ -67,6 +67,7 @@ class Job:
         self.seen: dict[int, tuple[int, str]] = {}      # pid -> (start time, role)
         self._note(self.popen.pid, "launcher")
         self.arena: A.Arena | None = None
+        self.finishing = False      # a learner has finished its quota: the job is ending
         self.started_s: float | None = None             # spawn -> every role registered
 
     def _note(self, pid: int, role: str) -> None:
@@ -94,6 +95,7 @@ class Job:
             except (FileNotFoundError, ValueError):   # being created or already gone
                 return []
         a, out = self.arena, []
+        self.finishing = any(a.ctl.load(a.lw(i, A.L_DONE)) for i in range(a.layout.learners))
         entries = [("ps", a.ctl.load(A.PS_PID), a.ctl.load(A.PS_START))]
         entries += [(f"learner {i}", a.ctl.load(a.lw(i, A.L_PID)), a.ctl.load(a.lw(i, A.L_START)))
                     for i in range(a.layout.learners)]
@@ -236,10 +238,14 @@ def kill_roles(job: Job, kills: int, rng: random.Random, ps_share: float, gap, r
             return
         time.sleep(rng.uniform(*gap))
         live = job.roles()
+        if job.finishing:
+            return      # kills from here on would hit roles with no work left: not a test
         if not live:
             continue
         ps = [r for r in live if r[0] == "ps"]
         learners = [r for r in live if r[0] != "ps"]
+        if ps_share >= 1.0 and not ps:
+            continue            # PS-only kills: wait for the PS to be back
         target = ps[0] if ps and (rng.random() < ps_share or not learners) else rng.choice(learners or ps)
         if signal_role(target[1], target[2], signal.SIGKILL):
             record["kills_ps" if target[0] == "ps" else "kills_learner"] += 1
@@ -319,7 +325,7 @@ def run_crash(ctx, n: int) -> dict:
     steps = learners * a.steps_per_learner * 2
     rec = {"scenario": "crash", "learners": learners, "steps": steps, "kills_ps": 0,
            "kills_learner": 0, "kills_supervisor": 0}
-    first = ctx.job(n, probe_args("sgd", learners, steps, "--checkpoint-every", 25))
+    first = ctx.job(n, probe_args("sgd", learners, steps, "--checkpoint-every", 500))
     ck = first.out / "checkpoint"
     if first.wait_running(ctx.start_timeout):
         ctx.startup(first.started_s)
@@ -358,7 +364,7 @@ def run_mpi(ctx, n: int, what: str) -> dict:
     steps = 2 * a.steps_per_learner
     prefix = [shutil.which("mpiexec"), "-n", "3"]
     rec = {"scenario": f"mpi-{what}", "learners": 2, "steps": steps, "kills_ps": 0, "kills_learner": 0}
-    more = ["--backend", "mpi", "--checkpoint-every", 25]
+    more = ["--backend", "mpi", "--checkpoint-every", 200]
     job = ctx.job(n, probe_args("sgd", 2, steps, *more), prefix=prefix)
     if not job.wait_running(ctx.start_timeout):
         return check(job, job.finish(ctx.job_timeout), rec)
@@ -454,26 +460,40 @@ def main(argv=None) -> int:
     p.add_argument("--kills", type=int, default=100, help="stop after this many kills in all")
     p.add_argument("--jobs", type=int, default=200, help="and after at most this many jobs")
     p.add_argument("--kills-per-job", type=int, default=8)
-    p.add_argument("--steps-per-learner", type=int, default=300)
+    p.add_argument("--steps-per-learner", type=int, default=3000, help="long enough that the "
+                   "kills land while every learner still has work (the probe runs ~700 updates/s)")
     p.add_argument("--lease", type=float, default=3.0, help="lease of the stop jobs (raised to "
                    "twice the measured start-up)")
     p.add_argument("--start-timeout", type=float, default=300.0)
     p.add_argument("--job-timeout", type=float, default=600.0, help="bound on one job: past it, a hang")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mpi", action="store_true", help="add jobs under mpiexec --backend mpi")
+    p.add_argument("--only", help="comma-separated scenarios to rotate through instead of all "
+                   "(asgd, downpour, easgd, stop, crash, mpi-ps, mpi-rank)")
     p.add_argument("--quick", action="store_true", help="CI: one job of each kind, small")
     p.add_argument("--workdir", help="where jobs write (default /tmp/gadei-chaos-<tag>, removed "
                    "when nothing failed)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    # A shell starts background jobs (`cmd &` in a script) with SIGINT ignored, and an ignored
+    # signal stays ignored across exec: the `gadei train` children could not be stopped with
+    # SIGINT. Take the default handler back, so that the children get it too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.mpi and (shutil.which("mpiexec") is None or not (ROOT / "gadei" / "mpi.py").exists()):
         p.error("--mpi needs mpiexec and gadei/mpi.py")
     if args.quick:
         args.kills_per_job = min(args.kills_per_job, 3)
-        args.steps_per_learner = min(args.steps_per_learner, 120)
+        args.steps_per_learner = min(args.steps_per_learner, 1500)
     ctx = Campaign(args)
     names = ["asgd", "downpour", "stop", "crash"] + (["mpi-ps"] if args.mpi else []) if args.quick \
         else scenarios(args)
+    if args.only:
+        names = args.only.split(",")
+        unknown = set(names) - set(scenarios(argparse.Namespace(mpi=True)))
+        if unknown:
+            p.error(f"unknown scenario(s) {', '.join(sorted(unknown))}")
+        if any(n.startswith("mpi") for n in names) and not args.mpi:
+            p.error("the mpi scenarios need --mpi")
     records, t0 = [], time.monotonic()
     n = 0
     try:
@@ -498,6 +518,8 @@ def main(argv=None) -> int:
         "kills_learner": sum(r.get("kills_learner", 0) for r in records),
         "kills_supervisor": sum(r.get("kills_supervisor", 0) for r in records),
         "stops": sum(r.get("stops", 0) for r in records),
+        # roles the supervisors replaced (each kill of a role with work left causes one)
+        "restarts": sum(sum(r.get("restarts", {}).values()) for r in records),
         "committed": sum(r.get("committed", 0) for r in records),
         "applied": sum(r.get("applied", 0) for r in records),
         "discarded": sum(r.get("discarded", 0) for r in records),
@@ -508,7 +530,7 @@ def main(argv=None) -> int:
     print(table(records))
     print(f"\n{total['jobs']} jobs, {total['kills']} kills survived ({total['kills_ps']} PS, "
           f"{total['kills_learner']} learner, {total['kills_supervisor']} supervisor + resume), "
-          f"{total['stops']} SIGSTOPs past the lease; gradients committed {total['committed']}, "
+          f"{total['stops']} SIGSTOPs past the lease, {total['restarts']} roles replaced; gradients committed {total['committed']}, "
           f"applied {total['applied']}, discarded {total['discarded']}, rejected {total['rejected']}; "
           f"violations: {total['violations']}; {total['wall_s']} s")
     result = {"config": vars(args), "tag": ctx.tag, "startup_s": ctx.startups,

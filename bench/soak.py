@@ -105,6 +105,10 @@ def main(argv=None) -> int:
     p.add_argument("--workdir")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    # A shell starts background jobs (`cmd &` in a script) with SIGINT ignored, and an ignored
+    # signal stays ignored across exec: the `gadei train` children could not be stopped with
+    # SIGINT. Take the default handler back, so that the children get it too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.quick:
         args.learners, args.seconds, args.sample_every = min(args.learners, 4), min(args.seconds, 60), 2.0
 

@@ -12,7 +12,7 @@ Attention costs O(T^2), so layers after a shortening by p cost about p^2 as much
 
 The factor sqrt(T'/T) makes the operation a resampling (a constant sequence stays the same
 constant; the orthonormal pair alone would scale it by sqrt(T/T')), so the residual stream keeps
-its scale. (With pre-LN blocks it mattered little in the one check made, docs/results-lra.md.)
+its scale. (With pre-LN blocks it mattered little in the one check made, docs/results/lra.md.)
 No parameters are added: the two models have identical state_dicts, so a trained Transformer's
 weights carry over (see `inherit`).
 

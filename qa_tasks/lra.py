@@ -13,7 +13,7 @@ Data (see qa_tasks/listops.py for the generator and the formats):
 Model (`--model transformer | fourier`): see qa_tasks/fourier.py. `--fourier-layers` and
 `--fourier-ratio` choose before which layers and by how much the Fourier Transformer shortens the
 sequence; the default, 1 and 0.25 (one full-length layer, then the rest at a quarter of the
-length), was the fastest of the settings measured at equal accuracy (docs/results-lra.md).
+length), was the fastest of the settings measured at equal accuracy (docs/results/lra.md).
 Both models have the same parameters, so `--init-from DIR` starts a Fourier Transformer from a
 trained Transformer's checkpoint (the paper's inherit-then-fine-tune recipe) or the reverse.
 
@@ -23,7 +23,7 @@ Metric: accuracy over the 10 classes (LRA reports 36-37 % for the vanilla Transf
     gadei train --task lra --model fourier --optimizer adam --learners 2 --steps 2000 --out runs/lra
 
 `python -m qa_tasks.lra` trains in one process with a plain Adam loop (no parameter server): the
-reference the PS runs are compared with, and how docs/results-lra.md was measured.
+reference the PS runs are compared with, and how docs/results/lra.md was measured.
 
     python -m qa_tasks.lra --model transformer --steps 1500 --save runs/lra/t.npz --json runs/lra/t.json
     python -m qa_tasks.lra --model fourier --init-from runs/lra/t.npz --steps 300   # inherit, fine-tune

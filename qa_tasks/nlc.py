@@ -182,7 +182,7 @@ class NLC(SentenceTask):
     filters, widths: the CNN baseline (which uses embed_dim and dropout too).
     batch: utterances per batch.
 
-    Defaults: the best self-attentive run measured on this machine (docs/results-text.md):
+    Defaults: the best self-attentive run measured on this machine (docs/results/text.md):
     penalty 0.3 and dropout 0.3 rather than the paper's 1.0 and 0.5 (those underfit here in
     the same number of epochs: training loss 0.70 against 0.25, same validation accuracy);
     r = 4 hops suit queries of about 8 words (the paper's r = 30 was for reviews).

@@ -260,7 +260,7 @@ def generated_corpus(seed: int = 0, *, topics: int = 120, answers: int = 300, tr
 class QA:
     """InsuranceQA V2 answer selection (Feng et al. 2015); see the module docstring.
 
-    The defaults are the configuration measured in docs/results-qa.md: smaller than Feng et
+    The defaults are the configuration measured in docs/results/qa.md: smaller than Feng et
     al.'s (hidden 200, 4000 filters, answers of 200 tokens) so an epoch fits a shared 2-core CPU.
 
     Options (``gadei train --task qa --some-option V``):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from gadei import shm
+from gadei import proc, shm
 from gadei.atomic import AtomicWords
 
 MAGIC = b"GADEIPS\x01"
@@ -186,6 +186,9 @@ class Arena:
             mm[0:64] = MAGIC + struct.pack("<II", FORMAT, len(blob)) + layout.digest() + bytes(16)
             mm[64:64 + len(blob)] = blob
             arena = cls(name, mm, layout, msgpack.unpackb(blob), owner=True)
+            pid, started = proc.me()        # the owner until someone says otherwise
+            arena.ctl.store(OWNER_PID, pid)
+            arena.ctl.store(OWNER_START, started)
         except BaseException:
             shm.unlink(name)
             raise

@@ -170,10 +170,7 @@ class Supervisor:
                           rule=rule.name, hyper=tuple(sorted(rule.hyper().items())),
                           learners=cfg.learners, slots=cfg.slots)
         sweep_stale(self.log)
-        self.arena = a = A.Arena.create(cfg.job, layout, {"config": cfg.to_dict()})
-        pid, started = proc.me()
-        a.ctl.store(A.OWNER_PID, pid)
-        a.ctl.store(A.OWNER_START, started)
+        self.arena = a = A.Arena.create(cfg.job, layout, {"config": cfg.to_dict()})   # owned by us
         b = version % A.BUFFERS
         np.copyto(a.weights(b), flat)
         for k, v in state0.items():

@@ -87,7 +87,10 @@ def test_regions_do_not_overlap(arena):
         r[:] = k + 1
     for k, r in enumerate(regions):
         assert (r == k + 1).all()
-    assert arena.words.max() == 0   # the control words were not touched
+    words = arena.words.copy()
+    assert words[A.OWNER_PID] == os.getpid()        # the creator owns it
+    words[[A.OWNER_PID, A.OWNER_START]] = 0
+    assert words.max() == 0         # the other control words were not touched
 
 
 def test_atomic_words_load_store_cas(arena):

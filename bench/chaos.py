@@ -280,7 +280,8 @@ def run_stop(ctx, n: int) -> dict:
     rng, a = ctx.rng, ctx.args
     lease = ctx.lease()
     learners = rng.randint(2, 3)
-    target_ps = n % 2 == 1 and not a.quick      # alternate: a learner, then the PS
+    target_ps = ctx.stop_jobs % 2 == 1 and not a.quick      # alternate: a learner, then the PS
+    ctx.stop_jobs += 1
     rec = {"scenario": "stop", "learners": learners, "lease_s": lease, "stopped": None,
            "kills_ps": 0, "kills_learner": 0, "stops": 0}
     steps = learners * a.steps_per_learner
@@ -403,6 +404,7 @@ class Campaign:
         self.start_timeout = args.start_timeout
         self.job_timeout = args.job_timeout
         self.startups: list[float] = []
+        self.stop_jobs = 0
 
     def job(self, n: int, args: list, prefix=None, suffix: str = "") -> Job:
         name = f"chaos-{self.tag}-{n}{suffix}"

@@ -198,24 +198,40 @@ class Arena:
     def attach(cls, name: str, digest: bytes | None = None) -> "Arena":
         mm = shm.attach(name)
         try:
-            magic, fmt, meta_len, got = mm[0:8], *struct.unpack("<II", mm[8:16]), mm[16:48]
-            if magic != MAGIC:
-                raise ValueError(f"{name} is not a gadei arena (bad magic {magic!r})")
-            if fmt != FORMAT:
-                raise ValueError(f"{name} has arena format {fmt}, this gadei reads format {FORMAT}: "
-                                 "finish or clean the job with the gadei version that started it")
-            meta = msgpack.unpackb(mm[64:64 + meta_len], strict_map_key=False)
-            layout = Layout.from_dict(meta["layout"])
-            if layout.digest() != got:
-                raise ValueError(f"{name}: header corrupt (layout digest does not match its layout)")
-            if digest is not None and digest != got:
-                raise ValueError(f"{name} holds a different layout (digest {got.hex()[:12]}, expected "
-                                 f"{digest.hex()[:12]}): model, optimizer or learner count differ "
-                                 "from the job that created it")
-            return cls(name, mm, layout, meta, owner=False)
+            layout, meta = cls._read_header(name, mm, digest)
         except BaseException:
             mm.close()
             raise
+        return cls(name, mm, layout, meta, owner=False)
+
+    @staticmethod
+    def _read_header(name: str, mm: mmap.mmap, digest: bytes | None) -> tuple[Layout, dict]:
+        """Check a mapped segment's header; its layout and meta, or a ValueError saying why not."""
+        if len(mm) < 64:
+            raise ValueError(f"{name} is not a gadei arena (only {len(mm)} bytes)")
+        magic, fmt, meta_len, got = mm[0:8], *struct.unpack("<II", mm[8:16]), mm[16:48]
+        if magic != MAGIC:
+            raise ValueError(f"{name} is not a gadei arena (bad magic {magic!r})")
+        if fmt != FORMAT:
+            raise ValueError(f"{name} has arena format {fmt}, this gadei reads format {FORMAT}: "
+                             "finish or clean the job with the gadei version that started it")
+        try:
+            if meta_len > META_MAX:
+                raise ValueError(f"meta length {meta_len}")
+            meta = msgpack.unpackb(mm[64:64 + meta_len], strict_map_key=False)
+            layout = Layout.from_dict(meta["layout"])
+        except Exception as e:
+            raise ValueError(f"{name}: header corrupt (cannot read its layout: {type(e).__name__}: {e})") from None
+        if layout.digest() != got:
+            raise ValueError(f"{name}: header corrupt (layout digest does not match its layout)")
+        if digest is not None and digest != got:
+            raise ValueError(f"{name} holds a different layout (digest {got.hex()[:12]}, expected "
+                             f"{digest.hex()[:12]}): model, optimizer or learner count differ "
+                             "from the job that created it")
+        if len(mm) < _offsets(layout).total:
+            raise ValueError(f"{name}: header corrupt (its layout needs {_offsets(layout).total} bytes, "
+                             f"the segment has {len(mm)})")
+        return layout, meta
 
     def close(self) -> None:
         """Drop every view and unmap (the segment itself stays until the owner unlinks it)."""

@@ -80,6 +80,18 @@ def save(path, weights: dict[str, np.ndarray], state: dict[str, np.ndarray], met
     return path
 
 
+def _valid_entry(e) -> bool:
+    """An array entry names a known dtype and group, and its byte count matches its shape."""
+    try:
+        return (isinstance(e, dict) and isinstance(e["name"], str) and e["dtype"] in _DTYPES
+                and e["group"] in ("weights", "state") and isinstance(e["offset"], int)
+                and e["offset"] >= 0 and isinstance(e["nbytes"], int) and e["nbytes"] >= 0
+                and isinstance(e["shape"], list) and all(isinstance(d, int) and d >= 0 for d in e["shape"])
+                and e["nbytes"] == int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(e["dtype"]).itemsize)
+    except (KeyError, TypeError):
+        return False
+
+
 def load(path) -> dict:
     """Read a checkpoint: {"weights": {name: array}, "state": {name: array}, "meta": {...}}.
 
@@ -107,12 +119,15 @@ def load(path) -> dict:
         header = msgpack.unpackb(data[len(MAGIC) + 8:len(MAGIC) + 8 + hlen], strict_map_key=False)
     except Exception as e:
         raise CheckpointError(f"{what}: unreadable header ({e})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("arrays"), list) \
+            or not isinstance(header.get("meta", {}), dict):
+        raise CheckpointError(f"{what}: malformed header (expected a map with 'arrays' and 'meta')")
     start = (len(MAGIC) + 8 + hlen + ALIGN - 1) // ALIGN * ALIGN
     out = {"weights": {}, "state": {}, "meta": header.get("meta", {})}
     try:
         for e in header["arrays"]:
-            if e["dtype"] not in _DTYPES or e["group"] not in ("weights", "state"):
-                raise CheckpointError(f"{what}: bad array entry {e.get('name')!r}")
+            if not _valid_entry(e):
+                raise CheckpointError(f"{what}: bad array entry {e.get('name') if isinstance(e, dict) else e!r}")
             lo = start + e["offset"]
             if lo + e["nbytes"] > len(body):
                 raise CheckpointError(f"{what}: array {e['name']} runs past the end of the file")

@@ -30,7 +30,8 @@ class JobConfig:
     checkpoint_every: int = 0            # updates between checkpoints (0: final only)
     resume: str | None = None            # output directory or checkpoint file to continue from
     slots: int = 2                       # gradient slots per learner
-    lease: float = 60.0                  # seconds without a heartbeat before a learner is replaced
+    lease: float = 60.0                  # seconds without a heartbeat before a role is replaced
+    start_timeout: float = 600.0         # seconds a role may take to start (import, load data)
     ps_timeout: float = 120.0            # seconds a learner waits on a silent PS before giving up
     max_restarts: int = 1000             # restarts of each role before the job gives up
     backend: str = "local"

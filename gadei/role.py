@@ -40,15 +40,16 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
     cfg = cfg or JobConfig(**arena.meta["config"])
     gid = i if gid is None else gid
     ctl = arena.ctl
-    pid, started = proc.me()
-    ctl.store(arena.lw(i, A.L_PID), pid)
-    ctl.store(arena.lw(i, A.L_START), started)
-    ctl.store(arena.lw(i, A.L_BEAT), A.now_ns())
     task = build_task(cfg)
     torch.manual_seed(cfg.seed)
     model = task.build_model()
     model.train()
     worker = Worker(arena, i, model, ps_timeout=cfg.ps_timeout, ident=(gid, cfg.learners))
+    # started: from now on the lease applies (until now, the supervisor's start_timeout)
+    pid, started = proc.me()
+    ctl.store(arena.lw(i, A.L_BEAT), A.now_ns())
+    ctl.store(arena.lw(i, A.L_START), started)
+    ctl.store(arena.lw(i, A.L_PID), pid)
     protocol = algorithms.protocol(cfg.optimizer, **cfg.hyper)
     params = worker.params
 

@@ -264,12 +264,19 @@ class Supervisor:
         self.log(f"gadei: the PS died (exit code {code}); a new PS resumes from the published state")
         self.start_ps()
 
+    def missed_lease(self, child: Child, pid_word: int, beat_word: int, now: int) -> bool:
+        """A child is past its lease when it stopped beating; before it has started (written
+        its pid), when it has been starting for longer than `start_timeout`."""
+        ctl = self.arena.ctl
+        if ctl.load(pid_word) == 0:
+            return time.monotonic() - child.started > self.cfg.start_timeout
+        return now - ctl.load(beat_word) > int(self.cfg.lease * 1e9)
+
     def watch(self) -> None:
         """One round: reap the dead, replace those past their lease."""
-        a, ctl, now = self.arena, self.arena.ctl, A.now_ns()
-        lease = int(self.cfg.lease * 1e9)
+        a, now = self.arena, A.now_ns()
         code = self.ps.popen.poll()
-        if code is None and now - ctl.load(A.PS_BEAT) > lease:
+        if code is None and self.missed_lease(self.ps, A.PS_PID, A.PS_BEAT, now):
             self.log(f"gadei: the PS (pid {self.ps.popen.pid}) missed its lease; replacing it")
             code = self.ps.kill()
         if code is not None:
@@ -277,7 +284,7 @@ class Supervisor:
             self.reap_ps(code)
         for i, child in list(self.learners.items()):
             code = child.popen.poll()
-            if code is None and now - ctl.load(a.lw(i, A.L_BEAT)) > lease:
+            if code is None and self.missed_lease(child, a.lw(i, A.L_PID), a.lw(i, A.L_BEAT), now):
                 self.log(f"gadei: learner {i} (pid {child.popen.pid}) missed its lease; replacing it")
                 code = child.kill()
             if code is not None:
@@ -397,15 +404,21 @@ class Supervisor:
                 for k in discard_writing(a, i):
                     self.discarded[i].append(k)
         self.learners.clear()
+        if self.ps is not None and a is not None:
+            a.ctl.store(A.PS_STOP, 1)          # it stops once no slot is READY
+            for attempt in range(2):           # a PS stuck (stopped, descheduled) is replaced once
+                try:
+                    self.ps.popen.wait(timeout=2 * grace if attempt else grace + 5)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.ps.kill()
+                if self.drained() or attempt:
+                    break
+                self.log("gadei: the PS did not drain the committed slots in time; a new PS drains them")
+                self.start_ps()
         if self.ps is not None:
-            if a is not None:
-                a.ctl.store(A.PS_STOP, 1)      # it stops once no slot is READY
-            try:
-                self.ps.popen.wait(timeout=2 * grace)
-            except subprocess.TimeoutExpired:
-                pass
             self.ps.kill()
-            self.ps = None
+        self.ps = None
 
     def close(self) -> None:
         self.stop_children()

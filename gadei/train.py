@@ -117,7 +117,9 @@ def run(cfg: JobConfig, evaluate: bool = True) -> dict:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    # both explicitly: Python leaves SIGINT ignored when the job was started ignoring it (`cmd &`)
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     meter = None
     t_start = time.monotonic()
     try:

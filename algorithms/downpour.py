@@ -33,7 +33,7 @@ class Downpour(LocalSteps):
             self._since_fetch = 0
             self._acc = self.scratch(worker).clone().zero_()
         loss = closure()
-        g = worker.gradient(self.scratch(worker))
+        g = worker.gradient()
         worker.flat.add_(g, alpha=-self.lr)
         self._acc.add_(g, alpha=-self.lr)
         self._pending += 1

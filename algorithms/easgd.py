@@ -34,7 +34,7 @@ class EASGD(LocalSteps):
 
     def local_step(self, worker, closure):
         loss = closure()
-        worker.flat.add_(worker.gradient(self.scratch(worker)), alpha=-self.lr)
+        worker.flat.add_(worker.gradient(), alpha=-self.lr)
         return loss
 
     def step(self, worker, model, closure) -> float:
@@ -71,7 +71,7 @@ class EAMSGD(EASGD):
         x.add_(self._v, alpha=self.delta)          # look ahead: the gradient at x + delta v
         loss = closure()
         x.sub_(self._v, alpha=self.delta)
-        g = worker.gradient(self.scratch(worker))
+        g = worker.gradient()
         self._v.mul_(self.delta).add_(g, alpha=-self.lr)
         x.add_(self._v)
         return loss

@@ -66,8 +66,7 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
             got = 0
             for got, batch in enumerate(task.batches(gid, cfg.learners, seed), 1):
                 def closure(batch=batch):
-                    for p in params:
-                        p.grad = None
+                    worker.zero_grad()
                     loss = task.loss(model, batch)
                     loss.backward()
                     return loss

@@ -86,15 +86,29 @@ class Worker:
                                                  in zip(got, self.arena.layout.params)):
             raise ValueError("the model's parameters differ from the arena's layout: "
                              "build_model() must give the same model in every process")
+        # Gradients live in one flat buffer too, allocated once: backward accumulates into it
+        # in place. (Letting autograd allocate fresh gradients every step costs a page fault
+        # per 4 KiB: 58 ms instead of 10 for 16M weights.)
+        self.grad_flat = torch.zeros(self.n)
+        self._grad_views = []
         off = 0
         for _, p in got:
             k = p.numel()
             view = self.flat[off:off + k].view_as(p)
             view.copy_(p.data)
             p.data = view
+            self._grad_views.append(self.grad_flat[off:off + k].view_as(p))
             off += k
         self.params = [p for _, p in got]
         self._flat_np = self.flat.numpy()
+        self.zero_grad()
+
+    def zero_grad(self) -> None:
+        """Zero the gradients in place, each parameter's `.grad` a view of `grad_flat`."""
+        self.grad_flat.zero_()
+        for p, view in zip(self.params, self._grad_views):
+            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                p.grad = view
 
     def update_context(self) -> None:
         context._set(context.Context(self.ident[0], self.ident[1], self.incarnation,
@@ -215,17 +229,18 @@ class Worker:
         version, _ = self.arena.pull(out)
         return version
 
-    def gradient(self, out: torch.Tensor) -> torch.Tensor:
-        """The model's gradients gathered into the flat tensor `out` (zeros where none)."""
-        off = 0
-        for p in self.params:
-            m = p.numel()
+    def gradient(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's gradients as one flat tensor: `grad_flat` itself (read it, don't keep
+        it), or copied into `out`. A gradient autograd put elsewhere (a parameter whose
+        `.grad` was replaced, e.g. a sparse one) is gathered into `grad_flat` first."""
+        for p, view in zip(self.params, self._grad_views):
             if p.grad is None:
-                out[off:off + m].zero_()
-            else:
-                out[off:off + m].copy_(p.grad.reshape(-1))
-            off += m
-        return out
+                view.zero_()
+            elif p.grad.data_ptr() != view.data_ptr():
+                view.copy_(p.grad.to_dense() if p.grad.is_sparse else p.grad)
+        if out is None:
+            return self.grad_flat
+        return out.copy_(self.grad_flat)
 
     def wait_applied(self, k: int) -> None:
         """Block until the PS has applied (or rejected) this learner's sequence number k.

@@ -103,7 +103,7 @@ class Job:
             if pid and st and proc.alive(pid, st):
                 self.seen.setdefault(pid, (st, role))
                 out.append((role, pid, st))
-        for pid in descendants(self.popen.pid):
+        for pid in proc.descendants(self.popen.pid):
             self._note(pid, "child")
         return out
 
@@ -159,23 +159,6 @@ class Job:
         return [f"pid {pid} ({role})" for pid, _, role in alive], segs
 
 
-def descendants(root: int) -> set[int]:
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if fields[0] != b"Z":
-                parent[int(entry)] = int(fields[1])
-    out, frontier = set(), {root}
-    while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier} - out
-        out |= frontier
-    return out
 
 
 def signal_role(pid: int, st: int, sig: int) -> bool:

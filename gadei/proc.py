@@ -31,3 +31,24 @@ def alive(pid: int, started: int) -> bool:
 def me() -> tuple[int, int]:
     pid = os.getpid()
     return pid, start_time(pid)
+
+
+def descendants(root: int) -> set[int]:
+    """Live (non-zombie) descendants of process `root`, from /proc."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if fields[0] != b"Z":
+            parent[int(entry)] = int(fields[1])
+    out, frontier = set(), {root}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - out
+        out |= frontier
+    return out

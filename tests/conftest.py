@@ -8,27 +8,7 @@ import time
 import pytest
 
 from gadei import shm
-
-
-def descendants(root: int) -> set[int]:
-    """Live (non-zombie) descendants of `root`, from /proc."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if fields[0] != b"Z":
-            parent[int(entry)] = int(fields[1])
-    out, frontier = set(), {root}
-    while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier} - out
-        out |= frontier
-    return out
+from gadei.proc import descendants
 
 
 def foreign(name: str) -> bool:

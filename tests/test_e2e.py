@@ -37,7 +37,8 @@ def test_probe_four_learners_passes_audit(tmp_path):
 def test_random_kills_of_learners_and_ps(tmp_path):
     """kill -9 of random learners and of the PS during the run; the audit still passes."""
     out = tmp_path / "chaos"
-    kills, s = train_under_chaos(probe_args(out, 4, 2000), "chaos-e2e", 8, random.Random(7))
+    kills, s = train_under_chaos(probe_args(out, 4, 2000, "--probe-size", 200_000), "chaos-e2e", 8,
+                                 random.Random(7))
     assert kills >= 4 and s["restarts"]["ps"] + s["restarts"]["learners"] >= 1
     assert s["updates_applied"] + sum(len(e["discarded"]) for e in s["ledger"].values()) >= 2000
     assert_clean_audit(out)
@@ -84,7 +85,9 @@ def test_second_job_with_the_same_name_is_refused(tmp_path):
 def test_ctrl_c_then_resume_keeps_exactly_once(tmp_path):
     """Ctrl-C stops cleanly (checkpoint, nothing in /dev/shm); --resume finishes the job."""
     out = tmp_path / "first"
-    p = start_gadei(*probe_args(out, 2, 1500, "--job", "intr-e2e", "--checkpoint-every", 100))
+    # a probe of 1M weights: slow enough steps that the job is still training when stopped
+    p = start_gadei(*probe_args(out, 2, 1500, "--job", "intr-e2e", "--checkpoint-every", 100,
+                                "--probe-size", 1_000_000))
     wait_for_job("intr-e2e")
     time.sleep(2.0)
     p.send_signal(signal.SIGINT)
@@ -94,7 +97,7 @@ def test_ctrl_c_then_resume_keeps_exactly_once(tmp_path):
     assert s1["interrupted"]
     assert_clean_audit(out)     # stopping drains: nothing committed is left unapplied
     out2 = tmp_path / "second"
-    r = run_gadei(*probe_args(out2, 2, 1500, "--resume", out))
+    r = run_gadei(*probe_args(out2, 2, 1500, "--resume", out, "--probe-size", 1_000_000))
     assert r.returncode == 0, r.stderr
     s2 = summary(out2)
     assert_clean_audit(out2)

@@ -131,10 +131,6 @@ def run(cfg: JobConfig, evaluate: bool = True) -> dict:
             sup.interrupted = True
             sup.log("gadei: interrupted; stopping the learners and the PS, saving a checkpoint")
             train_s = time.monotonic() - t_start
-        # from here on a signal is noted, not raised: the final checkpoint and summary are
-        # written whole (every step below is bounded)
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, lambda signum, frame: setattr(sup, "interrupted", True))
         meter.record(time.monotonic(), final=True)
         sup.stop_children()
         time_split = sup.time_split(train_s)

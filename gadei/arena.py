@@ -33,8 +33,8 @@ LEDGER_MAX = 256 * 1024
 BUFFERS = 3  # three, so a pull has two full update periods to copy a version (see pull())
 
 # global control words
-PUB, EPOCH, PS_PID, PS_START, PS_BEAT, STOP, OWNER_PID, OWNER_START, HOLD, PS_BUSY_NS = range(10)
-# STOP stops the learners; the PS is stopped by the supervisor once nothing is READY
+PUB, EPOCH, PS_PID, PS_START, PS_BEAT, STOP, OWNER_PID, OWNER_START, HOLD, PS_BUSY_NS, \
+    PS_STOP = range(11)   # STOP: learners stop; PS_STOP: the PS stops once nothing is READY
 GLOBAL_WORDS = 16
 # per-learner words
 L_PID, L_START, L_BEAT, L_INCARNATION, L_NEXT_SEQ, L_STEP, L_EPOCH, L_LOSS, L_SAMPLES, L_DONE, \

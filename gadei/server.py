@@ -222,8 +222,8 @@ class Server:
 
     # ---- the process ---------------------------------------------------------------------
     def run(self) -> None:
-        """Serve until killed by the supervisor (once everything committed is applied) or until
-        the job's owner is gone (then remove the arena); never waits on a learner."""
+        """Serve until PS_STOP is set and nothing is left to apply, or the job's owner is gone;
+        never waits on a learner."""
         ctl = self.ctl
         pid, started = proc.me()
         ctl.store(A.PS_PID, pid)
@@ -246,6 +246,8 @@ class Server:
             if busy:
                 ctl.store(A.PS_BUSY_NS, ctl.load(A.PS_BUSY_NS) + busy)
                 busy = 0
+            if ctl.load(A.PS_STOP):
+                return
             now = time.monotonic()
             if now - checked > 0.5:
                 checked = now

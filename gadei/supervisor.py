@@ -395,10 +395,9 @@ class Supervisor:
         a = self.arena
         if a is not None:
             a.ctl.store(A.STOP, 1)
-        deadline = time.monotonic() + grace
         for i, c in list(self.learners.items()):
             try:
-                c.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+                c.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 c.kill()
             if a is not None:
@@ -406,14 +405,16 @@ class Supervisor:
                     self.discarded[i].append(k)
         self.learners.clear()
         if self.ps is not None and a is not None:
+            a.ctl.store(A.PS_STOP, 1)          # it stops once no slot is READY
             for attempt in range(2):           # a PS stuck (stopped, descheduled) is replaced once
-                deadline = time.monotonic() + (2 * grace if attempt else grace + 5)
-                while not self.drained() and self.ps.popen.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                try:
+                    self.ps.popen.wait(timeout=2 * grace if attempt else grace + 5)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.ps.kill()
                 if self.drained() or attempt:
                     break
                 self.log("gadei: the PS did not drain the committed slots in time; a new PS drains them")
-                self.ps.kill()
                 self.start_ps()
         if self.ps is not None:
             self.ps.kill()

@@ -130,6 +130,7 @@ def run(cfg: JobConfig, evaluate: bool = True) -> dict:
         except KeyboardInterrupt:
             sup.interrupted = True
             sup.log("gadei: interrupted; stopping the learners and the PS, saving a checkpoint")
+            sup.stop_children()
             train_s = time.monotonic() - t_start
         meter.record(time.monotonic(), final=True)
         sup.stop_children()

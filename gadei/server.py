@@ -21,7 +21,7 @@ import torch
 
 from gadei import arena as A
 from gadei import ledger as L
-from gadei import faults, proc
+from gadei import faults, proc, shm
 
 
 def empty_ledger(learners: int) -> dict:
@@ -222,8 +222,8 @@ class Server:
 
     # ---- the process ---------------------------------------------------------------------
     def run(self) -> None:
-        """Serve until PS_STOP is set and nothing is left to apply, or the job's owner is gone;
-        never waits on a learner."""
+        """Serve until PS_STOP is set, nothing is left to apply and the supervisor has removed
+        the arena's name, or until the job's owner is gone; never waits on a learner."""
         ctl = self.ctl
         pid, started = proc.me()
         ctl.store(A.PS_PID, pid)
@@ -246,7 +246,9 @@ class Server:
             if busy:
                 ctl.store(A.PS_BUSY_NS, ctl.load(A.PS_BUSY_NS) + busy)
                 busy = 0
-            if ctl.load(A.PS_STOP):
+            # stopping: linger until the supervisor removes the arena's name, so a supervisor
+            # killed between our exit and its unlink cannot leave the arena behind
+            if ctl.load(A.PS_STOP) and not shm.exists(self.arena.name):
                 return
             now = time.monotonic()
             if now - checked > 0.5:

@@ -77,6 +77,10 @@ def attach(name: str) -> mmap.mmap:
         os.close(fd)
 
 
+def exists(name: str) -> bool:
+    return (SHM_DIR / name).exists()
+
+
 def unlink(name: str) -> bool:
     try:
         os.unlink(SHM_DIR / name)

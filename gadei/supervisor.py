@@ -405,18 +405,23 @@ class Supervisor:
                     self.discarded[i].append(k)
         self.learners.clear()
         if self.ps is not None and a is not None:
-            a.ctl.store(A.PS_STOP, 1)          # it stops once no slot is READY
+            a.ctl.store(A.PS_STOP, 1)          # it applies what is READY, then waits for the unlink
             for attempt in range(2):           # a PS stuck (stopped, descheduled) is replaced once
-                try:
-                    self.ps.popen.wait(timeout=2 * grace if attempt else grace + 5)
-                except subprocess.TimeoutExpired:
-                    pass
-                self.ps.kill()
+                deadline = time.monotonic() + (2 * grace if attempt else grace + 5)
+                while not self.drained() and self.ps.popen.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.005)
                 if self.drained() or attempt:
                     break
+                self.ps.kill()
                 self.log("gadei: the PS did not drain the committed slots in time; a new PS drains them")
                 self.start_ps()
+        if a is not None:
+            a.unlink()                         # from here a killed supervisor leaves nothing behind
         if self.ps is not None:
+            try:
+                self.ps.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
             self.ps.kill()
         self.ps = None
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gadei import checkpoint, shm
+from gadei import checkpoint, proc, shm
 from qa_tasks.probe import audit
 from tests.helpers import run_gadei, start_gadei, summary, train_under_chaos, wait_for_job
 
@@ -128,6 +128,20 @@ def test_whole_job_killed_then_resumed_from_checkpoint(tmp_path):
     assert r.returncode == 0, r.stderr
     assert_clean_audit(out2)
     assert summary(out2)["updates_applied"] == 3000
+
+
+def test_supervisor_killed_the_moment_the_ps_exits_leaves_no_arena(tmp_path):
+    """The stop window: the PS must outlive the arena's name, so a supervisor killed right
+    after its PS exits has nothing left to remove (a PS that left first made this leak)."""
+    p = start_gadei(*probe_args(tmp_path / "out", 2, 200, "--job", "stopwin"))
+    ps_pid, _ = wait_for_job("stopwin")
+    started = proc.start_time(ps_pid)
+    while proc.alive(ps_pid, started) and p.poll() is None:
+        time.sleep(0.0005)
+    p.kill()
+    p.communicate()
+    time.sleep(1.0)            # the PS (if any were left) checks its owner every 0.5 s
+    assert not shm.segments("stopwin")
 
 
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path):

@@ -93,7 +93,7 @@ def validate(msg, expect: tuple[str, ...], who: str = "peer") -> dict:
         if msg["n"] < 0 or msg["kind"] not in ("delta", "weights", "none"):
             raise ProtocolError(f"{what}: bad n {msg['n']} or kind {msg['kind']!r}")
         for gid, entry in msg["ledger"].items():
-            if not gid.isdigit():
+            if not (gid.isascii() and gid.isdigit()):
                 raise ProtocolError(f"{what}: ledger key {gid!r} is not a learner id")
             _check(entry, LEDGER_ENTRY, f"{what}, learner {gid}")
             _check_ints(entry["applied"], f"{what}, learner {gid} applied", 2)
@@ -124,8 +124,8 @@ def unpack(blob, expect: tuple[str, ...], who: str = "peer") -> dict:
     try:
         msg = msgpack.unpackb(bytes(blob), ext_hook=_reject_ext, strict_map_key=True, raw=False,
                               use_list=True)
-    except ProtocolError:
-        raise
+    except ProtocolError as e:                   # an extension type
+        raise ProtocolError(f"control message from {who}: {e}") from None
     except Exception as e:
         raise ProtocolError(f"control message from {who} is not valid msgpack ({e})") from None
     return validate(msg, expect, who)

@@ -1,8 +1,19 @@
 """What every workload needs: where data and caches live, and how a data choice is resolved."""
 from __future__ import annotations
 
+import json
 import os
+import tarfile
+import wave
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
+
+# What a damaged, truncated or wrongly encoded file raises from deep inside gzip, zlib, tarfile,
+# wave, json or a codec (wave's seek past a lying chunk size is a bare RuntimeError; a nesting
+# bomb is a RecursionError); `reading` turns each into a ValueError that names the file.
+_DAMAGE = (UnicodeDecodeError, json.JSONDecodeError, EOFError, zlib.error, tarfile.TarError, wave.Error,
+           RecursionError, RuntimeError)
 
 
 def data_root(data_dir: str | os.PathLike | None) -> Path | None:
@@ -39,3 +50,16 @@ def cache_dir(*parts: str) -> Path:
     path = Path(base).expanduser() / "gadei" / Path(*parts) if parts else Path(base).expanduser() / "gadei"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def reading(path, what: str):
+    """Read `path` inside this block: a file that is damaged or not `what` becomes a ValueError
+    naming the file, what was wrong and what to do. A missing file stays a FileNotFoundError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (*_DAMAGE, OSError) as e:   # OSError: gzip.BadGzipFile and the reads under it
+        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
+        raise ValueError(f"{path}: not {what} ({kind}: {e}); replace it with an intact copy") from e

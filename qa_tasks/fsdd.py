@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qa_tasks.common import cache_dir
+from qa_tasks.common import cache_dir, reading
 
 SAMPLE_RATE = 8000
 WIN = 200          # 25 ms at 8 kHz
@@ -83,12 +83,9 @@ def _parse_name(name: str) -> tuple[int, str, int]:
 
 def decode_wav(data: bytes, name: str) -> np.ndarray:
     """(N,) int16 samples of an 8 kHz mono 16-bit PCM WAV, or a ValueError naming the file."""
-    try:
-        with wave.open(io.BytesIO(data)) as w:
-            rate, channels, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
-            frames = w.readframes(n)
-    except (wave.Error, EOFError) as e:
-        raise ValueError(f"{name}: not a readable PCM WAV file ({e}); replace or remove it") from e
+    with reading(name, "a readable PCM WAV file"), wave.open(io.BytesIO(data)) as w:
+        rate, channels, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
+        frames = w.readframes(n)
     if (rate, channels, width) != (SAMPLE_RATE, 1, 2):
         raise ValueError(f"{name}: expected 8000 Hz mono 16-bit PCM, got {rate} Hz, {channels} channel(s), "
                          f"{8 * width}-bit; resample it or remove it")
@@ -103,12 +100,9 @@ def _read_source(source: Path) -> list[tuple[str, bytes]]:
         files = sorted(source.rglob("*.wav"))
         items = [(str(f.relative_to(source)), f.read_bytes()) for f in files]
     elif source.is_file():
-        try:
-            with tarfile.open(source) as tar:
-                items = [(m.name, tar.extractfile(m).read()) for m in tar
-                         if m.isfile() and m.name.endswith(".wav")]
-        except tarfile.TarError as e:
-            raise ValueError(f"{source}: not a readable tar or tar.gz archive ({e})") from e
+        with reading(source, "a readable tar or tar.gz archive"), tarfile.open(source) as tar:
+            items = [(m.name, tar.extractfile(m).read()) for m in tar
+                     if m.isfile() and m.name.endswith(".wav")]
         items.sort()
     else:
         raise FileNotFoundError(f"{source} does not exist: point data_dir at a folder or a tar(.gz) "

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qa_tasks.common import cache_dir, dataset_dir
+from qa_tasks.common import cache_dir, dataset_dir, reading
 
 FOLDER = "insuranceqa"
 V2 = "V2"
@@ -123,7 +123,7 @@ class Corpus:
 def read_vocabulary(path: Path) -> dict[str, str]:
     """``idx_N<TAB>word`` lines -> {"idx_N": word}."""
     vocab: dict[str, str] = {}
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+    with reading(path, "a gzip-compressed UTF-8 vocabulary"), gzip.open(path, "rt", encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 2 or not fields[0].startswith("idx_"):
@@ -134,12 +134,9 @@ def read_vocabulary(path: Path) -> dict[str, str]:
 
 def read_answers(path: Path) -> dict[int, str]:
     """answers.json.gz ``{"<label>": {"en": text, ...}}`` -> {label: English text}."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataFormatError(f"{path}: not valid JSON ({e}); expected the PyPI "
-                                  "insuranceqa-data answers.json.gz") from e
+    with reading(path, "the PyPI insuranceqa-data answers.json.gz (gzip-compressed UTF-8 JSON)"), \
+            gzip.open(path, "rt", encoding="utf-8") as f:
+        raw = json.load(f)
     if not isinstance(raw, dict):
         raise DataFormatError(f"{path}: expected a JSON object mapping labels to answers, "
                               f"got {type(raw).__name__}")
@@ -155,7 +152,7 @@ def read_answers(path: Path) -> dict[int, str]:
 def read_pool_file(path: Path, vocab: dict[str, str]) -> list[tuple[list[str], list[int], list[int]]]:
     """V2 ``domain<TAB>question<TAB>ground truth<TAB>pool`` lines -> (words, truth labels, pool labels)."""
     rows = []
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+    with reading(path, "a gzip-compressed UTF-8 V2 pool file"), gzip.open(path, "rt", encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             where = f"{path}:{line_no}"
             fields = line.rstrip("\n").split("\t")

@@ -42,6 +42,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from qa_tasks.common import reading
+
 # ---- the vocabulary, fixed by the specification (ids never depend on the data) -------------------
 
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
@@ -59,11 +61,28 @@ Tree = int | tuple
 
 
 def evaluate(tree: Tree) -> int:
-    """The value of an expression tree (0..9)."""
+    """The value of an expression tree (0..9). Iterative: LRA nests up to 2,000 deep, past
+    Python's recursion limit."""
     if isinstance(tree, int):
         return tree
-    op, args = tree
-    values = [evaluate(a) for a in args]
+    stack = [(tree, [])]                      # open nodes and their operand values so far
+    while True:
+        (op, args), values = stack[-1]
+        if len(values) < len(args):
+            child = args[len(values)]
+            if isinstance(child, int):
+                values.append(child)
+            else:
+                stack.append((child, []))
+            continue
+        value = _apply(op, values)
+        stack.pop()
+        if not stack:
+            return value
+        stack[-1][1].append(value)
+
+
+def _apply(op: str, values: list[int]) -> int:
     if op == "[MAX":
         return max(values)
     if op == "[MIN":
@@ -77,14 +96,20 @@ def evaluate(tree: Tree) -> int:
 
 
 def to_tokens(tree: Tree) -> list[str]:
-    """`(MAX, [2, 9])` -> ['[MAX', '2', '9', ']']."""
-    if isinstance(tree, int):
-        return [str(tree)]
-    op, args = tree
-    out = [op]
-    for a in args:
-        out += to_tokens(a)
-    out.append(END)
+    """`(MAX, [2, 9])` -> ['[MAX', '2', '9', ']'] (iterative, as `evaluate`)."""
+    out: list[str] = []
+    todo: list = [tree]
+    while todo:
+        t = todo.pop()
+        if isinstance(t, str):                # a closing bracket scheduled below
+            out.append(t)
+        elif isinstance(t, int):
+            out.append(str(t))
+        else:
+            op, args = t
+            out.append(op)
+            todo.append(END)
+            todo.extend(reversed(args))
     return out
 
 
@@ -269,7 +294,7 @@ def read_lra_tsv(path: str | os.PathLike, check_labels: bool = True) -> list[tup
     """LRA TSV -> [(tokens without parentheses, label)]."""
     path = Path(path)
     out = []
-    with open(path, encoding="utf-8") as f:
+    with reading(path, "a UTF-8 text file"), open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\r\n")
         if header.split("\t") != ["Source", "Target"]:
             raise ValueError(f"{path} line 1: header {header[:60]!r}; expected 'Source<TAB>Target' "
@@ -296,7 +321,7 @@ def read_original_tsv(path: str | os.PathLike, check_labels: bool = True) -> lis
     """Original ListOps (`label<TAB>expression`) -> [(tokens without parentheses, label)]."""
     path = Path(path)
     out = []
-    with open(path, encoding="utf-8") as f:
+    with reading(path, "a UTF-8 text file"), open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():

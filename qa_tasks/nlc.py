@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import dataset_dir, use_real_data
+from .common import dataset_dir, reading, use_real_data
 from .text import PAD_ID, KimCNN, SentenceTask
 
 DATA_FILE = "data_full.json.gz"
@@ -55,11 +55,8 @@ def read_clinc(path: str | Path) -> dict[str, list[tuple[str, str]]]:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a (gzip-compressed) UTF-8 JSON file: {e}") from e
+    with reading(path, "a (gzip-compressed) UTF-8 JSON file"), opener(path, "rt", encoding="utf-8") as f:
+        data = json.load(f)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of splits, found a {type(data).__name__}")
     missing = [k for k in REQUIRED_SPLITS if k not in data]

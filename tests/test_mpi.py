@@ -10,6 +10,8 @@ import time
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gadei import mpi_wire as W
 from gadei import checkpoint, shm
@@ -148,6 +150,56 @@ def test_control_message_round_trip():
 def test_control_message_validation_rejects(blob, pattern):
     with pytest.raises(W.ProtocolError, match=pattern):
         W.unpack(blob, ("sync", "beat"), "node 1")
+
+
+VALID = [sync_msg(), sync_msg(n=0, kind="none", ledger={}), {"op": "beat", "node": 2, "round": 7},
+         {"op": "reply", "round": 3, "version": 9, "n": 4, "kind": "centre"}, {"op": "stop", "reason": "x"},
+         {"op": "arena", "name": "gadei_j_00", "error": ""}]
+_ANY = st.recursive(st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats()
+                    | st.text(max_size=6) | st.binary(max_size=6),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                    max_leaves=8)
+
+
+def _mutate(msg, data):
+    """One random damage to a valid message: a value, a key, or a nested ledger field."""
+    msg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in msg.items()}
+    where = msg
+    if "ledger" in msg and msg["ledger"] and data.draw(st.booleans()):
+        gid = next(iter(msg["ledger"]))
+        where = msg["ledger"][gid] = dict(msg["ledger"][gid])
+    how = data.draw(st.sampled_from(["value", "drop", "add", "rename"]))
+    key = data.draw(st.sampled_from(sorted(where)))
+    if how == "value":
+        where[key] = data.draw(_ANY)
+    elif how == "drop":
+        del where[key]
+    elif how == "add":
+        where[data.draw(st.text(max_size=6))] = data.draw(_ANY)
+    else:
+        where[data.draw(st.text(min_size=1, max_size=6))] = where.pop(key)
+    return msg
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_control_message_fuzz(data):
+    """Damaged messages and random bytes: a ProtocolError, or a message every reader can use
+    (it re-packs, its ledger keys are learner ids). Never another exception."""
+    if data.draw(st.booleans()):
+        blob = msgpack.packb(_mutate(data.draw(st.sampled_from(VALID)), data), use_bin_type=True)
+    else:
+        blob = data.draw(st.binary(max_size=64))
+    if data.draw(st.booleans()):
+        blob = blob[:data.draw(st.integers(0, len(blob)))]
+    try:
+        msg = W.unpack(blob, tuple(W.SCHEMAS), "node 1")
+    except W.ProtocolError as e:
+        assert "node 1" in str(e)
+        return
+    assert W.unpack(W.pack(msg), (msg["op"],)) == msg
+    for gid in msg.get("ledger", {}):
+        assert int(gid) >= 0
 
 
 def test_pack_refuses_a_malformed_message():

@@ -2,8 +2,7 @@
 reads bytes from outside (checkpoints, arena headers, dataset files), and the privacy promises
 of the shared memory (docs/reliability.md lists what each test proves).
 
-Known defects are `xfail(strict=True)` with the reason: they start failing (XPASS) the day the
-defect is fixed, so the marker is removed then.
+Every defect the fuzzing found has a fixed input below that keeps it fixed.
 """
 from __future__ import annotations
 
@@ -235,9 +234,6 @@ def test_checkpoint_any_header_is_an_error_or_a_consistent_result(tmp_path_facto
         ck = _load_bytes(tmp, _crafted(header, bytes(256)))
     except checkpoint.CheckpointError:
         return
-    except AttributeError:
-        assume(isinstance(header, dict))   # the known defect: a header that is not a map (xfail above)
-        raise
     entries = header["arrays"]
     got = {(g, n): a for g in ("weights", "state") for n, a in ck[g].items()}
     assert len(got) <= len(entries)
@@ -349,6 +345,30 @@ def test_segment_is_private_and_unguessable():
     tokens = [n.rsplit("_", 1)[1] for n in names]
     bits = np.unpackbits(np.frombuffer(bytes.fromhex("".join(tokens)), np.uint8))
     assert abs(bits.mean() - 0.5) < 0.01                  # no constant or biased bits
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another user")
+def test_another_user_cannot_attach_or_list_a_segment():
+    """A process of another uid (nobody, 65534) can neither map the arena nor see it as a job."""
+    a = A.Arena.create("sec-uid", _layout(), {})
+    try:
+        child = os.fork()
+        if child == 0:                         # the other user: exit 0 only if refused everywhere
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                try:
+                    A.Arena.attach(a.name)
+                except PermissionError as e:
+                    code = 0 if "another user" in str(e) and not shm.segments("sec-uid") else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        a.unlink()
+        a.close()
 
 
 def test_segment_is_created_exclusively():
@@ -537,20 +557,6 @@ def _loaders():
 
 LOADERS = {name: rest for name, *rest in _loaders()}
 
-# Defects found by this fuzzing (derandomised, so the examples are the same on every run); the
-# strict xfail turns into a failure once the loader is fixed, so the marker is then removed.
-LOADER_DEFECTS = {
-    "nlc.read_clinc gz": "zlib.error from a damaged gzip body is not caught (qa_tasks/nlc.py read_clinc)",
-    "insuranceqa.read_vocabulary": "gzip/zlib/EOF/UnicodeDecodeError errors escape without the file name",
-    "insuranceqa.read_answers": "gzip/zlib/EOF/UnicodeDecodeError errors escape without the file name",
-    "insuranceqa.read_pool_file": "gzip/zlib/EOF/UnicodeDecodeError errors escape without the file name",
-    "listops.read_lra_tsv": "a file that is not UTF-8 raises UnicodeDecodeError without the file name",
-    "listops.read_original_tsv": "a file that is not UTF-8 raises UnicodeDecodeError without the file name",
-    "fsdd.decode_wav": "a damaged chunk size makes wave raise a bare RuntimeError, which decode_wav does not "
-                       "catch (qa_tasks/fsdd.py decode_wav catches wave.Error and EOFError only)",
-    "fsdd._read_source tar.gz": "a truncated or damaged .tar.gz member raises EOFError/zlib.error",
-}
-
 KINDS = ["truncate", "flip", "binary", "utf16", "latin1", "empty", "huge-line", "nul"]
 
 
@@ -585,9 +591,7 @@ def _check_loader(name: str, path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=LOADER_DEFECTS[n])) if n in LOADER_DEFECTS else n
-    for n in LOADERS])
+@pytest.mark.parametrize("name", list(LOADERS))
 @settings(max_examples=25, deadline=None, derandomize=True, database=None, report_multiple_bugs=False,
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
@@ -607,7 +611,9 @@ def test_loader_fuzz(tmp_path_factory, name, data):
     _check_loader(name, path)
 
 
-def _defect_inputs():
+def _found_by_fuzzing():
+    """One input per defect the fuzzing found (each escaped as a raw error without the file
+    name until qa_tasks.common.reading): every one must stay a clear error naming the file."""
     wav = _wav()
     tgz = _tar_gz({"recordings/3_theo_12.wav": wav})
     gz = gzip.compress(b"idx_1\thello\n")
@@ -623,15 +629,14 @@ def _defect_inputs():
     ]
 
 
-@pytest.mark.parametrize("name, blob, raw", [
-    pytest.param(n, b, r, marks=pytest.mark.xfail(strict=True, reason=f"{r}: {LOADER_DEFECTS[n]}"), id=n)
-    for n, b, r in _defect_inputs()])
-def test_loader_known_defect(tmp_path, name, blob, raw):
-    """One input per defect the fuzzing found: each must become a clear error naming the file."""
-    _, fname, compressed, _ = LOADERS[name]
+@pytest.mark.parametrize("name, blob, raw", [pytest.param(n, b, r, id=f"{n}: {r}") for n, b, r in _found_by_fuzzing()])
+def test_loader_defect_found_by_fuzzing_is_a_clear_error(tmp_path, name, blob, raw):
+    _, fname, _, parse = LOADERS[name]
     path = tmp_path / fname
     path.write_bytes(blob)
-    _check_loader(name, path)
+    with pytest.raises(ValueError, match=re.escape(fname)) as e:
+        parse(path)
+    assert raw in str(e.value)             # what was wrong, by the name of its cause
 
 
 @pytest.mark.parametrize("name", list(LOADERS))
@@ -648,9 +653,6 @@ def test_loader_missing_file_is_a_clear_error(tmp_path):
             parse(tmp_path / fname)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="listops.evaluate recurses once per "
-                   "nesting level: a line nested 2,000 deep (ListOps lengths go to 2,000) raises "
-                   "RecursionError (qa_tasks/listops.py evaluate, called by read_*_tsv)")
 def test_listops_deep_nesting_is_not_a_crash(tmp_path):
     from qa_tasks import listops
     path = tmp_path / "deep.tsv"
@@ -659,8 +661,6 @@ def test_listops_deep_nesting_is_not_a_crash(tmp_path):
     assert rows[0][1] == 7
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="json.load raises RecursionError on "
-                   "deeply nested input; read_clinc does not catch it (qa_tasks/nlc.py read_clinc)")
 def test_clinc_deep_json_is_a_clear_error(tmp_path):
     from qa_tasks import nlc
     path = tmp_path / "data_full.json"

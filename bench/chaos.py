@@ -43,6 +43,7 @@ from pathlib import Path
 from gadei import arena as A
 from gadei import ledger as L
 from gadei import proc, shm
+from bench.leftovers import sweep
 from qa_tasks.probe import audit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,25 +139,11 @@ class Job:
         """(processes still alive, segments still in /dev/shm) after a grace period; both are
         then removed, so that a failing job does not poison the next one."""
         self.close()
-        deadline = time.monotonic() + grace
-        while True:
-            alive = [(pid, st, role) for pid, (st, role) in self.seen.items() if proc.alive(pid, st)]
-            segs = self.segments()
-            if not alive and not segs or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        for pid, st, _ in alive:
-            if proc.alive(pid, st):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for name in segs:
-            shm.unlink(name)
+        alive, segs = sweep({pid: st for pid, (st, _) in self.seen.items()}, self.segments, grace)
         if self.running():
             self.popen.kill()
         self.popen.wait()
-        return [f"pid {pid} ({role})" for pid, _, role in alive], segs
+        return [f"pid {pid} ({self.seen[pid][1]})" for pid in alive], segs
 
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from gadei import arena as A
 from gadei import ledger as L
 from gadei import proc, shm
+from bench.leftovers import sweep
 from qa_tasks.probe import audit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,22 +187,9 @@ def main(argv=None) -> int:
             popen.kill()
             popen.wait()
     # 4. nothing left behind
-    deadline = time.monotonic() + 30
-    while True:
-        alive = [pid for pid, st in seen.items() if st and proc.alive(pid, st)]
-        segs = shm.segments(job)
-        if not alive and not segs or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    alive, segs = sweep(seen, lambda: shm.segments(job), 30)
     violations += [f"process left behind: pid {pid}" for pid in alive]
     violations += [f"segment left behind: {s}" for s in segs]
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for s in segs:
-        shm.unlink(s)
     # 5. the job's own account
     summary, rows = {}, []
     if rc not in (0, None):

@@ -292,48 +292,39 @@ def _check(tree: Tree, label: int, where: str) -> None:
 
 def read_lra_tsv(path: str | os.PathLike, check_labels: bool = True) -> list[tuple[list[str], int]]:
     """LRA TSV -> [(tokens without parentheses, label)]."""
-    path = Path(path)
-    out = []
-    with reading(path, "a UTF-8 text file"), open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n")
-        if header.split("\t") != ["Source", "Target"]:
-            raise ValueError(f"{path} line 1: header {header[:60]!r}; expected 'Source<TAB>Target' "
-                             "(LRA's ListOps TSV format)")
-        for n, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            where = f"{path} line {n}"
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise ValueError(f"{where}: {len(fields)} tab-separated fields; expected 2 "
-                                 "(expression, label)")
-            label = _label(fields[1], where)
-            tokens = [t for t in fields[0].split() if t not in _PARENS]
-            tree = parse(tokens, where)
-            if check_labels:
-                _check(tree, label, where)
-            out.append((tokens, label))
-    return out
+    return _read_tsv(path, check_labels, lra=True)
 
 
 def read_original_tsv(path: str | os.PathLike, check_labels: bool = True) -> list[tuple[list[str], int]]:
     """Original ListOps (`label<TAB>expression`) -> [(tokens without parentheses, label)]."""
+    return _read_tsv(path, check_labels, lra=False)
+
+
+def _read_tsv(path, check_labels: bool, lra: bool) -> list[tuple[list[str], int]]:
+    """LRA: a `Source<TAB>Target` header, then `expression<TAB>label` lines; the original
+    format: `label<TAB>expression` lines with balanced parentheses."""
     path = Path(path)
     out = []
     with reading(path, "a UTF-8 text file"), open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+        if lra:
+            header = f.readline().rstrip("\r\n")
+            if header.split("\t") != ["Source", "Target"]:
+                raise ValueError(f"{path} line 1: header {header[:60]!r}; expected 'Source<TAB>Target' "
+                                 "(LRA's ListOps TSV format)")
+        for n, line in enumerate(f, start=2 if lra else 1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             where = f"{path} line {n}"
             fields = line.split("\t")
             if len(fields) != 2:
-                raise ValueError(f"{where}: {len(fields)} tab-separated fields; expected 2 "
-                                 "(label, expression) in the original ListOps format")
-            label = _label(fields[0], where)
-            raw = fields[1].split()
-            if raw.count("(") != raw.count(")"):
+                raise ValueError(f"{where}: {len(fields)} tab-separated fields; expected 2 " +
+                                 ("(expression, label)" if lra else
+                                  "(label, expression) in the original ListOps format"))
+            expression, label = fields if lra else fields[::-1]
+            label = _label(label, where)
+            raw = expression.split()
+            if not lra and raw.count("(") != raw.count(")"):
                 raise ValueError(f"{where}: {raw.count('(')} '(' but {raw.count(')')} ')'; "
                                  "expected balanced parentheses")
             tokens = [t for t in raw if t not in _PARENS]

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from qa_tasks import insuranceqa
-from qa_tasks.common import use_real_data
+from qa_tasks.common import checked_options, use_real_data
 from qa_tasks.insuranceqa import PAD, UNK, Corpus, Ragged, Split
 
 
@@ -295,16 +295,9 @@ class QA:
                  similarity: str = "gesd", gamma: float = 1.0, c: float = 1.0, margin: float = 0.1,
                  negatives: int = 50, pool_negatives: int = 0, pick: str = "first", batch: int = 64,
                  eval_questions: int = 0, min_count: int = 2, generated_seed: int = 0):
-        try:
-            self._widths = tuple(int(w) for w in str(widths).split(","))
-        except ValueError:
-            raise ValueError(f"widths must be comma-separated integers such as '2,3', not {widths!r}") from None
-        for name, value in [("pool", pool), ("question_len", question_len), ("answer_len", answer_len),
-                            ("embed_dim", embed_dim), ("hidden", hidden), ("filters", filters),
-                            ("negatives", negatives), ("batch", batch), ("min_count", min_count),
-                            *[("widths", w) for w in self._widths]]:
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
+        self._widths = checked_options(widths, pool=pool, question_len=question_len, answer_len=answer_len,
+                                       embed_dim=embed_dim, hidden=hidden, filters=filters,
+                                       negatives=negatives, batch=batch, min_count=min_count)
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}, not {similarity!r}")
         if pool_negatives < 0:

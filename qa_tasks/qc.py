@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import dataset_dir, use_real_data
+from .common import checked_options, dataset_dir, use_real_data
 from .text import KimCNN, SentenceTask, accuracy
 
 COARSE = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
@@ -134,17 +134,7 @@ class QC(SentenceTask):
                  batch: int = 50):
         if not 0.0 <= valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), not {valid_fraction}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), not {dropout}")
-        for name, value in (("embed_dim", embed_dim), ("filters", filters), ("batch", batch)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, not {value}")
-        try:
-            self._widths = tuple(int(w) for w in str(widths).split(","))
-        except ValueError:
-            raise ValueError(f"widths must be comma-separated integers such as '3,4,5', not {widths!r}") from None
-        if min(self._widths) < 1:
-            raise ValueError(f"filter widths must be >= 1, not {widths!r}")
+        self._widths = checked_options(widths, dropout, embed_dim=embed_dim, filters=filters, batch=batch)
         # every option is kept as an attribute of its name: gadei rebuilds the task from them
         self.data, self.data_dir, self.widths = data, data_dir, widths
         self.real = use_real_data(data, data_dir)

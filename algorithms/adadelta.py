@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
 
 
 def adadelta(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
@@ -38,23 +38,14 @@ class Adadelta(Rule):
 
     def __init__(self, *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                  weight_decay: float = 0.0):
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= rho <= 1.0:
-            raise ValueError(f"Invalid rho value: {rho}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_ranges(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
         self.lr, self.rho, self.eps, self.weight_decay = lr, rho, eps, weight_decay
 
     def init_state(self, n: int) -> dict[str, np.ndarray]:
         return {"square_avg": zeros(n), "acc_delta": zeros(n), "step": step_counter()}
 
     def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
-        w, g = vectors(weights, grad)
-        w_out = w if out_weights is None else as_tensor(out_weights)
-        out_state = state if out_state is None else out_state
+        w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         (v, u), (v_out, u_out) = state_views(state, out_state, ["square_avg", "acc_delta"])
         adadelta(w, g, v, u, w_out, v_out, u_out, lr=self.lr, rho=self.rho, eps=self.eps,
                  weight_decay=self.weight_decay)

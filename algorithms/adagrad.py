@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors
+from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets
 
 
 def adagrad(w: torch.Tensor, g: torch.Tensor, s: torch.Tensor, w_out: torch.Tensor,
@@ -35,17 +35,7 @@ class Adagrad(Rule):
 
     def __init__(self, *, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10):
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= lr_decay:
-            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not 0.0 <= initial_accumulator_value:
-            raise ValueError(f"Invalid initial_accumulator_value value: "
-                             f"{initial_accumulator_value}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_ranges(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, initial_accumulator_value=initial_accumulator_value, eps=eps)
         self.lr, self.lr_decay, self.weight_decay = lr, lr_decay, weight_decay
         self.initial_accumulator_value, self.eps = initial_accumulator_value, eps
 
@@ -54,9 +44,7 @@ class Adagrad(Rule):
                 "step": step_counter()}
 
     def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
-        w, g = vectors(weights, grad)
-        w_out = w if out_weights is None else as_tensor(out_weights)
-        out_state = state if out_state is None else out_state
+        w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         step = counter(state) + 1
         (s,), (s_out,) = state_views(state, out_state, ["sum"])
         adagrad(w, g, s, w_out, s_out, step=step, lr=self.lr, lr_decay=self.lr_decay,

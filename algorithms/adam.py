@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
 
 
 def adam(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
@@ -54,16 +54,7 @@ class Adam(Rule):
     def __init__(self, *, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
                  decoupled_weight_decay: bool = False):
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= beta1 < 1.0:
-            raise ValueError(f"Invalid beta1 value (need 0 <= beta1 < 1): {beta1}")
-        if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"Invalid beta2 value (need 0 <= beta2 < 1): {beta2}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_ranges(lr=lr, eps=eps, beta1=beta1, beta2=beta2, weight_decay=weight_decay)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.weight_decay, self.amsgrad = weight_decay, bool(amsgrad)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
@@ -77,9 +68,7 @@ class Adam(Rule):
         return state
 
     def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
-        w, g = vectors(weights, grad)
-        w_out = w if out_weights is None else as_tensor(out_weights)
-        out_state = state if out_state is None else out_state
+        w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         step = counter(state) + 1
         keys = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq" if self.amsgrad else None]
         (m, v, x), (m_out, v_out, x_out) = state_views(state, out_state, keys)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
 
 
 def adamax(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, u: torch.Tensor,
@@ -36,16 +36,7 @@ class Adamax(Rule):
 
     def __init__(self, *, lr: float = 2e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, weight_decay: float = 0.0):
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= beta1 < 1.0:
-            raise ValueError(f"Invalid beta1 value (need 0 <= beta1 < 1): {beta1}")
-        if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"Invalid beta2 value (need 0 <= beta2 < 1): {beta2}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_ranges(lr=lr, eps=eps, beta1=beta1, beta2=beta2, weight_decay=weight_decay)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.weight_decay = weight_decay
 
@@ -53,9 +44,7 @@ class Adamax(Rule):
         return {"exp_avg": zeros(n), "exp_inf": zeros(n), "step": step_counter()}
 
     def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
-        w, g = vectors(weights, grad)
-        w_out = w if out_weights is None else as_tensor(out_weights)
-        out_state = state if out_state is None else out_state
+        w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         step = counter(state) + 1
         (m, u), (m_out, u_out) = state_views(state, out_state, ["exp_avg", "exp_inf"])
         adamax(w, g, m, u, w_out, m_out, u_out, step=step, lr=self.lr, beta1=self.beta1,

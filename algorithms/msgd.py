@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
 from algorithms.sgd import sgd
 
 
@@ -44,14 +44,7 @@ class MSGD(Rule):
 
     def __init__(self, *, lr: float = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0):
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= momentum:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if not 0.0 <= dampening <= 1.0:
-            raise ValueError(f"Invalid dampening value: {dampening}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_ranges(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(f"Nesterov momentum requires a momentum and zero dampening, "
                              f"got momentum={momentum}, dampening={dampening}")
@@ -66,9 +59,7 @@ class MSGD(Rule):
         return {"momentum_buffer": zeros(n), "step": step_counter()}
 
     def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
-        w, g = vectors(weights, grad)
-        w_out = w if out_weights is None else as_tensor(out_weights)
-        out_state = state if out_state is None else out_state
+        w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         step = counter(state) + 1
         if self.momentum == 0:
             sgd(w, g, w_out, lr=self.lr, weight_decay=self.weight_decay)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, as_tensor, chunks, counter, state_views, step_counter, vectors, zeros
+from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
 
 
 def rmsprop(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor, w_out: torch.Tensor,
@@ -53,16 +53,7 @@ class RMSprop(Rule):
 
     def __init__(self, *, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False):
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"Invalid alpha value: {alpha}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not 0.0 <= momentum:
-            raise ValueError(f"Invalid momentum value: {momentum}")
+        check_ranges(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
         self.lr, self.alpha, self.eps, self.weight_decay = lr, alpha, eps, weight_decay
         self.momentum, self.centered = momentum, bool(centered)
         self.bytes_per_weight = 20 + 8 * (momentum > 0) + 8 * self.centered
@@ -77,9 +68,7 @@ class RMSprop(Rule):
         return state
 
     def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
-        w, g = vectors(weights, grad)
-        w_out = w if out_weights is None else as_tensor(out_weights)
-        out_state = state if out_state is None else out_state
+        w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         (v, b, m), (v_out, b_out, m_out) = state_views(state, out_state, self._keys())
         rmsprop(w, g, v, w_out, v_out, lr=self.lr, alpha=self.alpha, eps=self.eps,
                 weight_decay=self.weight_decay, momentum=self.momentum, b=b, b_out=b_out,

@@ -60,6 +60,32 @@ def chunks(tensors: list[torch.Tensor | None], n_scratch: int = 0
                *(s if m == size else s[:m] for s in scratch))
 
 
+# torch.optim's range of each hyper-parameter: (name in the error, upper bound, bound included);
+# every one is >= 0
+_RANGES = {"lr": ("learning rate", None, False), "eps": ("epsilon value", None, False),
+           "weight_decay": ("weight_decay value", None, False), "momentum": ("momentum value", None, False),
+           "lr_decay": ("lr_decay value", None, False),
+           "initial_accumulator_value": ("initial_accumulator_value value", None, False),
+           "dampening": ("dampening value", 1.0, True), "rho": ("rho value", 1.0, True),
+           "alpha": ("alpha value", 1.0, True), "beta1": ("beta1 value (need 0 <= beta1 < 1)", 1.0, False),
+           "beta2": ("beta2 value (need 0 <= beta2 < 1)", 1.0, False)}
+
+
+def check_ranges(**values: float) -> None:
+    """torch.optim's argument checks, with its messages (NaN fails every one)."""
+    for key, v in values.items():
+        what, high, inclusive = _RANGES[key]
+        if not (0.0 <= v and (high is None or (v <= high if inclusive else v < high))):
+            raise ValueError(f"Invalid {what}: {v}")
+
+
+def targets(weights, grad, state, out_weights, out_state):
+    """(w, g, w_out, out_state) for `apply`: torch views of the inputs, and where the result
+    goes (in place where `out_*` is None)."""
+    w, g = vectors(weights, grad)
+    return w, g, (w if out_weights is None else as_tensor(out_weights)), (state if out_state is None else out_state)
+
+
 def counter(state: dict, key: str = "step") -> float:
     """The value of the shape-(1,) counter `state[key]`."""
     return float(state[key][0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, as_tensor, chunks, vectors
+from algorithms.rule import Rule, as_tensor, check_ranges, chunks, vectors
 
 
 def sgd(w: torch.Tensor, g: torch.Tensor, out: torch.Tensor, *, lr: float,
@@ -33,10 +33,7 @@ class SGD(Rule):
     bytes_per_weight = 12
 
     def __init__(self, *, lr: float = 1e-3, weight_decay: float = 0.0):
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_ranges(lr=lr, weight_decay=weight_decay)
         self.lr, self.weight_decay = lr, weight_decay
 
     def init_state(self, n: int) -> dict[str, np.ndarray]:

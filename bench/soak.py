@@ -93,9 +93,9 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=3600.0, help="how long to run after start-up")
     p.add_argument("--optimizer", default="sgd")
     p.add_argument("--probe-size", type=int, default=1024)
-    p.add_argument("--lease", type=float, default=120.0, help="learner/PS lease; generous, since "
-                   "the lease clock starts at spawn and N learners importing torch at once on 2 "
-                   "cores take a while")
+    p.add_argument("--lease", type=float, default=10.0, help="learner/PS lease: seconds without a "
+                   "heartbeat before a role is replaced; it counts from the role's registration "
+                   "(start-up has its own bound), so oversubscription alone must never trip it")
     p.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
     p.add_argument("--start-timeout", type=float, default=600.0)
     p.add_argument("--stop-timeout", type=float, default=120.0, help="bound on exit after SIGINT")

@@ -39,7 +39,7 @@ from gadei import ledger as L
 from gadei import mpi_wire as W
 from gadei.job import JobConfig
 from gadei.server import empty_ledger
-from gadei.supervisor import JobError, Supervisor, discard_writing, write_json
+from gadei.supervisor import JobError, Supervisor, discard_writing, interruptible, write_json
 
 NAME_BUF = 4096           # bytes of the arena-name broadcast
 BEAT_S = 2.0              # a leader with nothing to sync says it is alive this often
@@ -306,33 +306,15 @@ class NodeSupervisor(Supervisor):
                 "samples": int(sum(ledger["progress"][i][2] for i in range(self.local))),
                 "ps_restarts": self.restarts["ps"], "lost": len(self.lost), "version": version}
 
-    def finished(self) -> bool:
-        return not self.learners and self.drained()
+    poll_s = 0.02
 
-    def run(self, on_tick=None) -> float:
-        cfg, a = self.cfg, self.arena
-        (self.out / "logs").mkdir(parents=True, exist_ok=True)
-        self.start_ps()
-        for i in range(self.local):
-            self.start_learner(i)
-        t0 = time.monotonic()
-        while True:
-            self.watch()
-            if on_tick:
-                on_tick(self)
-            if self.uplink is not None:
-                a.ctl.store(a.lw(self.local, A.L_BEAT), A.now_ns())
-                self.uplink.tick(self.finished())
-                if self.uplink.done:
-                    break
-            else:
-                if cfg.checkpoint_every and a.published() - max(self.last_ckpt_version, self.start_version) \
-                        >= cfg.checkpoint_every:
-                    self.write_checkpoint()
-                if self.finished():
-                    break
-            time.sleep(0.02)
-        return time.monotonic() - t0
+    def tick(self) -> bool:
+        if self.uplink is None:
+            return super().tick()
+        a = self.arena
+        a.ctl.store(a.lw(self.local, A.L_BEAT), A.now_ns())   # the uplink's lease: this process
+        self.uplink.tick(self.finished())
+        return self.uplink.done
 
 
 # ---- the cross-node path ----------------------------------------------------------------
@@ -709,19 +691,19 @@ def _node_config(gcfg: JobConfig, topo: Topology) -> JobConfig:
 
 
 def _leader_main(topo: Topology, gcfg: JobConfig, settings: Settings) -> dict | None:
-    from gadei.train import _Meter, evaluate_weights
     cfg = _node_config(gcfg, topo)
     out, node_out = Path(gcfg.out), Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     node_out.mkdir(parents=True, exist_ok=True)
     sup = NodeSupervisor(cfg, topo, gcfg)
+    with interruptible(signal.SIGTERM):
+        return _lead(topo, gcfg, settings, cfg, sup, out, node_out)
+
+
+def _lead(topo: Topology, gcfg: JobConfig, settings: Settings, cfg: JobConfig, sup: NodeSupervisor,
+          out: Path, node_out: Path) -> dict | None:
+    from gadei.train import _Meter, evaluate_weights
     reporting = topo.rank == 0
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
     meter, gps, error = None, None, ""
     t_start = time.monotonic()
     try:
@@ -803,8 +785,6 @@ def _leader_main(topo: Topology, gcfg: JobConfig, settings: Settings) -> dict | 
         if meter:
             meter.close()
         sup.close()
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class _single_view:

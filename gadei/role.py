@@ -51,7 +51,6 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
     ctl.store(arena.lw(i, A.L_START), started)
     ctl.store(arena.lw(i, A.L_PID), pid)
     protocol = algorithms.protocol(cfg.optimizer, **cfg.hyper)
-    params = worker.params
 
     quota = cfg.quota(gid) if cfg.steps is not None else None
     worker.quota = quota

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,7 @@ class Supervisor:
         self.arena: A.Arena | None = None
         self.ps: Child | None = None
         self.learners: dict[int, Child] = {}
+        self.local = cfg.learners       # learner processes this supervisor starts
         self.discarded: list[list[int]] = [[] for _ in range(cfg.learners)]
         self.incarnations = [1] * cfg.learners
         self.restarts = {"ps": 0, "learners": 0}
@@ -365,26 +367,36 @@ class Supervisor:
         return all(A.ctrl_state(a.ctl.load(a.sw(i, s, A.S_CTRL))) == A.FREE
                    for i in range(self.cfg.learners) for s in range(a.layout.slots))
 
+    def finished(self) -> bool:
+        """Every learner is out and every slot it committed is applied."""
+        return not self.learners and self.drained()
+
     # ---- the run -----------------------------------------------------------------------
-    def run(self, on_tick=None) -> dict:
-        """Run the job to the end; returns (wall seconds, the final snapshot)."""
-        cfg, a = self.cfg, self.arena
+    poll_s = 0.05           # seconds between the supervisor's rounds
+
+    def run(self, on_tick=None) -> float:
+        """Run the job to the end; returns its training wall seconds."""
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         self.start_ps()
-        for i in range(cfg.learners):
+        for i in range(self.local):
             self.start_learner(i)
         t0 = time.monotonic()
         while True:
             self.watch()
             if on_tick:
                 on_tick(self)
-            if cfg.checkpoint_every and a.published() - max(self.last_ckpt_version, self.start_version) \
-                    >= cfg.checkpoint_every:
-                self.write_checkpoint()
-            if not self.learners and self.drained():
+            if self.tick():
                 break
-            time.sleep(0.05)
+            time.sleep(self.poll_s)
         return time.monotonic() - t0
+
+    def tick(self) -> bool:
+        """The supervisor's own work in one round (a checkpoint when due); True when the job is done."""
+        cfg, a = self.cfg, self.arena
+        if cfg.checkpoint_every and a.published() - max(self.last_ckpt_version, self.start_version) \
+                >= cfg.checkpoint_every:
+            self.write_checkpoint()
+        return self.finished()
 
     def stop_children(self, grace: float = 5.0) -> None:
         """Stop the learners, let the PS apply everything they committed, then stop it.
@@ -434,6 +446,23 @@ class Supervisor:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+@contextmanager
+def interruptible(*signals: int):
+    """Inside, each of `signals` raises KeyboardInterrupt, so that a job stops the one way it
+    does on Ctrl-C (children stopped, committed slots drained, checkpoint). Explicit even for
+    SIGINT: Python leaves it ignored in a job started ignoring it (`cmd &` in a script). The
+    previous handlers come back on the way out."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def write_json(path: Path, obj) -> None:

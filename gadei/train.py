@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from gadei import arena as A
 from gadei.job import JobConfig
-from gadei.supervisor import JobError, Supervisor, write_json
+from gadei.supervisor import JobError, Supervisor, interruptible, write_json
 from gadei.tasks import build_task, task_spec
 
 
@@ -112,14 +112,11 @@ def run(cfg: JobConfig, evaluate: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sup = Supervisor(cfg)
     sup.acquire()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with interruptible(signal.SIGINT, signal.SIGTERM):
+        return _run(cfg, sup, out, evaluate)
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
 
-    # both explicitly: Python leaves SIGINT ignored when the job was started ignoring it (`cmd &`)
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
+def _run(cfg: JobConfig, sup: Supervisor, out: Path, evaluate: bool) -> dict:
     meter = None
     t_start = time.monotonic()
     try:
@@ -159,8 +156,6 @@ def run(cfg: JobConfig, evaluate: bool = True) -> dict:
         if meter:
             meter.close()
         sup.close()
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class Evaluator:

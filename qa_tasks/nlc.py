@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .common import checked_options, dataset_dir, reading, use_real_data
-from .text import PAD_ID, KimCNN, SentenceTask
+from .text import PAD_ID, UNK_ID, KimCNN, SentenceTask
 
 DATA_FILE = "data_full.json.gz"
 OOS = "oos"
@@ -137,9 +137,11 @@ class SelfAttentiveClassifier(nn.Module):
     """
 
     def __init__(self, vocab_size: int, classes: int, *, embed_dim: int = 100, hidden: int = 150,
-                 attention_dim: int = 100, hops: int = 4, mlp_hidden: int = 300, dropout: float = 0.5):
+                 attention_dim: int = 100, hops: int = 4, mlp_hidden: int = 300, dropout: float = 0.5,
+                 embed_dropout: float = 0.0):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.embed_dropout = nn.Dropout(embed_dropout)
         self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
         self.ws1 = nn.Linear(2 * hidden, attention_dim, bias=False)   # W_s1: d_a x 2u
         self.ws2 = nn.Linear(attention_dim, hops, bias=False)         # W_s2: r x d_a
@@ -148,7 +150,7 @@ class SelfAttentiveClassifier(nn.Module):
 
     def encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, n) ids, (B,) lengths -> M (B, r, 2u) and the attention A (B, r, n), zero on padding."""
-        x = self.embed(tokens)                                          # (B, n, E)
+        x = self.embed_dropout(self.embed(tokens))                      # (B, n, E)
         # packed, so the backward direction starts at each sentence's last word, not at padding
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         H, _ = self.lstm(packed)
@@ -175,7 +177,9 @@ class NLC(SentenceTask):
     oos: "class" (oos is trained as a class) or "threshold" (on the top probability, fit on valid).
     min_count: a training word seen fewer times maps to <unk>.
     embed_dim, hidden (u), attention_dim (d_a), hops (r), mlp_hidden, penalty (the coefficient of
-        ||AA^T - I||_F^2), dropout: the self-attentive model.
+        ||AA^T - I||_F^2), dropout (before each MLP layer), embed_dropout (on the word vectors):
+        the self-attentive model.
+    word_dropout: while training, each word becomes <unk> with this probability (both models).
     filters, widths: the CNN baseline (which uses embed_dim and dropout too).
     batch: utterances per batch.
 
@@ -190,13 +194,17 @@ class NLC(SentenceTask):
     def __init__(self, *, data: str = "auto", data_dir: str | None = None, model: str = "selfattn",
                  oos: str = "class", min_count: int = 2, embed_dim: int = 100, hidden: int = 150,
                  attention_dim: int = 100, hops: int = 4, mlp_hidden: int = 300, penalty: float = 0.3,
-                 dropout: float = 0.3, filters: int = 100, widths: str = "3,4,5", batch: int = 64):
+                 dropout: float = 0.3, embed_dropout: float = 0.0, word_dropout: float = 0.0,
+                 filters: int = 100, widths: str = "3,4,5", batch: int = 64):
         if model not in ("selfattn", "cnn"):
             raise ValueError(f"model must be 'selfattn' or 'cnn', not {model!r}")
         if oos not in ("class", "threshold"):
             raise ValueError(f"oos must be 'class' or 'threshold', not {oos!r}")
         if penalty < 0:
             raise ValueError(f"penalty must be >= 0, not {penalty}")
+        for name, p in (("embed_dropout", embed_dropout), ("word_dropout", word_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), not {p}")
         self._widths = checked_options(widths, dropout, embed_dim=embed_dim, hidden=hidden,
                                        attention_dim=attention_dim, hops=hops, mlp_hidden=mlp_hidden,
                                        filters=filters, batch=batch)
@@ -207,6 +215,7 @@ class NLC(SentenceTask):
         self.embed_dim, self.hidden, self.attention_dim, self.hops = embed_dim, hidden, attention_dim, hops
         self.mlp_hidden, self.penalty, self.dropout, self.filters = mlp_hidden, penalty, dropout, filters
         self.batch, self.min_count = batch, min_count
+        self.embed_dropout, self.word_dropout = embed_dropout, word_dropout
         self._splits = None
 
     def _load(self):
@@ -234,10 +243,15 @@ class NLC(SentenceTask):
                           maps=self.filters, dropout=self.dropout)
         return SelfAttentiveClassifier(len(self.vocab), classes, embed_dim=self.embed_dim, hidden=self.hidden,
                                        attention_dim=self.attention_dim, hops=self.hops,
-                                       mlp_hidden=self.mlp_hidden, dropout=self.dropout)
+                                       mlp_hidden=self.mlp_hidden, dropout=self.dropout,
+                                       embed_dropout=self.embed_dropout)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         model.train()  # dropout on while training, whatever mode the caller left the model in
+        if self.word_dropout:  # each word becomes <unk> with this probability: <unk> learns what unseen words mean
+            tokens = batch["tokens"]
+            dropped = (torch.rand(tokens.shape) < self.word_dropout) & (tokens != PAD_ID)
+            batch = {**batch, "tokens": tokens.masked_fill(dropped, UNK_ID)}
         if isinstance(model, SelfAttentiveClassifier):
             logits, A = model.forward_with_attention(batch["tokens"], batch["lengths"])
             return F.cross_entropy(logits, batch["labels"]) + self.penalty * attention_penalty(A)

@@ -296,6 +296,25 @@ def test_nlc_generated_learns(model):
     assert metrics["in_scope_accuracy"] > 0.8
 
 
+def test_nlc_word_dropout_turns_words_into_unk_while_training():
+    task = NLC(data="generated", model="cnn", word_dropout=0.5, batch=64)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, tokens, lengths):
+            seen.append(tokens.clone())
+            return torch.zeros(len(tokens), len(task.label_names), requires_grad=True)
+
+    batch = next(task.batches(0, 1, seed=0))
+    task.loss(Spy(), batch)
+    words = batch["tokens"] != 0
+    changed = seen[0] != batch["tokens"]
+    assert (seen[0][changed] == UNK_ID).all() and words[changed].all()    # only words, only to <unk>
+    assert 0.35 < changed.sum() / words.sum() < 0.65
+    with pytest.raises(ValueError, match="word_dropout"):
+        NLC(data="generated", word_dropout=1.0)
+
+
 @pytest.mark.timeout(60)
 def test_render_attention_writes_png(tmp_path):
     from qa_tasks.attention_plot import attention_weights, render_attention

@@ -21,6 +21,7 @@ class JobConfig:
     task_options: dict = field(default_factory=dict)
     optimizer: str = "sgd"
     hyper: dict = field(default_factory=dict)
+    lr_schedule: str = "constant"        # the PS's lr by update count: constant, cosine, linear (over --steps)
     learners: int = 2
     steps: int | None = None             # total steps over all learners (split evenly)
     epochs: int | None = None            # or: epochs of each learner's shard
@@ -54,12 +55,30 @@ class JobConfig:
             self.steps = 100 * self.learners
         if self.backend not in ("local", "mpi"):
             raise ValueError(f"--backend must be 'local' or 'mpi', not {self.backend!r}")
-        algorithms.get(self.optimizer, **self.hyper)          # fail now, not in a child
+        self.lr_at()                                          # fail now, not in a child
         qa_tasks.task_class(self.task)
         if self.job is None:
             where = str(Path(self.out).resolve())
             base = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(where).name)[:40]
             self.job = f"{base or 'job'}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
+
+    def lr_at(self):
+        """The PS's lr as a function of the updates applied so far (None: the rule's own lr).
+
+        A schedule decays the server-side rule's lr over the job's `steps` updates; DOWNPOUR
+        and EASGD apply their learners' deltas as they come, so no schedule applies to them."""
+        protocol = algorithms.protocol(self.optimizer, **self.hyper)
+        if self.lr_schedule == "constant":
+            return None
+        if self.epochs is not None:
+            raise ValueError(f"--lr-schedule {self.lr_schedule} decays over the job's updates: give --steps, "
+                             "not --epochs")
+        from algorithms.protocols import LocalSteps
+        if isinstance(protocol, LocalSteps):
+            raise ValueError(f"--lr-schedule applies to a server-side rule (ASGD, SYNC); optimizer "
+                             f"{self.optimizer!r} applies its learners' deltas")
+        from algorithms.schedules import schedule
+        return schedule(self.lr_schedule, protocol.rule.lr, self.steps)
 
     def quota(self, i: int) -> int:
         """Steps learner i runs (steps mode)."""

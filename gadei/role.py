@@ -27,8 +27,8 @@ def run_ps(name: str) -> int:
     arena = A.Arena.attach(name)
     cfg = JobConfig(**arena.meta["config"])
     protocol = algorithms.protocol(cfg.optimizer, **cfg.hyper)
-    Server(arena, protocol.rule,
-           sync_timeout=protocol.round_timeout if protocol.sync else None).run()
+    Server(arena, protocol.rule, sync_timeout=protocol.round_timeout if protocol.sync else None,
+           lr_at=cfg.lr_at()).run()
     return 0
 
 

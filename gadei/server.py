@@ -38,8 +38,9 @@ class Server:
     between any two of them.
     """
 
-    def __init__(self, arena: A.Arena, rule, warn=None, sync_timeout: float | None = None):
+    def __init__(self, arena: A.Arena, rule, warn=None, sync_timeout: float | None = None, lr_at=None):
         self.arena, self.rule = arena, rule
+        self.lr_at = lr_at                     # None, or the rule's lr as a function of updates applied
         self.sync_timeout = sync_timeout       # None: ASGD (apply each slot); else SYNC rounds
         self._round_start = None
         self._dropped: list[int] = []
@@ -181,6 +182,8 @@ class Server:
                 grad = arena.slot(good[0][0], good[0][1])
             else:
                 grad = self._mean([arena.slot(i, s) for i, s, _ in good])
+            if self.lr_at is not None:
+                self.rule.lr = self.lr_at(ledger["updates"] - len(good))
             self.rule.apply(w_src, grad, s_src, out_weights=w_dst, out_state=s_dst)
         arena.write_ledger(dst, ledger)
         self._staged = ledger

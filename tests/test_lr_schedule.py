@@ -1,0 +1,71 @@
+"""The PS's learning-rate schedules: lr by update count, continued across a PS restart."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import algorithms
+from algorithms.schedules import schedule
+from gadei import arena as A
+from gadei.job import JobConfig
+from gadei.server import Server, empty_ledger
+from gadei.worker import Worker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_schedules_by_update_count():
+    cos, lin = schedule("cosine", 0.1, 10), schedule("linear", 0.1, 10)
+    assert schedule("constant", 0.1, 10) is None
+    assert cos(0) == pytest.approx(0.1) and cos(5) == pytest.approx(0.05) and cos(10) == pytest.approx(0.0)
+    assert cos(25) == pytest.approx(0.0)                       # past the end: stays at 0
+    assert lin(0) == pytest.approx(0.1) and lin(4) == pytest.approx(0.06) and lin(12) == 0.0
+    with pytest.raises(ValueError, match="one of constant, cosine, linear"):
+        schedule("step", 0.1, 10)
+
+
+def test_ps_applies_the_scheduled_lr_and_a_new_ps_continues_it():
+    """SGD with a gradient of ones: w after update t is -sum of the lr of updates 0..t-1, also
+    when a second PS (a restart) takes over half way."""
+    total, n = 6, 4
+    layout = A.Layout(params=(("w", (n,)),), state=(), rule="sgd", hyper=(("lr", 0.5),), learners=1, slots=2)
+    arena = A.Arena.create("test-sched", layout, {"config": {}})
+    try:
+        arena.write_ledger(0, empty_ledger(1))
+        lr_at = schedule("cosine", 0.5, total)
+        worker = Worker(arena, 0)
+        expected = 0.0
+        for t in range(total):
+            if t in (0, total // 2):                     # a PS, then its replacement
+                ps = Server(arena, algorithms.get("sgd", lr=0.5), warn=lambda m: None, lr_at=lr_at)
+            s = worker.claim()
+            norm = worker.write(s, torch.ones(n))
+            worker.commit(s, A.GRADIENT, norm, samples=1)
+            assert ps.step()
+            expected -= 0.5 * 0.5 * (1 + math.cos(math.pi * t / total))
+            w = np.empty(n, np.float32)
+            arena.pull(w)
+            np.testing.assert_allclose(w, expected, rtol=1e-6)
+    finally:
+        arena.unlink()
+        arena.close()
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"lr_schedule": "cosine", "epochs": 2}, "give --steps"),
+    ({"lr_schedule": "cosine", "optimizer": "downpour"}, "applies its learners' deltas"),
+    ({"lr_schedule": "cosine", "optimizer": "easgd"}, "applies its learners' deltas"),
+    ({"lr_schedule": "warm"}, "one of constant, cosine, linear"),
+])
+def test_job_refuses_a_schedule_it_cannot_apply(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        JobConfig(**kwargs)
+
+
+def test_job_schedule_decays_over_its_steps():
+    cfg = JobConfig(optimizer="adam", hyper={"lr": 0.01}, lr_schedule="linear", steps=100)
+    assert cfg.lr_at()(0) == pytest.approx(0.01) and cfg.lr_at()(50) == pytest.approx(0.005)
+    assert JobConfig(optimizer="adam").lr_at() is None

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from gadei import arena as A
 from gadei import shm
 
@@ -100,3 +102,22 @@ def train_under_chaos(args: list, job: str, kills: int, rng, **chaos_args) -> tu
 
 def summary(out: Path) -> dict:
     return json.loads((Path(out) / "summary.json").read_text())
+
+
+def plain_train(task, steps: int, lr: float = 5e-3):
+    """`steps` Adam steps of `task` in this process (no PS): (losses, model)."""
+    torch.manual_seed(0)
+    model = task.build_model()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses, epoch = [], 0
+    while len(losses) < steps:
+        for batch in task.batches(0, 1, seed=epoch):
+            loss = task.loss(model, batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if len(losses) == steps:
+                break
+        epoch += 1
+    return losses, model

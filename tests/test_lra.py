@@ -157,16 +157,6 @@ LRA_BAD = [
 ]
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("text,pattern", LRA_BAD)
-def test_malformed_lra_tsv_is_a_clear_error(tmp_path, text, pattern):
-    path = tmp_path / "basic_train.tsv"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=pattern) as e:
-        listops.read_lra_tsv(path)
-    assert str(path) in str(e.value)
-
-
 ORIGINAL_BAD = [
     ("( [MAX 1 ) ]\t1\n", "line 1: label"),
     ("1\t( [MAX 1 ]\n", "1 '\\(' but 0 '\\)'"),
@@ -176,12 +166,15 @@ ORIGINAL_BAD = [
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("text,pattern", ORIGINAL_BAD)
-def test_malformed_original_tsv_is_a_clear_error(tmp_path, text, pattern):
-    path = tmp_path / "train_d20s.tsv"
+@pytest.mark.parametrize("reader, name, text, pattern",
+                         [("read_lra_tsv", "basic_train.tsv", *case) for case in LRA_BAD]
+                         + [("read_original_tsv", "train_d20s.tsv", *case) for case in ORIGINAL_BAD])
+def test_malformed_tsv_is_a_clear_error(tmp_path, reader, name, text, pattern):
+    path = tmp_path / name
     path.write_text(text)
-    with pytest.raises(ValueError, match=pattern):
-        listops.read_original_tsv(path)
+    with pytest.raises(ValueError, match=pattern) as e:
+        getattr(listops, reader)(path)
+    assert str(path) in str(e.value)
 
 
 # ---- the models ---------------------------------------------------------------------------------

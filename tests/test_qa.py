@@ -14,6 +14,7 @@ import torch
 from qa_tasks import insuranceqa
 from qa_tasks.insuranceqa import DataFormatError, Ragged, Split, pool_file
 from qa_tasks.qa import QA, candidates, cosine, generated_corpus, gesd, pool_metrics, ranking_loss, top1_correct
+from tests.helpers import plain_train
 
 torch.set_num_threads(1)
 
@@ -257,7 +258,6 @@ def test_bow_baseline_beats_chance_on_generated():
 @pytest.mark.timeout(30)
 def test_batches_shard_the_pairs_disjointly():
     task = QA(data="generated", batch=50, negatives=7, pool_negatives=2, **SMALL)
-    truth = task.corpus.splits["train"].truth
     seen = []
     for learner in range(3):
         for q, a, neg, own, ok, order in task.batches(learner, 3, seed=learner + 10):
@@ -317,19 +317,9 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
 def test_short_training_run_lowers_the_loss_and_beats_chance():
     task = QA(data="generated", batch=32, negatives=20, margin=0.1, similarity="cosine",
               **{**SMALL, "embed_dim": 32, "hidden": 32, "filters": 32})
-    torch.manual_seed(0)
-    model = task.build_model()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    epoch_losses = []
-    for epoch in range(3):
-        losses = []
-        for batch in task.batches(0, 1, seed=epoch):
-            loss = task.loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        epoch_losses.append(np.mean(losses))
+    per_epoch = sum(1 for _ in task.batches(0, 1, seed=0))
+    losses, model = plain_train(task, steps=3 * per_epoch, lr=1e-2)
+    epoch_losses = [np.mean(losses[e * per_epoch:(e + 1) * per_epoch]) for e in range(3)]
     assert epoch_losses[-1] < 0.8 * epoch_losses[0], epoch_losses
     assert task.evaluate(model, "valid")["top1"] > 0.2                 # chance is 0.05
 

@@ -14,6 +14,7 @@ from qa_tasks import qc as qc_mod
 from qa_tasks.nlc import NLC, SelfAttentiveClassifier, attention_penalty, oos_metrics, read_clinc
 from qa_tasks.qc import QC, read_trec
 from qa_tasks.text import UNK_ID, KimCNN, Vocab, pad_batch, shard_batches, tokenize
+from tests.helpers import plain_train
 
 torch.set_num_threads(1)
 
@@ -252,22 +253,6 @@ def test_oos_metrics_computed_example():
 
 
 # -- training on the generated variants ---------------------------------------------------------
-def plain_train(task, steps: int, lr: float = 5e-3) -> list[float]:
-    torch.manual_seed(0)
-    model = task.build_model()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses, epoch = [], 0
-    while len(losses) < steps:
-        for batch in task.batches(0, 1, seed=epoch):
-            loss = task.loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if len(losses) == steps:
-                break
-        epoch += 1
-    return losses, model
 
 
 def mean(xs):

@@ -22,8 +22,8 @@ weights), every process the job ever had is dead, and `gadei.shm.segments(job)` 
 
 Kills are SIGKILL of a role whose (pid, start time) is registered in the job's arena, so a
 reused pid is never hit. The lease of the `stop` jobs is at least twice the start-up time
-measured in the first job: a lease shorter than a role's start-up kills it at birth (the
-lease clock starts when the supervisor spawns it; see docs/reliability.md).
+measured in the first job: a margin that scales with the machine's load, so that on a busy
+machine only the stopped role misses its lease (the lease counts from a role's registration).
 """
 from __future__ import annotations
 
@@ -386,7 +386,7 @@ class Campaign:
 
     def lease(self) -> float:
         """The stop jobs' lease: the requested one, raised to twice the slowest start-up seen
-        (so that the lease clock, which starts at spawn, does not kill roles at birth)."""
+        (a measure of how loaded the machine is)."""
         need = 2 * max(self.startups, default=0.0) + 2
         return float(max(self.args.lease, math.ceil(need)))
 

@@ -183,18 +183,20 @@ class NLC(SentenceTask):
     filters, widths: the CNN baseline (which uses embed_dim and dropout too).
     batch: utterances per batch.
 
-    Defaults: the best self-attentive run measured on this machine (docs/results/text.md):
-    penalty 0.3 and dropout 0.3 rather than the paper's 1.0 and 0.5 (those underfit here in
-    the same number of epochs: training loss 0.70 against 0.25, same validation accuracy);
-    r = 4 hops suit queries of about 8 words (the paper's r = 30 was for reviews).
+    Defaults: the best self-attentive run measured on this machine (docs/results/text.md): 300-d
+    embeddings, r = 2 hops (queries are about 8 words; the paper's r = 30 was for reviews),
+    penalty 0.3, dropout 0.5, embed_dropout 0.25 and word_dropout 0.1; trained with Adam 2e-3
+    and a cosine schedule (`--lr-schedule cosine`) for 16 epochs. With random embeddings and
+    100 examples per intent, the two dropouts and the schedule took validation in-scope
+    accuracy from 0.85 to 0.91.
     """
 
     eval_split = "valid"
 
     def __init__(self, *, data: str = "auto", data_dir: str | None = None, model: str = "selfattn",
-                 oos: str = "class", min_count: int = 2, embed_dim: int = 100, hidden: int = 150,
-                 attention_dim: int = 100, hops: int = 4, mlp_hidden: int = 300, penalty: float = 0.3,
-                 dropout: float = 0.3, embed_dropout: float = 0.0, word_dropout: float = 0.0,
+                 oos: str = "class", min_count: int = 2, embed_dim: int = 300, hidden: int = 150,
+                 attention_dim: int = 100, hops: int = 2, mlp_hidden: int = 300, penalty: float = 0.3,
+                 dropout: float = 0.5, embed_dropout: float = 0.25, word_dropout: float = 0.1,
                  filters: int = 100, widths: str = "3,4,5", batch: int = 64):
         if model not in ("selfattn", "cnn"):
             raise ValueError(f"model must be 'selfattn' or 'cnn', not {model!r}")

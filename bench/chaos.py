@@ -254,13 +254,19 @@ def run_stop(ctx, n: int) -> dict:
     ctx.stop_jobs += 1
     rec = {"scenario": "stop", "learners": learners, "lease_s": lease, "stopped": None,
            "kills_ps": 0, "kills_learner": 0, "stops": 0}
-    steps = learners * a.steps_per_learner
+    # 4x the steps, and the learner that has done the fewest: a learner that registered first
+    # runs while the others still start up, and one stopped after its quota would have nothing
+    # left for a replacement to do (the supervisor reaps it as finished, and rightly)
+    steps = learners * a.steps_per_learner * 4
     job = ctx.job(n, probe_args("sgd", learners, steps, "--lease", lease))
     if job.wait_running(ctx.start_timeout):
         ctx.startup(job.started_s)
         time.sleep(rng.uniform(0.2, 1.0))
         live = job.roles()
         pick = [r for r in live if (r[0] == "ps") == target_ps]
+        if pick and not target_ps:
+            done = lambda r: job.arena.ctl.load(job.arena.lw(int(r[0].split()[1]), A.L_STEP))  # noqa: E731
+            pick = [min(pick, key=done)]
         if pick:
             role, pid, st = rng.choice(pick)
             if signal_role(pid, st, signal.SIGSTOP):

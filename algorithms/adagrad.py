@@ -35,7 +35,8 @@ class Adagrad(Rule):
 
     def __init__(self, *, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10):
-        check_ranges(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, initial_accumulator_value=initial_accumulator_value, eps=eps)
+        check_ranges(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                     initial_accumulator_value=initial_accumulator_value, eps=eps)
         self.lr, self.lr_decay, self.weight_decay = lr, lr_decay, weight_decay
         self.initial_accumulator_value, self.eps = initial_accumulator_value, eps
 

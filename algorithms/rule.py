@@ -83,7 +83,8 @@ def targets(weights, grad, state, out_weights, out_state):
     """(w, g, w_out, out_state) for `apply`: torch views of the inputs, and where the result
     goes (in place where `out_*` is None)."""
     w, g = vectors(weights, grad)
-    return w, g, (w if out_weights is None else as_tensor(out_weights)), (state if out_state is None else out_state)
+    w_out = w if out_weights is None else as_tensor(out_weights)
+    return w, g, w_out, (state if out_state is None else out_state)
 
 
 def counter(state: dict, key: str = "step") -> float:

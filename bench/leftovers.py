@@ -10,7 +10,8 @@ from typing import Callable
 from gadei import proc, shm
 
 
-def sweep(pids: dict[int, int], segments: Callable[[], list[str]], grace: float) -> tuple[list[int], list[str]]:
+def sweep(pids: dict[int, int], segments: Callable[[], list[str]],
+          grace: float) -> tuple[list[int], list[str]]:
     """Wait up to `grace` s for the processes (pid -> start time; 0 = unknown, skipped) to end
     and `segments()` to be empty; SIGKILL and unlink whatever is left. Returns what was left."""
     deadline = time.monotonic() + grace

@@ -21,7 +21,7 @@ class JobConfig:
     task_options: dict = field(default_factory=dict)
     optimizer: str = "sgd"
     hyper: dict = field(default_factory=dict)
-    lr_schedule: str = "constant"        # the PS's lr by update count: constant, cosine, linear (over --steps)
+    lr_schedule: str = "constant"        # the PS's lr by update count (constant, cosine, linear)
     learners: int = 2
     steps: int | None = None             # total steps over all learners (split evenly)
     epochs: int | None = None            # or: epochs of each learner's shard

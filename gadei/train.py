@@ -99,8 +99,8 @@ def train(task="probe", *, task_options: dict | None = None, optimizer: str = "s
     the optimizer's hyper-parameters (e.g. lr=0.1). Blocks until the job ends.
     """
     name, options = task_spec(task, task_options)
-    cfg = JobConfig(task=name, task_options=options, optimizer=optimizer, hyper=hyper,
-                    lr_schedule=lr_schedule, learners=learners, steps=steps, epochs=epochs, seed=seed, out=str(out),
+    cfg = JobConfig(task=name, task_options=options, optimizer=optimizer, hyper=hyper, lr_schedule=lr_schedule,
+                    learners=learners, steps=steps, epochs=epochs, seed=seed, out=str(out),
                     job=job, checkpoint_every=checkpoint_every,
                     resume=str(resume) if resume else None, lease=lease, slots=slots,
                     progress=progress, eval_every=eval_every)

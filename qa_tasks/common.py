@@ -61,19 +61,23 @@ def reading(path, what: str):
     except FileNotFoundError:
         raise
     except (*_DAMAGE, OSError) as e:   # OSError: gzip.BadGzipFile and the reads under it
-        kind = type(e).__name__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__name__}"
+        kind = type(e).__name__
+        if type(e).__module__ != "builtins":
+            kind = f"{type(e).__module__}.{kind}"
         raise ValueError(f"{path}: not {what} ({kind}: {e}); replace it with an intact copy") from e
 
 
-def checked_options(widths: str, dropout: float = 0.0, **positive: int) -> tuple[int, ...]:
-    """Check the options text models share (each of `positive` >= 1, dropout in [0, 1));
-    return the convolution widths parsed from "3,4,5"."""
+def checked_options(widths: str, fractions: dict[str, float] | None = None,
+                    **positive: int) -> tuple[int, ...]:
+    """Check the options text models share (each of `fractions`, e.g. dropouts, in [0, 1); each
+    of `positive` >= 1); return the convolution widths parsed from "3,4,5"."""
     try:
         parsed = tuple(int(w) for w in str(widths).split(","))
     except ValueError:
         raise ValueError(f"widths must be comma-separated integers such as '3,4,5', not {widths!r}") from None
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), not {dropout}")
+    for name, p in (fractions or {}).items():
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), not {p}")
     for name, value in [*positive.items(), *[("widths", w) for w in parsed]]:
         if value < 1:
             raise ValueError(f"{name} must be >= 1, not {value}")

@@ -204,10 +204,8 @@ class NLC(SentenceTask):
             raise ValueError(f"oos must be 'class' or 'threshold', not {oos!r}")
         if penalty < 0:
             raise ValueError(f"penalty must be >= 0, not {penalty}")
-        for name, p in (("embed_dropout", embed_dropout), ("word_dropout", word_dropout)):
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), not {p}")
-        self._widths = checked_options(widths, dropout, embed_dim=embed_dim, hidden=hidden,
+        fractions = {"dropout": dropout, "embed_dropout": embed_dropout, "word_dropout": word_dropout}
+        self._widths = checked_options(widths, fractions, embed_dim=embed_dim, hidden=hidden,
                                        attention_dim=attention_dim, hops=hops, mlp_hidden=mlp_hidden,
                                        filters=filters, batch=batch)
         # every option is kept as an attribute of its name: gadei rebuilds the task from them
@@ -250,7 +248,7 @@ class NLC(SentenceTask):
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         model.train()  # dropout on while training, whatever mode the caller left the model in
-        if self.word_dropout:  # each word becomes <unk> with this probability: <unk> learns what unseen words mean
+        if self.word_dropout:  # words become <unk> at random, so <unk> learns what unseen words mean
             tokens = batch["tokens"]
             dropped = (torch.rand(tokens.shape) < self.word_dropout) & (tokens != PAD_ID)
             batch = {**batch, "tokens": tokens.masked_fill(dropped, UNK_ID)}

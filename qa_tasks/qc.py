@@ -134,7 +134,8 @@ class QC(SentenceTask):
                  batch: int = 50):
         if not 0.0 <= valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), not {valid_fraction}")
-        self._widths = checked_options(widths, dropout, embed_dim=embed_dim, filters=filters, batch=batch)
+        self._widths = checked_options(widths, {"dropout": dropout}, embed_dim=embed_dim, filters=filters,
+                                       batch=batch)
         # every option is kept as an attribute of its name: gadei rebuilds the task from them
         self.data, self.data_dir, self.widths = data, data_dir, widths
         self.real = use_real_data(data, data_dir)

@@ -629,7 +629,8 @@ def _found_by_fuzzing():
     ]
 
 
-@pytest.mark.parametrize("name, blob, raw", [pytest.param(n, b, r, id=f"{n}: {r}") for n, b, r in _found_by_fuzzing()])
+@pytest.mark.parametrize("name, blob, raw",
+                         [pytest.param(n, b, r, id=f"{n}: {r}") for n, b, r in _found_by_fuzzing()])
 def test_loader_defect_found_by_fuzzing_is_a_clear_error(tmp_path, name, blob, raw):
     _, fname, _, parse = LOADERS[name]
     path = tmp_path / fname

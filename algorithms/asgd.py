@@ -17,6 +17,7 @@ from algorithms.sgd import SGD
 
 class ASGD(Protocol):
     name = "asgd"
+    direct_gradients = True
 
     def __init__(self, *, lr: float = 1e-3, rule=None):
         self.rule = rule if rule is not None else SGD(lr=lr)

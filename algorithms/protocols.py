@@ -22,6 +22,9 @@ import torch
 class Protocol:
     name = "protocol"
     sync = False          # True: the PS applies one averaged gradient per round of all learners
+    # True: every gradient is pushed as backward computed it, so the worker has backward write
+    # it straight into a claimed slot (no copy); False: gradients stay local (local steps)
+    direct_gradients = False
 
     def hyper(self) -> dict:
         return {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "rule"}

@@ -18,6 +18,7 @@ from algorithms.protocols import Protocol, check_positive
 class Sync(Protocol):
     name = "sync"
     sync = True
+    direct_gradients = True
 
     def __init__(self, *, lr: float = 0.01, update: str = "sgd", round_timeout: float = 10.0):
         check_positive("round_timeout", round_timeout)

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import gadei
+import bench
 from bench.optimizer_settings import SETTINGS, TASKS
 
 
@@ -47,7 +47,7 @@ def curve(metrics_file: Path, metric: str) -> list[tuple[float, float]]:
 def run_one(task: str, options: dict, optimizer: str, learners: int, epochs: int, seed: int,
             eval_every: float, out: Path) -> dict:
     t0 = time.monotonic()
-    s = gadei.train(task, task_options=options, optimizer=optimizer, learners=learners,
+    s = bench.train(task, task_options=options, optimizer=optimizer, learners=learners,
                     epochs=epochs, seed=seed, out=out, eval_every=eval_every, **SETTINGS[optimizer])
     return {"summary": s, "wall_s": time.monotonic() - t0}
 

@@ -13,13 +13,14 @@ ratios between them hold on a noisy machine (``--repeats K`` runs K rounds, rota
 order, and keeps the median round). Systems (one module each in ``bench/peers/``):
 
     gadei    gadei.train on bench.exchange_task.Exchange (shared-memory PS, exactly-once)
+    gadei_mpi    the same job on the MPI backend (mpiexec -n N+1: rank 0 hosts the PS)
     mpi_ps   an mpiT-style MPI parameter server: rank 0 applies, mpi4py Send/Recv on numpy
     gloo     torch.distributed gloo all-reduce, synchronous data-parallel (as DDP on CPU)
     hogwild  torch.multiprocessing shared tensor, lock-free add_ and copy out
     queue    a multiprocessing.Queue parameter server (pickled gradients and weights)
 
-Each system runs in a fresh worker process of this module (``--worker SYSTEM``; mpi_ps under
-``mpiexec -n N+1``) that writes its result as JSON; the driver adds the derived numbers.
+Each system runs in a fresh worker process of this module (``--worker SYSTEM``; gadei_mpi
+and mpi_ps under ``mpiexec -n N+1``) that writes its result as JSON; the driver adds the derived numbers.
 
 Byte model (note B): an exchange must at least apply the update (read g and w, write w: 12·P
 bytes) and pull the weights (read w, write the copy: 8·P): ``20·P`` bytes. ``gb_per_s`` is
@@ -31,8 +32,7 @@ learners on several cores can exceed it.
 
 Output: a table, ``--json FILE`` (a list, one record per system and setting, each with the
 resolved configuration under ``config``), ``--plot FILE`` (PNG). Systems that fail are reported
-and left out of the list (exit status 1); gadei is skipped with a message when ``gadei.train``
-is not there yet and ``--systems`` was not given.
+and left out of the list (exit status 1).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ import time
 
 import numpy as np
 
-from bench.peers import MODULES, SYSTEMS
+from bench.peers import ENTRY, MPI_SYSTEMS, SYSTEMS
 from bench.ps_apply import memory_bandwidth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,8 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float,
                     help="warm-up seconds before it (default 1; --quick 0.3)")
     ap.add_argument("--systems", type=system_list,
-                    help=f"comma list of {','.join(SYSTEMS)} (default all; gadei is skipped "
-                         "when gadei.train is missing)")
+                    help=f"comma list of {','.join(SYSTEMS)} (default all)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="rounds over all systems (order rotated each round); the record is the "
                          "median round, every round's rate kept (for a noisy machine)")
@@ -119,9 +118,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def worker_main(args: argparse.Namespace) -> None:
     import importlib
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    module = importlib.import_module(MODULES[args.worker])
-    result = module.run(args.params[0], args.learners[0], args.seconds, args.warmup, args.lr)
-    if result is not None:                      # mpi_ps: rank 0 only
+    module, function = ENTRY[args.worker].split(":")
+    run = getattr(importlib.import_module(module), function)
+    result = run(args.params[0], args.learners[0], args.seconds, args.warmup, args.lr)
+    if result is not None:                      # MPI systems: rank 0 only
         with open(args.result, "w") as f:
             json.dump(result, f)
 
@@ -133,7 +133,7 @@ def mpiexec() -> str:
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     found = here if os.path.exists(here) else shutil.which("mpiexec")
     if not found:
-        raise RuntimeError("mpi_ps needs mpiexec: pip install mpich (or put an MPI's mpiexec "
+        raise RuntimeError("gadei_mpi and mpi_ps need mpiexec: pip install mpich (or put an MPI's mpiexec "
                            "on PATH)")
     return found
 
@@ -145,11 +145,11 @@ def run_worker(system: str, P: int, N: int, args: argparse.Namespace) -> dict:
         cmd = [sys.executable, "-m", "bench.ps_throughput", "--worker", system,
                "--params", str(P), "--learners", str(N), "--seconds", str(args.seconds),
                "--warmup", str(args.warmup), "--lr", str(args.lr), "--result", result]
-        if system == "mpi_ps":
+        if system in MPI_SYSTEMS:
             cmd = [mpiexec(), "-n", str(N + 1), *cmd]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
-        slack = 4 if system != "gadei" else 8    # gadei: a warm-up run and the timed run
+        slack = 8 if system.startswith("gadei") else 4   # gadei: up to two runs
         timeout = 120 + slack * (args.seconds + args.warmup) * max(1, N / 2)
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -196,11 +196,11 @@ def derive(raw: dict, system: str, P: int, N: int, bandwidth: float) -> dict:
 
 
 def table(records: list[dict]) -> str:
-    head = (f"{'system':<8} {'P':>10} {'N':>3} {'exch/s':>10} {'per lrn':>9} {'GB/s':>7} "
+    head = (f"{'system':<9} {'P':>10} {'N':>3} {'exch/s':>10} {'per lrn':>9} {'GB/s':>7} "
             f"{'floor':>6} {'lost %':>7} {'x hogw':>7}")
     lines = [head, "-" * len(head)]
     for r in records:
-        lines.append(f"{r['system']:<8} {r['params']:>10} {r['learners']:>3} "
+        lines.append(f"{r['system']:<9} {r['params']:>10} {r['learners']:>3} "
                      f"{r['exchanges_per_s_total']:>10.1f} "
                      f"{r['exchanges_per_s_per_learner']:>9.1f} "
                      f"{r['gb_per_s']:>7.2f} {r['floor_ratio']:>6.2f} "
@@ -248,18 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker_main(args)
         return 0
-    from bench.peers.gadei_ps import available
-    skipped = {}
     systems = args.systems or list(SYSTEMS)
-    why = available() if "gadei" in systems else None
-    if why:
-        if args.systems:
-            print(f"error: --systems asks for gadei, but {why}; leave gadei out of --systems "
-                  f"until gadei.train exists", file=sys.stderr)
-            return 2
-        skipped["gadei"] = why
-        systems = [s for s in systems if s != "gadei"]
-        print(f"skipping gadei: {why} (the other systems run)", file=sys.stderr)
     bw_before = memory_bandwidth(reps=10)
     print(f"memory bandwidth (np.copyto, read+write): {bw_before / 1e9:.1f} GB/s; "
           f"{args.seconds:g} s per system after {args.warmup:g} s warm-up", flush=True)
@@ -276,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"FAILED {s} P={P} N={N}: {e}", file=sys.stderr, flush=True)
                         continue
                     runs.setdefault((s, P, N), []).append(r)
-                    print(f"  {s:<8} P={P:<10} N={N:<3} {r['exchanges_per_s_total']:10.1f} "
+                    print(f"  {s:<9} P={P:<10} N={N:<3} {r['exchanges_per_s_total']:10.1f} "
                           f"exch/s  lost {100 * r['lost_fraction']:.2f} %", flush=True)
     raw = []                  # the median run of each (system, P, N), with all runs' rates
     for P in args.params:
@@ -292,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = max(bw_before, bw_after)
     config = {
         **{k: v for k, v in vars(args).items() if k not in ("worker", "result")},
-        "systems": systems, "skipped": skipped, "failed": failed,
+        "systems": systems, "failed": failed,
         "bandwidth_before_gb_per_s": bw_before / 1e9, "bandwidth_after_gb_per_s": bw_after / 1e9,
         "byte_model": "20*P bytes per exchange: apply (read g, read w, write w) + pull (read w, "
                       "write copy); bandwidth = np.copyto bytes read+written per second",

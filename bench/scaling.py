@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import gadei
+import bench
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{'learners':>8} {'samples/s':>10} {'speed-up':>8}   per learner: compute / pull / push / wait (s)"
           "   PS busy / idle (s)")
     for n in [int(x) for x in args.learners.split(",")]:
-        s = gadei.train(args.task, task_options={"data": args.data}, optimizer=args.optimizer,
+        s = bench.train(args.task, task_options={"data": args.data}, optimizer=args.optimizer,
                         learners=n, steps=args.steps, seed=args.seed, out=base / f"l{n}", lr=args.lr,
                         evaluate=False)
         row = {"learners": n, "samples_per_s": s["samples_per_s"], "train_time_s": s["train_time_s"],

@@ -44,13 +44,14 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
     torch.manual_seed(cfg.seed)
     model = task.build_model()
     model.train()
-    worker = Worker(arena, i, model, ps_timeout=cfg.ps_timeout, ident=(gid, cfg.learners))
+    protocol = algorithms.protocol(cfg.optimizer, **cfg.hyper)
+    worker = Worker(arena, i, model, ps_timeout=cfg.ps_timeout, ident=(gid, cfg.learners),
+                    direct=protocol.direct_gradients)
     # started: from now on the lease applies (until now, the supervisor's start_timeout)
     pid, started = proc.me()
     ctl.store(arena.lw(i, A.L_BEAT), A.now_ns())
     ctl.store(arena.lw(i, A.L_START), started)
     ctl.store(arena.lw(i, A.L_PID), pid)
-    protocol = algorithms.protocol(cfg.optimizer, **cfg.hyper)
 
     quota = cfg.quota(gid) if cfg.steps is not None else None
     worker.quota = quota

@@ -7,8 +7,10 @@ One push of sequence number k (docs/protocol.md)::
     L3  write   the gradient or delta and its meta (version read, kind, norm, progress)
     L4  commit  store slot = (READY, k)                  <- the learner's commit point
 
-A learner killed between L2 and L4 leaves a WRITING slot: the supervisor, after reaping it,
-records k as discarded and frees the slot. Sequence numbers continue across restarts.
+A direct learner (ASGD, SYNC) claims before its backward pass, which then writes the gradient
+into the slot itself (L3 without a copy). A learner killed between L2 and L4 leaves a WRITING
+slot: the supervisor, after reaping it, records k as discarded and frees the slot. Sequence
+numbers continue across restarts.
 """
 from __future__ import annotations
 
@@ -33,12 +35,18 @@ class Worker:
     """Learner `i`'s handle on the arena, with its model's parameters packed in one flat tensor.
 
     `pull()` copies the published weights into the model (one memcpy); `push()` copies the
-    model's gradients (or a given delta) into a free slot and commits it.
+    model's gradients (or a given delta) into a free slot and commits it. A `direct` worker
+    (ASGD, SYNC) claims the slot in `zero_grad()` instead, so that backward computes the
+    gradient in the slot and `push()` only commits it.
     """
 
     def __init__(self, arena: A.Arena, i: int, model: torch.nn.Module | None = None, *,
-                 ps_timeout: float = 60.0, ident: tuple[int, int] | None = None):
+                 ps_timeout: float = 60.0, ident: tuple[int, int] | None = None,
+                 direct: bool = False):
         self.arena, self.i, self.ctl = arena, i, arena.ctl
+        # direct: backward writes the gradients straight into a claimed slot (see zero_grad)
+        self.direct = direct
+        self._held: int | None = None    # the slot claimed for the gradient being computed
         # (learner id, learners) the task sees in gadei.context: (i, arena learners), or an MPI
         # rank's global id and count when this arena is one node of a larger job
         self.ident = ident or (i, arena.layout.learners)
@@ -88,25 +96,43 @@ class Worker:
                              "build_model() must give the same model in every process")
         # Gradients live in one flat buffer too, allocated once: backward accumulates into it
         # in place. (Letting autograd allocate fresh gradients every step costs a page fault
-        # per 4 KiB: 58 ms instead of 10 for 16M weights.)
-        self.grad_flat = torch.zeros(self.n)
-        self._grad_views = []
+        # per 4 KiB: 58 ms instead of 10 for 16M weights.) Direct: the buffer is a slot.
         off = 0
         for _, p in got:
-            k = p.numel()
-            view = self.flat[off:off + k].view_as(p)
+            view = self.flat[off:off + p.numel()].view_as(p)
             view.copy_(p.data)
             p.data = view
-            self._grad_views.append(self.grad_flat[off:off + k].view_as(p))
-            off += k
+            off += p.numel()
         self.params = [p for _, p in got]
         self._flat_np = self.flat.numpy()
-        self.zero_grad()
+        if self.direct:
+            self._slot_grads = [self._grad_buffer(torch.from_numpy(self.arena.slot(self.i, s)))
+                                for s in range(self.arena.layout.slots)]
+        else:
+            self._grad = self._grad_buffer(torch.zeros(self.n))
+            self.zero_grad()
+
+    def _grad_buffer(self, flat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`flat` and its views shaped as the parameters, in the layout's order."""
+        views, off = [], 0
+        for p in self.params:
+            views.append(flat[off:off + p.numel()].view_as(p))
+            off += p.numel()
+        return flat, views
 
     def zero_grad(self) -> None:
-        """Zero the gradients in place, each parameter's `.grad` a view of `grad_flat`."""
-        self.grad_flat.zero_()
-        for p, view in zip(self.params, self._grad_views):
+        """Zero the gradients in place, each parameter's `.grad` a view of one flat buffer.
+
+        Direct: the buffer is a slot, claimed here (L1 + L2) unless one is held already, so
+        backward writes the gradient where the PS reads it and the push only commits it: no
+        copy. A learner that dies while computing leaves the slot WRITING: discarded.
+        """
+        if self.direct and self._held is None:
+            self._held = self.claim()
+            self._grad = self._slot_grads[self._held]
+        flat, views = self._grad
+        flat.zero_()
+        for p, view in zip(self.params, views):
             if p.grad is None or p.grad.data_ptr() != view.data_ptr():
                 p.grad = view
 
@@ -161,18 +187,22 @@ class Worker:
         a, i, k = self.arena, self.i, self.next_seq
         free = lambda: next((s + 1 for s in range(a.layout.slots)  # noqa: E731  (+1: slot 0 is true)
                              if A.ctrl_state(self.ctl.load(a.sw(i, s, A.S_CTRL))) == A.FREE), None)
+        t0 = time.perf_counter_ns()
         s = self.wait_for_ps(free, "freed a slot") - 1
+        self.spent(A.L_WAIT_NS, t0)
         self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.WRITING, k))
         self.ctl.store(a.lw(i, A.L_NEXT_SEQ), k + 1)
         return s
 
     def write(self, s: int, data: torch.Tensor | None = None) -> float:
-        """L3: copy the payload (`data`, or the model's gradients) into slot s; return its norm."""
-        slot = torch.from_numpy(self.arena.slot(self.i, s))
+        """L3: the payload (`data`, or the model's gradients) into slot s; return its norm."""
         if data is not None:
+            slot = torch.from_numpy(self.arena.slot(self.i, s))
             slot.copy_(data)
+        elif self.direct:
+            slot = self.gradient()          # already in slot s (zero_grad claimed it)
         else:
-            self.gradient(slot)
+            slot = self.gradient(torch.from_numpy(self.arena.slot(self.i, s)))
         # the PS rejects a non-finite payload by this norm, without another pass of its own
         return float(torch.linalg.vector_norm(slot))
 
@@ -200,13 +230,23 @@ class Worker:
         Returns the sequence number committed. `steps` is how many of the learner's steps this
         push completes (recorded with the commit, so a restarted learner resumes there).
         """
+        if self.direct and data is None:
+            if self._held is None:
+                raise RuntimeError("push_gradient() without zero_grad() before backward: a "
+                                   "direct learner's gradient must be computed into its slot")
+            s = self._held
+        else:
+            s = self.claim()
         t0 = time.perf_counter_ns()
-        s = self.claim()
-        t1 = self.spent(A.L_WAIT_NS, t0)
         faults.point("learner_writing", self.i, self.next_seq)
         norm = self.write(s, data)
         k = self.commit(s, kind, norm, samples, steps)
-        self.spent(A.L_PUSH_NS, t1)
+        if self.direct and data is None:
+            # the slot is the PS's now: nothing may write the gradients there any more
+            self._held = self._grad = None
+            for p in self.params:
+                p.grad = None
+        self.spent(A.L_PUSH_NS, t0)
         return k
 
     def spent(self, word: int, since_ns: int) -> int:
@@ -230,17 +270,16 @@ class Worker:
         return version
 
     def gradient(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The model's gradients as one flat tensor: `grad_flat` itself (read it, don't keep
-        it), or copied into `out`. A gradient autograd put elsewhere (a parameter whose
-        `.grad` was replaced, e.g. a sparse one) is gathered into `grad_flat` first."""
-        for p, view in zip(self.params, self._grad_views):
+        """The model's gradients as one flat tensor: the buffer backward wrote them into (read
+        it, don't keep it), or copied into `out`. A gradient autograd put elsewhere (a parameter
+        whose `.grad` was replaced, e.g. a sparse one) is gathered into the buffer first."""
+        flat, views = self._grad
+        for p, view in zip(self.params, views):
             if p.grad is None:
                 view.zero_()
             elif p.grad.data_ptr() != view.data_ptr():
                 view.copy_(p.grad.to_dense() if p.grad.is_sparse else p.grad)
-        if out is None:
-            return self.grad_flat
-        return out.copy_(self.grad_flat)
+        return flat if out is None else out.copy_(flat)
 
     def wait_applied(self, k: int) -> None:
         """Block until the PS has applied (or rejected) this learner's sequence number k.

@@ -84,16 +84,13 @@ def test_exchange_task_gradient_is_the_constant():
 
 
 @pytest.mark.timeout(400)
-def test_gadei_row_is_exactly_once(tmp_path):
+@pytest.mark.parametrize("system", ["gadei", "gadei_mpi"])
+def test_gadei_row_is_exactly_once(tmp_path, system):
     """gadei through the benchmark: every committed update applied, and the weights agree."""
-    from bench.peers.gadei_ps import available
-    why = available()
-    if why:
-        pytest.skip(f"gadei row not runnable yet: {why}")
     out = tmp_path / "gadei.json"
     path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "bench.ps_throughput", "--quick",
-                           "--systems", "gadei", "--json", str(out)],
+                           "--systems", system, "--json", str(out)],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": path},
                           capture_output=True, text=True, timeout=360)
     check("exit status (stdout/stderr tail follows)", proc.returncode == 0,

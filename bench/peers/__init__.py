@@ -1,7 +1,7 @@
 """The systems `bench.ps_throughput` measures, one module each, behind one entry point.
 
-Every module exports ``run(params: int, learners: int, seconds: float, warmup: float, lr: float)
--> dict`` that runs one setting to the end in the calling process (starting whatever processes
+Every entry point (``ENTRY``: module and function) is ``run(params: int, learners: int,
+seconds: float, warmup: float, lr: float) -> dict`` that runs one setting to the end in the calling process (starting whatever processes
 the system needs) and returns at least::
 
     exchanges_per_s_total   gradient exchanges per second over all learners in the timed window
@@ -28,10 +28,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-SYSTEMS = ("gadei", "mpi_ps", "gloo", "hogwild", "queue")
-MODULES = {"gadei": "bench.peers.gadei_ps", "mpi_ps": "bench.peers.mpi_ps",
-           "gloo": "bench.peers.gloo", "hogwild": "bench.peers.hogwild",
-           "queue": "bench.peers.queue_ps"}
+SYSTEMS = ("gadei", "gadei_mpi", "mpi_ps", "gloo", "hogwild", "queue")
+ENTRY = {"gadei": "bench.peers.gadei_ps:run", "gadei_mpi": "bench.peers.gadei_ps:run_mpi",
+         "mpi_ps": "bench.peers.mpi_ps:run", "gloo": "bench.peers.gloo:run",
+         "hogwild": "bench.peers.hogwild:run", "queue": "bench.peers.queue_ps:run"}
+MPI_SYSTEMS = ("gadei_mpi", "mpi_ps")      # run as mpiexec -n learners+1
 
 
 def timed_loop(exchange: Callable[[], None], seconds: float, warmup: float,

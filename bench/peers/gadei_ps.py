@@ -20,20 +20,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 
 GUESS_BYTES_PER_S = 2e9
-
-
-def available() -> str | None:
-    """None when ``gadei.train`` can be called, else why not (for the skip message)."""
-    try:
-        import gadei
-    except Exception as e:                       # a half-written package fails in many ways
-        return f"import gadei failed: {type(e).__name__}: {e}"
-    if not callable(getattr(gadei, "train", None)):
-        return "gadei.train does not exist yet"
-    return None
 
 
 def ledger_count(ledger: dict, key: str) -> int:
@@ -67,45 +57,79 @@ def _applied_from_checkpoint(out: str) -> float | None:
 
 
 def run(params: int, learners: int, seconds: float, warmup: float, lr: float = 1.0) -> dict:
+    """The local backend: `gadei.train` (a supervisor, the PS and the learners as processes)."""
+    import bench
+    from bench.exchange_task import Exchange
+    task = Exchange(params=params)
+    with tempfile.TemporaryDirectory(prefix="bench-gadei-") as d:
+        return _attempts(params, learners, seconds, warmup, d, lambda total, out: bench.train(
+            task, optimizer="sgd", learners=learners, steps=total, out=out, lr=lr))
+
+
+def run_mpi(params: int, learners: int, seconds: float, warmup: float, lr: float = 1.0):
+    """The MPI backend, one rank of `mpiexec -n learners+1`: the node leader (rank 0, which
+    also hosts the PS) and one learner per other rank. The result on rank 0, None elsewhere."""
+    from mpi4py import MPI
+
+    from gadei.job import JobConfig
+    from gadei.mpi import run_mpi as train_mpi
+    comm = MPI.COMM_WORLD
+    d = comm.bcast(tempfile.mkdtemp(prefix="bench-gadei-mpi-") if comm.rank == 0 else None)
+
+    def train(total: int, out: str) -> dict | None:
+        cfg = JobConfig(task="bench.exchange_task:Exchange", task_options={"params": params},
+                        optimizer="sgd", hyper={"lr": lr}, learners=learners, steps=total, out=out)
+        return train_mpi(cfg)
+
+    try:
+        return _attempts(params, learners, seconds, warmup, d, train, comm)
+    finally:
+        comm.Barrier()
+        if comm.rank == 0:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _attempts(params, learners, seconds, warmup, d, train, comm=None) -> dict | None:
+    """Run the job (at most twice, see the module docstring) and measure its steady rate.
+    `train(total, out)` returns the summary (None on MPI ranks other than 0, which follow
+    rank 0's decisions through `comm`)."""
     import torch
 
-    import gadei
-
-    from bench.exchange_task import Exchange
     from bench.peers import lost_fraction
     torch.set_num_threads(1)
-    why = available()
-    if why:
-        raise RuntimeError(f"gadei is not runnable: {why}")
-    task = Exchange(params=params)
     rate = GUESS_BYTES_PER_S / (20 * params)     # total exchanges/s, a guess for attempt 0
-    with tempfile.TemporaryDirectory(prefix="bench-gadei-") as d:
-        for attempt in range(2):
-            # steps: gadei counts them over all learners (were it per learner, the run would
-            # only last longer)
-            total = max(2 * learners, math.ceil(rate * (seconds + 2 + warmup)))
-            out = os.path.join(d, f"run{attempt}")
-            s = gadei.train(task, optimizer="sgd", learners=learners, steps=total, out=out, lr=lr)
+    for attempt in range(2):
+        # steps: gadei counts them over all learners (were it per learner, the run would
+        # only last longer)
+        total = max(2 * learners, math.ceil(rate * (seconds + 2 + warmup)))
+        out = os.path.join(d, f"run{attempt}")
+        s = train(total, out)
+        if s is not None:
             applied = ledger_count(s["ledger"], "applied")
             steady = steady_rate(os.path.join(out, "metrics.jsonl"), applied)
-            if steady and steady["window_s"] >= 0.6 * seconds:
-                break
+            done = bool(steady and steady["window_s"] >= 0.6 * seconds)
             rate = steady["rate"] if steady else max(float(s["updates_per_s"]), 1e-3)
-        if not steady:
-            raise RuntimeError(f"gadei: no steady window in metrics.jsonl after 2 runs (last: "
-                               f"{applied} updates, summary {s['updates_per_s']}/s)")
-        committed = ledger_count(s["ledger"], "committed")
-        return {
-            "exchanges_per_s_total": steady["rate"],
-            "exchanges_timed": steady["updates"],
-            "elapsed_s": steady["window_s"],
-            "pushed_total": committed,
-            "applied_total": applied,
-            "lost_fraction": lost_fraction(applied, committed),
-            "applied_from_weights": _applied_from_checkpoint(out),
-            "steps": total,
-            "attempts": attempt + 1,
-            "updates_per_s_summary": float(s["updates_per_s"]),
-            "summary": json.loads(json.dumps({k: v for k, v in s.items() if k != "ledger"},
-                                             default=str)),
-        }
+        if comm is not None:
+            done, rate = comm.bcast((done, rate) if s is not None else None)
+        if done:
+            break
+    if s is None:
+        return None
+    if not steady:
+        raise RuntimeError(f"gadei: no steady window in metrics.jsonl after 2 runs (last: "
+                           f"{applied} updates, summary {s['updates_per_s']}/s)")
+    committed = ledger_count(s["ledger"], "committed")
+    return {
+        "exchanges_per_s_total": steady["rate"],
+        "exchanges_timed": steady["updates"],
+        "elapsed_s": steady["window_s"],
+        "pushed_total": committed,
+        "applied_total": applied,
+        "lost_fraction": lost_fraction(applied, committed),
+        "applied_from_weights": _applied_from_checkpoint(out),
+        "steps": total,
+        "attempts": attempt + 1,
+        "updates_per_s_summary": float(s["updates_per_s"]),
+        "summary": json.loads(json.dumps({k: v for k, v in s.items() if k != "ledger"},
+                                         default=str)),
+    }

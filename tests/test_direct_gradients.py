@@ -1,0 +1,93 @@
+"""Direct learners (ASGD, SYNC): backward writes the gradient straight into a claimed slot."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import algorithms
+from gadei import arena as A
+from gadei.server import Server, empty_ledger
+from gadei.supervisor import discard_writing
+from gadei.worker import Worker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(5, 3, sparse=True)    # its .grad replaces the slot view
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.lin(self.emb(x)).square().sum()
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    model = Net()
+    layout = A.Layout(params=tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
+                      state=(), rule="sgd", hyper=(("lr", 0.1),), learners=1, slots=2)
+    arena = A.Arena.create("test-direct", layout, {"config": {}})
+    arena.write_ledger(0, empty_ledger(1))
+    reference = Net()
+    reference.load_state_dict(model.state_dict())
+    worker = Worker(arena, 0, model, direct=True)
+    np.copyto(arena.weights(0), worker.flat.numpy())     # version 0 = the model's weights
+    yield arena, model, reference, worker
+    arena.unlink()
+    arena.close()
+
+
+def flat_grad(model):
+    return torch.cat([p.grad.to_dense().reshape(-1) for p in model.parameters()])
+
+
+def test_gradient_is_computed_in_the_slot_and_applied_once(setup):
+    arena, model, reference, worker = setup
+    ps = Server(arena, algorithms.get("sgd", lr=0.1), warn=lambda m: None)
+    x = torch.tensor([1, 3, 3])
+    for step in range(3):
+        worker.pull()
+        worker.zero_grad()                                   # L1 + L2 here
+        s = worker._held
+        assert A.ctrl_state(arena.ctl.load(arena.sw(0, s, A.S_CTRL))) == A.WRITING
+        slot = arena.slot(0, s)
+        assert model.emb.weight.grad.data_ptr() == torch.from_numpy(slot).data_ptr()
+        assert model.lin.weight.grad.data_ptr() == model.emb.weight.grad.data_ptr() + 4 * 15
+        model(x).backward()
+        k = worker.push_gradient(samples=3)
+        assert k == step
+        assert all(p.grad is None for p in model.parameters())   # the slot is the PS's now
+        reference.zero_grad()
+        reference(x).backward()
+        np.testing.assert_allclose(slot, flat_grad(reference).numpy(), rtol=1e-5, atol=1e-7)
+        assert A.ctrl(A.READY, k) == arena.ctl.load(arena.sw(0, s, A.S_CTRL))
+        assert ps.step() and not ps.step()                   # applied exactly once
+        with torch.no_grad():
+            for p in reference.parameters():
+                p.sub_(0.1 * p.grad.to_dense())
+        worker.pull()
+        np.testing.assert_allclose(worker.flat.numpy(),
+                                   torch.cat([p.detach().reshape(-1) for p in
+                                              reference.parameters()]).numpy(), rtol=1e-5, atol=1e-7)
+    assert arena.published_ledger()[1]["applied"][0] == [[0, 2]]
+
+
+def test_push_without_zero_grad_is_refused(setup):
+    _, model, _, worker = setup
+    with pytest.raises(RuntimeError, match="zero_grad"):
+        worker.push_gradient()
+
+
+def test_learner_dead_while_computing_discards_its_claim(setup):
+    arena, model, _, worker = setup
+    worker.zero_grad()
+    model(torch.tensor([0])).backward()                      # dies before the push
+    assert discard_writing(arena, 0) == [0]
+    again = Worker(arena, 0, Net(), direct=True)
+    assert again.next_seq == 1
+    again.zero_grad()
+    assert again._held is not None

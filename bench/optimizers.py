@@ -57,19 +57,21 @@ def plot(rows: list[dict], path: str, metric: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     counts = sorted({r["learners"] for r in rows})
+    names = list(dict.fromkeys(r["optimizer"] for r in rows))
+    color = {o: plt.cm.tab20(k % 20) for k, o in enumerate(names)}   # 11 optimizers: 10 colours repeat
     fig, axes = plt.subplots(1, len(counts) + 1, figsize=(5 * (len(counts) + 1), 4))
     for ax, n in zip(axes, counts):
         for r in rows:
             if r["learners"] == n and r["curve"]:
                 t, m = zip(*r["curve"])
-                ax.plot(t, m, label=r["optimizer"])
+                ax.plot(t, m, label=r["optimizer"], color=color[r["optimizer"]])
         ax.set(title=f"{n} learner(s)", xlabel="wall time (s)", ylabel=metric)
         ax.legend(fontsize=7)
     ax = axes[-1]
-    for opt in sorted({r["optimizer"] for r in rows}):
+    for opt in names:
         pts = sorted((r["learners"], r["speedup"]) for r in rows if r["optimizer"] == opt and r["speedup"])
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=opt)
+            ax.plot(*zip(*pts), marker="o", label=opt, color=color[opt])
     ax.plot(counts, counts, "k:", label="linear")
     ax.set(title="speed-up in samples/s", xlabel="learners", ylabel="x over 1 learner")
     ax.legend(fontsize=7)

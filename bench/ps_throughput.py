@@ -217,7 +217,7 @@ def plot(records: list[dict], path: str) -> None:
     settings = sorted({(r["params"], r["learners"]) for r in records})
     systems = [s for s in SYSTEMS if any(r["system"] == s for r in records)]
     width = 0.8 / max(1, len(systems))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) * max(1, len(systems)) / 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 2 + 0.25 * len(settings) * len(systems)), 4.5))
     for k, s in enumerate(systems):
         xs, ys = [], []
         for i, key in enumerate(settings):

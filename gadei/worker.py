@@ -158,9 +158,8 @@ class Worker:
     def pull(self) -> int:
         """Copy the latest consistent weights into the model; return their version."""
         t0 = time.perf_counter_ns()
-        self.version, _ = self.arena.pull(self._flat_np)
+        self.fetch(self._flat_np)
         self.spent(A.L_PULL_NS, t0)
-        self.ctl.store(self.arena.lw(self.i, A.L_PULLED), self.version)
         return self.version
 
     # ---- push ----------------------------------------------------------------------------
@@ -265,9 +264,11 @@ class Worker:
         return self.push(A.DELTA, delta, samples=samples or self.samples, steps=steps)
 
     def fetch(self, out: np.ndarray) -> int:
-        """Copy the latest consistent weights into `out` (not into the model); their version."""
-        version, _ = self.arena.pull(out)
-        return version
+        """Copy the latest consistent weights into `out` (not into the model); their version,
+        which the next push records as the version it was computed from (its staleness)."""
+        self.version, _ = self.arena.pull(out)
+        self.ctl.store(self.arena.lw(self.i, A.L_PULLED), self.version)
+        return self.version
 
     def gradient(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The model's gradients as one flat tensor: the buffer backward wrote them into (read

@@ -58,7 +58,8 @@ def plot(rows: list[dict], path: str, metric: str) -> None:
     import matplotlib.pyplot as plt
     counts = sorted({r["learners"] for r in rows})
     names = list(dict.fromkeys(r["optimizer"] for r in rows))
-    color = {o: plt.cm.tab20(k % 20) for k, o in enumerate(names)}   # 11 optimizers: 10 colours repeat
+    # 11 optimizers: the default cycle's 10 colours would repeat
+    color = {o: plt.cm.tab20(k % 20) for k, o in enumerate(names)}
     fig, axes = plt.subplots(1, len(counts) + 1, figsize=(5 * (len(counts) + 1), 4))
     for ax, n in zip(axes, counts):
         for r in rows:

@@ -20,7 +20,8 @@ order, and keeps the median round). Systems (one module each in ``bench/peers/``
     queue    a multiprocessing.Queue parameter server (pickled gradients and weights)
 
 Each system runs in a fresh worker process of this module (``--worker SYSTEM``; gadei_mpi
-and mpi_ps under ``mpiexec -n N+1``) that writes its result as JSON; the driver adds the derived numbers.
+and mpi_ps under ``mpiexec -n N+1``) that writes its result as JSON; the driver adds the
+derived numbers.
 
 Byte model (note B): an exchange must at least apply the update (read g and w, write w: 12·P
 bytes) and pull the weights (read w, write the copy: 8·P): ``20·P`` bytes. ``gb_per_s`` is
@@ -133,8 +134,8 @@ def mpiexec() -> str:
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     found = here if os.path.exists(here) else shutil.which("mpiexec")
     if not found:
-        raise RuntimeError("gadei_mpi and mpi_ps need mpiexec: pip install mpich (or put an MPI's mpiexec "
-                           "on PATH)")
+        raise RuntimeError("gadei_mpi and mpi_ps need mpiexec: pip install mpich (or put an "
+                           "MPI's mpiexec on PATH)")
     return found
 
 

@@ -70,9 +70,8 @@ def test_gradient_is_computed_in_the_slot_and_applied_once(setup):
             for p in reference.parameters():
                 p.sub_(0.1 * p.grad.to_dense())
         worker.pull()
-        np.testing.assert_allclose(worker.flat.numpy(),
-                                   torch.cat([p.detach().reshape(-1) for p in
-                                              reference.parameters()]).numpy(), rtol=1e-5, atol=1e-7)
+        expected = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
+        np.testing.assert_allclose(worker.flat.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
     assert arena.published_ledger()[1]["applied"][0] == [[0, 2]]
 
 

@@ -1,8 +1,8 @@
 """The systems `bench.ps_throughput` measures, one module each, behind one entry point.
 
 Every entry point (``ENTRY``: module and function) is ``run(params: int, learners: int,
-seconds: float, warmup: float, lr: float) -> dict`` that runs one setting to the end in the calling process (starting whatever processes
-the system needs) and returns at least::
+seconds: float, warmup: float, lr: float) -> dict`` that runs one setting to the end in the
+calling process (starting whatever processes the system needs) and returns at least::
 
     exchanges_per_s_total   gradient exchanges per second over all learners in the timed window
     exchanges_timed         exchanges completed in the timed window (all learners)

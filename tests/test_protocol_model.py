@@ -3,7 +3,7 @@
 Each configuration runs `spin -a`, compiles the generated verifier `pan` with gcc and runs an
 exhaustive safety search (assertions and invalid end states). The correct protocol must give
 0 errors on a complete search; each planted bug must give an assertion violation.
-docs/protocol-model.md has the bounds, the properties and the measured sizes.
+docs/protocol.md (the model section) has the bounds, the properties and the measured sizes.
 
 Needs `spin` (Debian package `spin`) and `gcc`; skipped with a clear reason without them.
 """

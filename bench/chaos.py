@@ -1,7 +1,7 @@
 """Chaos campaign: real `gadei train --task probe` jobs under kill -9, SIGSTOP and whole-job
 crashes, each one audited for exactly-once, leftover processes and leftover shared memory.
 
-    nice -n 5 python -m bench.chaos --kills 100 --json bench/results/chaos.json     # documented
+    nice -n 5 python -m bench.chaos --kills 100 --json docs/bench/chaos.json     # documented
     nice -n 5 python -m bench.chaos --quick --json /tmp/chaos.json                   # CI (small)
     nice -n 5 python -m bench.chaos --quick --mpi                                    # + MPI jobs
 

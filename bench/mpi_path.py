@@ -1,7 +1,7 @@
 """The cross-node path's throughput: one node leader's sync rounds against the global PS.
 
     mpiexec -n 2 python -m bench.mpi_path [--quick] [--sizes 1048576,4194304] [--rounds 10]
-            [--out bench/results/mpi_path.json]
+            [--out docs/bench/mpi_path.json]
 
 World rank 1 plays a node leader (gadei.mpi.MPILink: a validated msgpack control message and a
 raw float32 delta up, the centre back down, each wait bounded) and world rank 0 the global PS

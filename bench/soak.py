@@ -1,6 +1,6 @@
 """Soak: many learners oversubscribed on few cores for a long time, with the probe task.
 
-    nice -n 5 python -m bench.soak --learners 16 --seconds 3600 --json bench/results/soak.json   # documented
+    nice -n 5 python -m bench.soak --learners 16 --seconds 3600 --json docs/bench/soak.json   # documented
     nice -n 5 python -m bench.soak --quick --json /tmp/soak.json                                  # CI: 4 x 60 s
 
 The job (`gadei train --task probe --lr 1`, a huge `--steps`) runs until the deadline, then gets

@@ -1,4 +1,5 @@
-"""gadei itself: ``gadei.train`` on the ``bench.exchange_task.Exchange`` task with SGD.
+"""gadei itself: ``gadei.train`` on the ``bench.exchange_task.Exchange`` task with SGD
+(``run``), or the same job on the MPI backend under ``mpiexec -n N+1`` (``run_mpi``).
 
 ``gadei.train`` runs a step count, not a wall time, and starts its processes inside the call,
 so the rate comes from the run's ``metrics.jsonl`` (one row a second: time, updates applied):

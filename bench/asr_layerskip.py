@@ -16,9 +16,11 @@ trained with). Without one, a model is trained here by a plain single-process lo
 `--lr` with 50 warm-up steps and cosine decay to lr/10, gradient norm clipped to 5,
 `--train-steps` steps over epochs of the task's `batches(0, 1, epoch)`.
 
-Measured, for the plain model (no intermediate head, no skipping) and for each threshold: per
-utterance (batch 1) the time of features -> log-probs, the median over `--repeats` rounds
-(rounds interleave the settings, so machine noise hits all alike), averaged over utterances;
+Measured, for the plain model (no intermediate head, no skipping) and for each threshold: the
+time of features -> log-probs per encoder call (`--eval-batch` utterances of similar length
+per call, 16 by default; `--eval-batch 1` decodes one at a time), the median over `--repeats`
+rounds (rounds interleave the settings, so machine noise hits all alike), summed over the calls
+and divided by the utterances;
 WER/CER by greedy decoding; the fraction of layer-frames skipped. Speed-up = t_plain / t_skip in
 CPU time of the measuring thread (torch runs on it with one thread); wall-clock time and its
 ratio are reported beside it, but on a shared machine they mostly measure waiting for a core.
@@ -148,13 +150,14 @@ def measure(task: ASR, model, split: str, thresholds: list[float], repeats: int)
     rows = []
     for s in settings:
         r = runs[s][0]
-        ms = np.median(np.array([run["ms"] for run in runs[s]]), axis=0)      # (utterances,)
-        cpu = np.median(np.array([run["cpu_ms"] for run in runs[s]]), axis=0)  # (utterances,)
+        ms = np.median(np.array([run["ms"] for run in runs[s]]), axis=0)      # (calls,)
+        cpu = np.median(np.array([run["cpu_ms"] for run in runs[s]]), axis=0)  # (calls,)
+        n = len(r["refs"])
         wer, cer = error_rates(r["refs"], r["hyps"])
         rows.append({"threshold": None if s >= 1 else s, "wer": wer, "cer": cer,
                      "skipped_fraction": r["skipped"] * upper / (r["frames"] * layers),
-                     "skipped_frames": r["skipped"] / r["frames"], "ms_per_utt": float(ms.mean()),
-                     "cpu_ms_per_utt": float(cpu.mean())})
+                     "skipped_frames": r["skipped"] / r["frames"], "ms_per_utt": float(ms.sum()) / n,
+                     "cpu_ms_per_utt": float(cpu.sum()) / n})
     for row in rows:
         row["speedup"] = rows[0]["cpu_ms_per_utt"] / row["cpu_ms_per_utt"]
         row["speedup_wall"] = rows[0]["ms_per_utt"] / row["ms_per_utt"]
@@ -186,7 +189,7 @@ def main() -> None:
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     rows = measure(task, model, args.split, thresholds, args.repeats)
 
-    print(f"\n{args.split}: {len(task.eval_set(args.split)[1])} utterances, batch 1, 1 thread, "
+    print(f"\n{args.split}: {len(task.eval_set(args.split)[1])} utterances, {task.eval_batch} per call, 1 thread, "
           f"median of {args.repeats}")
     print(f"{'threshold':>9} {'WER %':>7} {'CER %':>7} {'skipped %':>9} {'cpu ms':>7} {'speed-up':>8} "
           f"{'wall ms':>8} {'wall x':>7}")

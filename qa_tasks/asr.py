@@ -4,14 +4,16 @@ Data: FSDD spoken digits joined into utterances of 1 to 7 digits of one speaker 
 model: conv subsampling + Transformer encoder, final and intermediate CTC heads, skipping of the
 top layers for frames the intermediate head calls blank (``ctc_skip.py``, with the paper).
 
-Metrics (``evaluate``), decoding greedily, one utterance at a time (batch 1):
+Metrics (``evaluate``), decoding greedily, `eval_batch` utterances per call (the split sorted
+by length, so a call pads little; 1: one utterance at a time):
 
     wer                 word error rate, a digit is a word ("3 1 4")
     cer                 character error rate over the spelled-out words ("three one four")
     skipped_fraction    layer-frames skipped / layer-frames of a full run
                         = sum(skipped frames) * (L - k) / (sum(frames) * L)
-    encoder_ms_per_utt  wall time of features -> log-probs per utterance (mean), without the
-                        feature extraction; skipping when skip_threshold < 1, else the plain model
+    encoder_ms_per_utt  wall time of features -> log-probs over the split / its utterances,
+                        without the feature extraction; skipping when skip_threshold < 1, else
+                        the plain model
     encoder_cpu_ms_per_utt  the same in CPU time of the calling thread (torch with one thread
                         computes there): on a shared machine, wall time mostly measures waiting
                         for a core, CPU time what the model itself costs
@@ -42,17 +44,19 @@ class ASR:
                  d_model: int = 64, heads: int = 4, layers: int = 6, inter_layer: int = 3,
                  ff_dim: int = 256, conv_channels: int = 32, dropout: float = 0.1,
                  inter_ctc_weight: float = 0.3, factorized: bool = True, distill_weight: float = 1.0,
-                 skip_threshold: float = 0.99, spike_extension: int = 1, seed: int = 0):
+                 skip_threshold: float = 0.99, spike_extension: int = 1, eval_batch: int = 16,
+                 seed: int = 0):
         """speakers: comma-separated names to use (empty: all in the source);
         inter_ctc_weight: w in (1 - w) CTC_final + w CTC_inter (0 turns intermediate CTC off);
         distill_weight: weight of KL(final || intermediate) (0 turns distillation off);
         factorized: sigmoid blank + softmax over digits at the intermediate head;
         skip_threshold: intermediate P(blank) above which a frame skips the top layers in
         evaluate (>= 1: no skipping); spike_extension: kept frames also keep this many neighbours;
+        eval_batch: utterances per encoder call in evaluate;
         seed: composes the valid and test utterances."""
         self.real = use_real_data(data, data_dir)
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        if batch < 1 or eval_batch < 1:
+            raise ValueError(f"batch sizes must be >= 1, got batch={batch}, eval_batch={eval_batch}")
         if not 0.0 <= inter_ctc_weight < 1.0:
             raise ValueError(f"inter_ctc_weight must be in [0, 1), got {inter_ctc_weight}")
         if distill_weight < 0:
@@ -68,7 +72,7 @@ class ASR:
         self.n_mels, self.d_model, self.heads, self.layers = n_mels, d_model, heads, layers
         self.inter_layer, self.ff_dim, self.conv_channels, self.dropout = inter_layer, ff_dim, conv_channels, dropout
         self.inter_ctc_weight, self.factorized, self.distill_weight = inter_ctc_weight, factorized, distill_weight
-        self.skip_threshold, self.spike_extension = skip_threshold, spike_extension
+        self.skip_threshold, self.spike_extension, self.eval_batch = skip_threshold, spike_extension, eval_batch
         self.speaker_list = [s.strip() for s in speakers.split(",") if s.strip()]
         self.model_options = dict(n_mels=n_mels, d_model=d_model, heads=heads, layers=layers,
                                   inter_layer=inter_layer, ff_dim=ff_dim, conv_channels=conv_channels,
@@ -111,11 +115,17 @@ class ASR:
             self._eval[split] = ([self.features(u) for u in utts], [u.digits for u in utts])
         return self._eval[split]
 
-    def collate(self, feats: list[torch.Tensor], digits: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def pad(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of several utterances -> zero-padded (B, T, M) and lengths (B,)."""
         lens = torch.tensor([len(f) for f in feats])
-        x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])          # (B, T, M)
+        x = torch.zeros(len(feats), int(lens.max()), feats[0].shape[1])
         for i, f in enumerate(feats):
             x[i, :len(f)] = f
+        return x, lens
+
+    def collate(self, feats: list[torch.Tensor], digits: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        x, lens = self.pad(feats)
         tl = torch.tensor([len(d) for d in digits])
         y = torch.zeros(len(digits), int(tl.max()), dtype=torch.long)           # (B, S), labels 1..10
         for i, d in enumerate(digits):
@@ -152,23 +162,27 @@ class ASR:
     # -- evaluation ------------------------------------------------------------------------------
 
     def transcribe(self, model, split: str, threshold: float) -> dict:
-        """Decode a split one utterance at a time -> hyps, refs, per-utterance encoder ms, and
-        frames skipped / frames in all. threshold >= 1 runs the plain model (no skipping)."""
+        """Decode a split, `eval_batch` utterances per call in order of length -> hyps, refs (in
+        the split's order), each call's encoder ms (wall and CPU), frames skipped and frames in
+        all. threshold >= 1 runs the plain model (no skipping)."""
         feats, refs = self.eval_set(split)
+        order = sorted(range(len(feats)), key=lambda i: len(feats[i]))     # similar lengths pad little
         model.eval()
-        hyps, ms, cpu_ms, skipped, frames = [], [], [], 0, 0
+        hyps, ms, cpu_ms, skipped, frames = [None] * len(feats), [], [], 0, 0
         with torch.inference_mode():
-            for f in feats:
-                x, lens = f[None], torch.tensor([len(f)])
+            for start in range(0, len(order), self.eval_batch):
+                chosen = order[start:start + self.eval_batch]
+                x, lens = self.pad([feats[i] for i in chosen])
                 t0, c0 = time.perf_counter(), time.thread_time()
                 if threshold >= 1:
                     lp, out_lens = model.full(x, lens)
-                    sk = torch.zeros(1, dtype=torch.long)
+                    sk = torch.zeros(len(chosen), dtype=torch.long)
                 else:
                     lp, out_lens, sk = model.skipping(x, lens, threshold, self.spike_extension)
                 ms.append(1000 * (time.perf_counter() - t0))
                 cpu_ms.append(1000 * (time.thread_time() - c0))   # this thread's CPU time: see the note
-                hyps.append(greedy(lp, out_lens)[0])
+                for i, hyp in zip(chosen, greedy(lp, out_lens)):
+                    hyps[i] = hyp
                 skipped, frames = skipped + int(sk.sum()), frames + int(out_lens.sum())
         return {"hyps": hyps, "refs": [list(r) for r in refs], "ms": ms, "cpu_ms": cpu_ms,
                 "skipped": skipped, "frames": frames}
@@ -176,11 +190,11 @@ class ASR:
     def evaluate(self, model, split: str) -> dict[str, float]:
         r = self.transcribe(model, split, self.skip_threshold)
         wer, cer = error_rates(r["refs"], r["hyps"])
-        upper = model.n_layers - model.inter_layer
+        upper, n = model.n_layers - model.inter_layer, len(r["refs"])
         return {"wer": wer, "cer": cer,
                 "skipped_fraction": r["skipped"] * upper / (r["frames"] * model.n_layers),
-                "encoder_ms_per_utt": float(np.mean(r["ms"])), "encoder_cpu_ms_per_utt": float(np.mean(r["cpu_ms"])),
-                "utterances": float(len(r["refs"]))}
+                "encoder_ms_per_utt": sum(r["ms"]) / n, "encoder_cpu_ms_per_utt": sum(r["cpu_ms"]) / n,
+                "utterances": float(n)}
 
 
 def error_rates(refs: list[list[int]], hyps: list[list[int]]) -> tuple[float, float]:

@@ -60,8 +60,11 @@ class ConvSubsampling(nn.Module):
         """Frames after subsampling: each 3-wide stride-2 conv maps T to (T - 1) // 2."""
         return ((lens - 1) // 2 - 1) // 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_lens: torch.Tensor) -> torch.Tensor:
+        """x (B, T, M), out_lens (B,) -> (B, T', d). Frames past an utterance's end are zeroed
+        before the context convolution, so a padded batch computes what each utterance alone does."""
         x = self.conv(x.transpose(1, 2))                 # (B, d, T')
+        x = x * (torch.arange(x.shape[2])[None] < out_lens[:, None])[:, None]
         return self.proj((x + self.context(x)).transpose(1, 2))     # (B, T', d)
 
 
@@ -139,8 +142,8 @@ class CTCSkipEncoder(nn.Module):
 
     def embed(self, feats: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """feats (B, T, M), lens (B,) -> x (B, T', d), mask (B, T') or None, out_lens (B,)."""
-        x = self.frontend(feats)
         out_lens = ConvSubsampling.out_lengths(lens)
+        x = self.frontend(feats, out_lens)
         x = self.drop(x * math.sqrt(x.shape[2]) + sinusoids(x.shape[1], x.shape[2]))   # scaled as ESPnet does
         mask = torch.arange(x.shape[1])[None] < out_lens[:, None]
         return x, (None if bool(mask.all()) else mask), out_lens

@@ -45,6 +45,9 @@ from qa_tasks import common, listops
 from qa_tasks.fourier import ModelConfig, TransformerClassifier, build
 
 
+BUCKET_WINDOW = 50   # batches per length-sorted window (see LRA.batches)
+
+
 class LRA:
     eval_split = "valid"
 
@@ -120,15 +123,25 @@ class LRA:
 
     def batches(self, learner: int, learners: int, seed: int):
         """One epoch of this learner's shard (every learners-th example, a fixed split that does
-        not depend on seed, so shards never overlap), shuffled by seed; (ids (B, T), labels (B,))."""
+        not depend on seed, so shards never overlap), shuffled by seed; (ids (B, T), labels (B,)).
+
+        Batches hold examples of similar length: the shuffled shard is cut into windows of
+        BUCKET_WINDOW batches, each window sorted by length and cut into batches, and the batches
+        are shuffled. At LRA's lengths (500-2,000) a batch of random lengths pads every example
+        to ~1,900 tokens, and attention costs T^2."""
         if not 0 <= learner < learners:
             raise ValueError(f"learner {learner} out of range for {learners} learners")
         seqs, labels = self._load("train")
+        rng = np.random.default_rng(seed)
         shard = np.arange(learner, len(seqs), learners)
-        order = shard[np.random.default_rng(seed).permutation(len(shard))]
-        for start in range(0, len(order), self.batch):
-            idx = order[start: start + self.batch]
-            yield self._collate([seqs[i] for i in idx], labels[idx])
+        order = shard[rng.permutation(len(shard))]
+        batches = []
+        for w in range(0, len(order), BUCKET_WINDOW * self.batch):
+            window = order[w: w + BUCKET_WINDOW * self.batch]
+            window = window[np.argsort([len(seqs[i]) for i in window], kind="stable")]
+            batches += [window[s: s + self.batch] for s in range(0, len(window), self.batch)]
+        for j in rng.permutation(len(batches)):
+            yield self._collate([seqs[i] for i in batches[j]], labels[batches[j]])
 
     def batch_size(self, batch) -> int:
         return int(batch[0].shape[0])

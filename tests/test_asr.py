@@ -233,6 +233,39 @@ def test_no_skipping_equals_the_full_run_exactly():
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("threshold", [1.5, None])
+def test_a_padded_batch_computes_what_each_utterance_alone_does(threshold):
+    """Batched decoding pads shorter utterances: the front end and both attention stages must
+    ignore the padding, with and without skipping (None: a threshold that skips about half)."""
+    model, feats, lens = model_and_batch(2)
+    with torch.no_grad():
+        if threshold is None:
+            h, mask, out_lens = model.embed(feats, lens)
+            for layer in model.layers[:model.inter_layer]:
+                h = layer(h, mask)
+            threshold = float(model.inter_head(h)[0, :out_lens[0], 0].exp().median())
+        batched, out_lens, skipped = model.skipping(feats, lens, threshold)
+        for b, n in enumerate(lens.tolist()):
+            alone, out_len, sk = model.skipping(feats[b:b + 1, :n], lens[b:b + 1], threshold)
+            assert int(out_len) == int(out_lens[b]) and int(sk) == int(skipped[b])
+            assert_close(batched[b, :int(out_len)], alone[0], f"utterance {b} padded in a batch vs alone")
+
+
+@pytest.mark.timeout(60)
+def test_evaluate_decodes_the_same_in_batches_as_one_at_a_time():
+    task = ASR(data="generated", speakers="gen0", max_digits=3, **TINY)
+    torch.manual_seed(3)
+    model = task.build_model()
+    runs = []
+    for eval_batch in (1, 4):
+        task.eval_batch = eval_batch
+        runs.append(task.transcribe(model, "test", 0.5))
+    assert runs[0]["hyps"] == runs[1]["hyps"] and runs[0]["refs"] == runs[1]["refs"]
+    assert runs[0]["skipped"] == runs[1]["skipped"] and runs[0]["frames"] == runs[1]["frames"]
+    assert len(runs[0]["ms"]) == len(runs[0]["refs"]) and len(runs[1]["ms"]) == -(-len(runs[1]["refs"]) // 4)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("extension", [0, 1, 2])
 def test_skipped_frames_keep_layer_k_values_and_kept_frames_attend_among_themselves(extension):
     model, feats, lens = model_and_batch(1)
@@ -284,7 +317,8 @@ def test_error_rates():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("options, message", [
     (dict(data="fake"), "data must be"),
-    (dict(batch=0), "batch must be >= 1"),
+    (dict(batch=0), "batch sizes must be >= 1"),
+    (dict(eval_batch=0), "batch sizes must be >= 1"),
     (dict(inter_ctc_weight=1.0), r"inter_ctc_weight must be in \[0, 1\)"),
     (dict(inter_ctc_weight=0.0, distill_weight=0.0), "would never be trained"),
     (dict(inter_layer=6), "inter_layer must be in 1..layers-1"),

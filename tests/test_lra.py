@@ -245,6 +245,18 @@ def test_shards_are_disjoint_and_cover_the_epoch(cache):
 
 
 @pytest.mark.timeout(60)
+def test_batches_hold_similar_lengths(cache):
+    """Length bucketing: far less padding than batches of random lengths, and the batch order
+    still changes with the seed (TINY: lengths 5..30, 400 examples, batches of 16)."""
+    task = LRA(**TINY)
+    batches = [ids for ids, _ in task.batches(0, 1, seed=1)]
+    real = sum(int((ids != listops.PAD).sum()) for ids in batches)
+    padded = sum(ids.numel() for ids in batches)
+    assert padded < 1.1 * real, f"{padded / real:.2f}x padding"
+    assert [len(b[0]) for b in batches] != [len(b[0]) for b, _ in task.batches(0, 1, seed=2)]
+
+
+@pytest.mark.timeout(60)
 def test_real_data_folder_is_read_and_missing_folder_explained(tmp_path, cache):
     folder = tmp_path / "data" / "listops"
     folder.mkdir(parents=True)

@@ -39,3 +39,23 @@ def test_scaling_quick(tmp_path):
     rows = json.loads((tmp_path / "s.json").read_text())["rows"]
     assert [r["learners"] for r in rows] == [1, 2]
     assert all(set(r["time_split"]["learners"]) == {str(i) for i in range(r["learners"])} for r in rows)
+
+
+def test_lra_speed_quick(tmp_path):
+    run("bench.lra_speed", "--json", tmp_path / "l.json", "--png", tmp_path / "l.png")
+    out = json.loads((tmp_path / "l.json").read_text())
+    assert {(r["model"], r["length"]) for r in out["results"]} == {
+        (m, n) for m in ("transformer", "fourier 1:0.25") for n in (128, 256)}
+    # the shortened model allocates less in a step at every length (1 full-length layer of 3)
+    assert all(0 < r["step_ratio"] < 0.8 and r["cpu_speedup"] > 0 for r in out["ratios"])
+    assert (tmp_path / "l.png").stat().st_size > 1000
+
+
+def test_asr_layerskip_quick(tmp_path):
+    run("bench.asr_layerskip", "--json", tmp_path / "a.json")
+    out = json.loads((tmp_path / "a.json").read_text())
+    plain, *skipping = out["rows"]
+    assert plain["threshold"] is None and plain["skipped_fraction"] == 0 and plain["speedup"] == 1
+    assert [r["threshold"] for r in skipping] == [0.5, 0.8, 0.9, 0.95, 0.99]
+    assert all(0 <= r["skipped_fraction"] <= 0.5 and r["cpu_ms_per_utt"] > 0 for r in out["rows"])
+    assert out["train_log"][-1]["step"] == 100

@@ -45,18 +45,22 @@ class ASR:
                  ff_dim: int = 256, conv_channels: int = 32, dropout: float = 0.1,
                  inter_ctc_weight: float = 0.3, factorized: bool = True, distill_weight: float = 1.0,
                  skip_threshold: float = 0.99, spike_extension: int = 1, eval_batch: int = 16,
-                 seed: int = 0):
+                 eval_rounds: int = 1, seed: int = 0):
         """speakers: comma-separated names to use (empty: all in the source);
         inter_ctc_weight: w in (1 - w) CTC_final + w CTC_inter (0 turns intermediate CTC off);
         distill_weight: weight of KL(final || intermediate) (0 turns distillation off);
         factorized: sigmoid blank + softmax over digits at the intermediate head;
         skip_threshold: intermediate P(blank) above which a frame skips the top layers in
         evaluate (>= 1: no skipping); spike_extension: kept frames also keep this many neighbours;
-        eval_batch: utterances per encoder call in evaluate;
+        eval_batch: utterances per encoder call in evaluate; eval_rounds: valid and test join
+        their recordings this many times, each time into other utterances (other groupings,
+        pauses and noise), so a split of 250 digits scores 250 x eval_rounds;
         seed: composes the valid and test utterances."""
         self.real = use_real_data(data, data_dir)
         if batch < 1 or eval_batch < 1:
             raise ValueError(f"batch sizes must be >= 1, got batch={batch}, eval_batch={eval_batch}")
+        if eval_rounds < 1:
+            raise ValueError(f"eval_rounds must be >= 1, got {eval_rounds}")
         if not 0.0 <= inter_ctc_weight < 1.0:
             raise ValueError(f"inter_ctc_weight must be in [0, 1), got {inter_ctc_weight}")
         if distill_weight < 0:
@@ -72,7 +76,8 @@ class ASR:
         self.n_mels, self.d_model, self.heads, self.layers = n_mels, d_model, heads, layers
         self.inter_layer, self.ff_dim, self.conv_channels, self.dropout = inter_layer, ff_dim, conv_channels, dropout
         self.inter_ctc_weight, self.factorized, self.distill_weight = inter_ctc_weight, factorized, distill_weight
-        self.skip_threshold, self.spike_extension, self.eval_batch = skip_threshold, spike_extension, eval_batch
+        self.skip_threshold, self.spike_extension = skip_threshold, spike_extension
+        self.eval_batch, self.eval_rounds = eval_batch, eval_rounds
         self.speaker_list = [s.strip() for s in speakers.split(",") if s.strip()]
         self.model_options = dict(n_mels=n_mels, d_model=d_model, heads=heads, layers=layers,
                                   inter_layer=inter_layer, ff_dim=ff_dim, conv_channels=conv_channels,
@@ -109,9 +114,12 @@ class ASR:
         return fsdd.log_mel(utt.audio, self.fbank)                               # (T, M)
 
     def eval_set(self, split: str) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
-        """Features and digits of a split's fixed utterances (composed from `seed`), cached."""
+        """Features and digits of a split's fixed utterances (composed from `seed`; round 0 is
+        the same whatever eval_rounds), cached."""
         if split not in self._eval:
-            utts = self.utterances(split, [self.seed, fsdd.SPLITS.index(split)])
+            index = fsdd.SPLITS.index(split)
+            utts = [u for r in range(self.eval_rounds)
+                    for u in self.utterances(split, [self.seed, index] + ([r] if r else []))]
             self._eval[split] = ([self.features(u) for u in utts], [u.digits for u in utts])
         return self._eval[split]
 

@@ -252,6 +252,17 @@ def test_a_padded_batch_computes_what_each_utterance_alone_does(threshold):
 
 
 @pytest.mark.timeout(60)
+def test_eval_rounds_join_the_same_recordings_again_differently(recordings_dir):
+    one = ASR(data="real", data_dir=str(recordings_dir), **TINY).eval_set("test")
+    three = ASR(data="real", data_dir=str(recordings_dir), eval_rounds=3, **TINY).eval_set("test")
+    assert three[1][:len(one[1])] == one[1]                       # round 0 unchanged
+    assert all(torch.equal(a, b) for a, b in zip(one[0], three[0]))
+    digits = lambda utts: sorted(d for u in utts for d in u)
+    assert digits(three[1]) == sorted(3 * digits(one[1]))                # each recording 3 times
+    assert three[1][len(one[1]):] != 2 * one[1]                  # other groupings
+
+
+@pytest.mark.timeout(60)
 def test_evaluate_decodes_the_same_in_batches_as_one_at_a_time():
     task = ASR(data="generated", speakers="gen0", max_digits=3, **TINY)
     torch.manual_seed(3)
@@ -319,6 +330,7 @@ def test_error_rates():
     (dict(data="fake"), "data must be"),
     (dict(batch=0), "batch sizes must be >= 1"),
     (dict(eval_batch=0), "batch sizes must be >= 1"),
+    (dict(eval_rounds=0), "eval_rounds must be >= 1"),
     (dict(inter_ctc_weight=1.0), r"inter_ctc_weight must be in \[0, 1\)"),
     (dict(inter_ctc_weight=0.0, distill_weight=0.0), "would never be trained"),
     (dict(inter_layer=6), "inter_layer must be in 1..layers-1"),

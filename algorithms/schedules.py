@@ -6,7 +6,9 @@ published ledger).
     cosine     lr_t = lr * (1 + cos(pi * t / T)) / 2      (t capped at T; 0 at the end)
     linear     lr_t = lr * (1 - t / T)
 
-t is the number of updates applied before this one and T the job's total (`--steps`).
+t is the number of updates applied before this one and T the job's total (`--steps`). A warm-up
+of W updates (`--lr-warmup`) multiplies any of them by min(1, (t + 1) / W): a Transformer
+trained at a high lr from its first update can diverge or stall.
 """
 from __future__ import annotations
 
@@ -16,14 +18,20 @@ from typing import Callable
 SCHEDULES = ("constant", "cosine", "linear")
 
 
-def schedule(name: str, lr: float, total: int) -> Callable[[int], float] | None:
-    """lr_t as a function of t, or None for a constant rate."""
+def schedule(name: str, lr: float, total: int, warmup: int = 0) -> Callable[[int], float] | None:
+    """lr_t as a function of t, or None for a constant rate without warm-up."""
     if name not in SCHEDULES:
         raise ValueError(f"lr schedule must be one of {', '.join(SCHEDULES)}, not {name!r}")
+    if warmup < 0:
+        raise ValueError(f"lr warm-up must be >= 0 updates, not {warmup}")
     if name == "constant":
-        return None
-    if total < 1:
+        decay = None if warmup == 0 else (lambda t: lr)
+    elif total < 1:
         raise ValueError(f"an lr schedule needs the total number of updates, not {total}")
-    if name == "cosine":
-        return lambda t: lr * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
-    return lambda t: lr * max(0.0, 1.0 - t / total)
+    elif name == "cosine":
+        decay = lambda t: lr * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+    else:
+        decay = lambda t: lr * max(0.0, 1.0 - t / total)
+    if warmup == 0 or decay is None:
+        return decay
+    return lambda t: decay(t) * min(1.0, (t + 1) / warmup)

@@ -52,7 +52,7 @@ def cmd_train(args, extra) -> int:
     from gadei.train import run
     hyper, opts = split_options(args.task, args.optimizer, _pairs(extra))
     cfg = JobConfig(task=args.task, task_options=_task_data(args.task, args.data_dir, opts),
-                    optimizer=args.optimizer, hyper=hyper, lr_schedule=args.lr_schedule,
+                    optimizer=args.optimizer, hyper=hyper, lr_schedule=args.lr_schedule, lr_warmup=args.lr_warmup,
                     learners=args.learners, steps=args.steps, epochs=args.epochs, seed=args.seed,
                     out=args.out, job=args.job, checkpoint_every=args.checkpoint_every, resume=args.resume,
                     slots=args.slots, lease=args.lease, backend=args.backend, eval_every=args.eval_every,
@@ -170,6 +170,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--learners", type=int, default=2)
     t.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], default="constant",
                    help="the PS's learning rate by update count, decayed over --steps (ASGD and SYNC rules)")
+    t.add_argument("--lr-warmup", type=int, default=0, metavar="UPDATES",
+                   help="raise the PS's learning rate linearly over the first UPDATES updates")
     t.add_argument("--backend", choices=["local", "mpi"], default="local")
     t.add_argument("--sync-every", type=int, help="MPI, several nodes: node updates between "
                    "exchanges with the global PS (default $GADEI_SYNC_EVERY or 20)")

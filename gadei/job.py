@@ -22,6 +22,7 @@ class JobConfig:
     optimizer: str = "sgd"
     hyper: dict = field(default_factory=dict)
     lr_schedule: str = "constant"        # the PS's lr by update count (constant, cosine, linear)
+    lr_warmup: int = 0                   # updates of linear warm-up before (and under) the schedule
     learners: int = 2
     steps: int | None = None             # total steps over all learners (split evenly)
     epochs: int | None = None            # or: epochs of each learner's shard
@@ -68,17 +69,17 @@ class JobConfig:
         A schedule decays the server-side rule's lr over the job's `steps` updates; DOWNPOUR
         and EASGD apply their learners' deltas as they come, so no schedule applies to them."""
         protocol = algorithms.protocol(self.optimizer, **self.hyper)
-        if self.lr_schedule == "constant":
+        if self.lr_schedule == "constant" and self.lr_warmup == 0:
             return None
-        if self.epochs is not None:
+        if self.epochs is not None and self.lr_schedule != "constant":
             raise ValueError(f"--lr-schedule {self.lr_schedule} decays over the job's updates: give --steps, "
                              "not --epochs")
         from algorithms.protocols import LocalSteps
         if isinstance(protocol, LocalSteps):
-            raise ValueError(f"--lr-schedule applies to a server-side rule (ASGD, SYNC); optimizer "
-                             f"{self.optimizer!r} applies its learners' deltas")
+            raise ValueError(f"--lr-schedule and --lr-warmup apply to a server-side rule (ASGD, SYNC); "
+                             f"optimizer {self.optimizer!r} applies its learners' deltas")
         from algorithms.schedules import schedule
-        return schedule(self.lr_schedule, protocol.rule.lr, self.steps)
+        return schedule(self.lr_schedule, protocol.rule.lr, self.steps or 0, self.lr_warmup)
 
     def quota(self, i: int) -> int:
         """Steps learner i runs (steps mode)."""

@@ -92,7 +92,7 @@ def train(task="probe", *, task_options: dict | None = None, optimizer: str = "s
           out: str | Path = "runs/job", seed: int = 0, checkpoint_every: int = 0,
           resume: str | Path | None = None, progress: bool = False, evaluate: bool = True,
           job: str | None = None, lease: float = 60.0, slots: int = 2, eval_every: float = 0.0,
-          lr_schedule: str = "constant", **hyper) -> dict:
+          lr_schedule: str = "constant", lr_warmup: int = 0, **hyper) -> dict:
     """Train `task` through the shared-memory PS with `learners` processes; return the summary.
 
     `task` is a built-in name, "package.module:Class", a task class or instance; `hyper` are
@@ -100,6 +100,7 @@ def train(task="probe", *, task_options: dict | None = None, optimizer: str = "s
     """
     name, options = task_spec(task, task_options)
     cfg = JobConfig(task=name, task_options=options, optimizer=optimizer, hyper=hyper, lr_schedule=lr_schedule,
+                    lr_warmup=lr_warmup,
                     learners=learners, steps=steps, epochs=epochs, seed=seed, out=str(out),
                     job=job, checkpoint_every=checkpoint_every,
                     resume=str(resume) if resume else None, lease=lease, slots=slots,

@@ -65,9 +65,13 @@ def weight_scale(settings: dict) -> float | None:
     ASGD with SGD: lr. DOWNPOUR: each push carries n_push local steps of -lr * g(i, k) (the
     probe's gradient depends only on the sequence number the steps will be pushed as), so
     lr * n_push, when every learner's steps divide by n_push. None where the weights depend
-    on timing (EASGD, EAMSGD, SYNC, other rules): only the ledger is audited then.
+    on timing (EASGD, EAMSGD, SYNC, other rules, an lr schedule or warm-up: the lr of an update
+    depends on its place in the order the PS applied them, which the ledger does not keep):
+    only the ledger is audited then.
     """
     opt, hyper = settings["optimizer"], settings["hyper"]
+    if settings.get("lr_schedule", "constant") != "constant" or settings.get("lr_warmup", 0):
+        return None
     if opt in ("sgd", "asgd") and not hyper.get("weight_decay"):
         return hyper.get("lr", 1e-3 if opt == "sgd" else 1e-3)
     if opt == "downpour":

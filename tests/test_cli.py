@@ -39,7 +39,8 @@ def test_bad_input_is_a_clear_error(args, message):
 
 
 def test_inspect_shows_a_running_job_and_clean_keeps_it(tmp_path):
-    p = start_gadei("train", "--task", "probe", "--learners", 2, "--steps", 100000, "--lr", 1,
+    # a job that outlives the test (it ends by the SIGINT below, however fast the PS runs)
+    p = start_gadei("train", "--task", "probe", "--learners", 2, "--steps", 10**9, "--lr", 1,
                     "--out", tmp_path / "run", "--job", "inspect-cli", "--no-progress")
     try:
         wait_for_job("inspect-cli")

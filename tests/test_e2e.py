@@ -70,7 +70,7 @@ def test_crash_at_each_protocol_point(tmp_path, fault, expect):
 
 def test_second_job_with_the_same_name_is_refused(tmp_path):
     out = tmp_path / "same"
-    first = start_gadei(*probe_args(out, 2, 100000, "--job", "dup-e2e"))
+    first = start_gadei(*probe_args(out, 2, 10**9, "--job", "dup-e2e"))   # ends by the SIGINT below
     try:
         wait_for_job("dup-e2e")
         r = run_gadei(*probe_args(tmp_path / "other", 2, 100, "--job", "dup-e2e"))

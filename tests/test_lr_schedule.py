@@ -27,6 +27,15 @@ def test_schedules_by_update_count():
         schedule("step", 0.1, 10)
 
 
+def test_warmup_raises_the_rate_linearly_under_any_schedule():
+    const, cos = schedule("constant", 0.1, 10, warmup=4), schedule("cosine", 0.1, 10, warmup=4)
+    assert [round(const(t), 6) for t in range(6)] == [0.025, 0.05, 0.075, 0.1, 0.1, 0.1]
+    assert cos(1) == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi / 10)))
+    assert cos(5) == pytest.approx(0.05)                         # past the warm-up: the schedule alone
+    with pytest.raises(ValueError, match="warm-up must be >= 0"):
+        schedule("cosine", 0.1, 10, warmup=-1)
+
+
 def test_ps_applies_the_scheduled_lr_and_a_new_ps_continues_it():
     """SGD with a gradient of ones: w after update t is -sum of the lr of updates 0..t-1, also
     when a second PS (a restart) takes over half way."""
@@ -59,6 +68,8 @@ def test_ps_applies_the_scheduled_lr_and_a_new_ps_continues_it():
     ({"lr_schedule": "cosine", "optimizer": "downpour"}, "applies its learners' deltas"),
     ({"lr_schedule": "cosine", "optimizer": "easgd"}, "applies its learners' deltas"),
     ({"lr_schedule": "warm"}, "one of constant, cosine, linear"),
+    ({"lr_warmup": 10, "optimizer": "easgd"}, "applies its learners' deltas"),
+    ({"lr_warmup": -1}, "warm-up must be >= 0"),
 ])
 def test_job_refuses_a_schedule_it_cannot_apply(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -69,3 +80,15 @@ def test_job_schedule_decays_over_its_steps():
     cfg = JobConfig(optimizer="adam", hyper={"lr": 0.01}, lr_schedule="linear", steps=100)
     assert cfg.lr_at()(0) == pytest.approx(0.01) and cfg.lr_at()(50) == pytest.approx(0.005)
     assert JobConfig(optimizer="adam").lr_at() is None
+    warm = JobConfig(optimizer="adam", hyper={"lr": 0.01}, lr_warmup=10, epochs=2)   # no decay: epochs will do
+    assert warm.lr_at()(0) == pytest.approx(0.001) and warm.lr_at()(20) == pytest.approx(0.01)
+
+
+def test_probe_audits_only_the_ledger_under_a_schedule():
+    """With a schedule the lr of each update depends on the order the PS applied them, which the
+    ledger does not keep: the probe must not compare the weights against one constant lr."""
+    from qa_tasks.probe import weight_scale
+    base = {"optimizer": "sgd", "hyper": {"lr": 0.5}, "steps": 200, "learners": 2}
+    assert weight_scale(base) == 0.5 and weight_scale({**base, "lr_schedule": "constant"}) == 0.5
+    assert weight_scale({**base, "lr_schedule": "cosine"}) is None
+    assert weight_scale({**base, "lr_warmup": 10}) is None

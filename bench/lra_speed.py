@@ -88,10 +88,10 @@ def worker(cfg: dict) -> dict:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         F.cross_entropy(model(ids), labels)
-    return {"step_mib": step_peak_bytes(step) / 2**20, "model": cfg["model"], "length": T, "steps_per_s": cfg["steps"] / seconds,
+    return {"model": cfg["model"], "length": T, "steps_per_s": cfg["steps"] / seconds,
             "s_per_step": seconds / cfg["steps"], "cpu_s_per_step": cpu_seconds / cfg["steps"],
             "base_mib": base_kb / 1024, "peak_mib": peak_kb / 1024, "work_mib": (peak_kb - base_kb) / 1024,
-            "saved_mib": sum(storages.values()) / 2**20}
+            "saved_mib": sum(storages.values()) / 2**20, "step_mib": step_peak_bytes(step) / 2**20}
 
 
 def step_peak_bytes(step) -> int:
@@ -154,8 +154,9 @@ def main(argv=None) -> None:
         "steps": args.steps, "warmup": args.warmup, "d_model": args.d_model,
         "n_heads": args.n_heads, "n_layers": args.n_layers, "d_ff": args.d_ff,
         "fourier": variants, "threads": args.threads, "quick": args.quick,
-        "optimizer": "adam", "memory": "peak RSS (ru_maxrss) of a fresh process per configuration; step: profiler allocation "
-                  "events of one step; saved: autograd's saved tensors",
+        "optimizer": "adam",
+        "memory": "peak RSS (ru_maxrss) of a fresh process per configuration; step: the profiler's "
+                  "allocation events of one step; saved: autograd's saved tensors",
         "torch": __import__("torch").__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpus": os.cpu_count(),
     }

@@ -25,13 +25,15 @@ def schedule(name: str, lr: float, total: int, warmup: int = 0) -> Callable[[int
     if warmup < 0:
         raise ValueError(f"lr warm-up must be >= 0 updates, not {warmup}")
     if name == "constant":
-        decay = None if warmup == 0 else (lambda t: lr)
+        if warmup == 0:
+            return None
+        decay = lambda t: lr
     elif total < 1:
         raise ValueError(f"an lr schedule needs the total number of updates, not {total}")
     elif name == "cosine":
         decay = lambda t: lr * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
     else:
         decay = lambda t: lr * max(0.0, 1.0 - t / total)
-    if warmup == 0 or decay is None:
+    if warmup == 0:
         return decay
     return lambda t: decay(t) * min(1.0, (t + 1) / warmup)

@@ -52,7 +52,8 @@ def cmd_train(args, extra) -> int:
     from gadei.train import run
     hyper, opts = split_options(args.task, args.optimizer, _pairs(extra))
     cfg = JobConfig(task=args.task, task_options=_task_data(args.task, args.data_dir, opts),
-                    optimizer=args.optimizer, hyper=hyper, lr_schedule=args.lr_schedule, lr_warmup=args.lr_warmup,
+                    optimizer=args.optimizer, hyper=hyper, lr_schedule=args.lr_schedule,
+                    lr_warmup=args.lr_warmup,
                     learners=args.learners, steps=args.steps, epochs=args.epochs, seed=args.seed,
                     out=args.out, job=args.job, checkpoint_every=args.checkpoint_every, resume=args.resume,
                     slots=args.slots, lease=args.lease, backend=args.backend, eval_every=args.eval_every,

@@ -66,8 +66,9 @@ class JobConfig:
     def lr_at(self):
         """The PS's lr as a function of the updates applied so far (None: the rule's own lr).
 
-        A schedule decays the server-side rule's lr over the job's `steps` updates; DOWNPOUR
-        and EASGD apply their learners' deltas as they come, so no schedule applies to them."""
+        A schedule decays the server-side rule's lr over the job's `steps` updates, a warm-up
+        raises it over the first `lr_warmup`; DOWNPOUR and EASGD apply their learners' deltas as
+        they come, so neither applies to them."""
         protocol = algorithms.protocol(self.optimizer, **self.hyper)
         if self.lr_schedule == "constant" and self.lr_warmup == 0:
             return None

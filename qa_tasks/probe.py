@@ -73,7 +73,7 @@ def weight_scale(settings: dict) -> float | None:
     if settings.get("lr_schedule", "constant") != "constant" or settings.get("lr_warmup", 0):
         return None
     if opt in ("sgd", "asgd") and not hyper.get("weight_decay"):
-        return hyper.get("lr", 1e-3 if opt == "sgd" else 1e-3)
+        return hyper.get("lr", 1e-3)
     if opt == "downpour":
         n_push, lr = hyper.get("n_push", 4), hyper.get("lr", 0.01)
         steps, learners = settings["steps"], settings["learners"]

@@ -2,7 +2,7 @@
 
 Launch (real data, trains a model first when no checkpoint is given; one thread)::
 
-    nice -n 10 python -m bench.asr_layerskip --data-dir /work/shared/data --train-steps 150 \
+    nice -n 10 python -m bench.asr_layerskip --data-dir /work/shared/data --train-steps 150 \\
         --save runs/asr/model.npz --json runs/asr/train.json
     python -m bench.asr_layerskip --data-dir /work/shared/data --checkpoint runs/asr/model.npz
     python -m bench.asr_layerskip --quick            # CI: generated data, small model, seconds

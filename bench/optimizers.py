@@ -3,7 +3,7 @@ learning for question answering" (CIKM 2016), run through gadei's parameter serv
 
 Launch (from the repository root)::
 
-    python -m bench.optimizers --task qc --learners 1,2,4 --epochs 8 \
+    python -m bench.optimizers --task qc --learners 1,2,4 --epochs 8 \\
         --json results/optimizers.json --md results/optimizers.md --plot results/optimizers.png
     python -m bench.optimizers --quick          # CI: generated data, 2 optimizers, seconds
 

@@ -2,7 +2,7 @@
 
 Launch (from the repository root; nice it on a shared machine)::
 
-    nice -n 5 python -m bench.ps_throughput --params 1000000,16000000 --learners 1,2,4 \
+    nice -n 5 python -m bench.ps_throughput --params 1000000,16000000 --learners 1,2,4 \\
         --seconds 5 --json results/ps_throughput.json --plot results/ps_throughput.png
     python -m bench.ps_throughput --quick --json /tmp/ps_throughput.json     # CI: P=100k, 1 s
 

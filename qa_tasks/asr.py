@@ -20,7 +20,8 @@ by length, so a call pads little; 1: one utterance at a time):
 
 Launch::
 
-    gadei train --task asr --optimizer adam --lr 3e-3 --lr-schedule cosine --lr-warmup 50 --learners 2 --steps 3000 --out runs/asr
+    gadei train --task asr --optimizer adam --lr 3e-3 --lr-schedule cosine --lr-warmup 50 \\
+        --learners 2 --steps 3000 --out runs/asr
     gadei eval --task asr --checkpoint runs/asr --skip-threshold 0.9
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ buffers (no pickle); only the final per-learner counts travel as Python objects.
 
 Launch (the benchmark driver does this)::
 
-    mpiexec -n N+1 python -m bench.ps_throughput --worker mpi_ps --params P --learners N \
+    mpiexec -n N+1 python -m bench.ps_throughput --worker mpi_ps --params P --learners N \\
         --seconds S --warmup W --result FILE
 """
 from __future__ import annotations

@@ -19,6 +19,8 @@ setup(
         "matplotlib>=3.8",
         "jiwer>=3.0",
         "scipy>=1.11",
+        # word2vec for the qa towers (qa_tasks/word2vec.py); 4.4 is the first with numpy 2 wheels
+        "gensim>=4.4,<5",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],

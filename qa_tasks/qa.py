@@ -6,11 +6,13 @@ through the same tower
 
     embedding -> hidden layer, tanh -> convolution (one or more widths) -> max over time -> tanh
 
-and are compared with a similarity; GESD by default (their best),
+the embedding starting, as theirs, from word2vec trained on the corpus (qa_tasks.word2vec).
+The two encodings are compared with cosine (the default: measured better here, see
+docs/results/qa.md) or GESD (Feng et al.'s best),
 
-    GESD(x, y) = 1 / (1 + ||x - y||) * 1 / (1 + exp(-gamma (x.y + c)))     (gamma = 1, c = 1),
+    GESD(x, y) = 1 / (1 + ||x - y||) * 1 / (1 + exp(-gamma (x.y + c)))     (gamma = 1, c = 1).
 
-or cosine. Training minimises the margin ranking loss
+Training minimises the margin ranking loss
 
     L = max(0, m - s(q, a+) + s(q, a-))
 
@@ -46,7 +48,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from qa_tasks import insuranceqa
+from qa_tasks import insuranceqa, word2vec
 from qa_tasks.common import checked_options, use_real_data
 from qa_tasks.insuranceqa import PAD, UNK, Corpus, Ragged, Split
 
@@ -69,6 +71,7 @@ def cosine(x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-8) -> torch.Tens
 
 
 SIMILARITIES = ("gesd", "cosine")
+EMBEDDINGS = ("word2vec", "random")
 
 
 def ranking_loss(pos: torch.Tensor, neg: torch.Tensor, neg_ok: torch.Tensor, margin: float,
@@ -268,6 +271,8 @@ class QA:
             "generated" (small synthetic corpus, trains in seconds) or "auto".
         pool: candidates per question in evaluation (V2 ships 100 and 500 for valid/test).
         question_len, answer_len: tokens kept (truncation; a batch is padded to its longest).
+        embeddings: "word2vec" (the tower starts from skip-gram vectors trained on the answers
+            and train questions, as Feng et al.'s; qa_tasks.word2vec) or "random".
         embed_dim, hidden, filters, widths: tower sizes; `filters` per convolution width,
             `widths` comma-separated ("2,3"); the encoding has filters * len(widths) dimensions.
         similarity: "gesd" (gamma, c) or "cosine".
@@ -291,8 +296,8 @@ class QA:
 
     def __init__(self, *, data: str = "auto", data_dir: str | None = None, pool: int = 500,
                  question_len: int = 30, answer_len: int = 60, embed_dim: int = 100,
-                 hidden: int = 64, filters: int = 128, widths: str = "2",
-                 similarity: str = "gesd", gamma: float = 1.0, c: float = 1.0, margin: float = 0.1,
+                 embeddings: str = "word2vec", hidden: int = 64, filters: int = 128, widths: str = "2",
+                 similarity: str = "cosine", gamma: float = 1.0, c: float = 1.0, margin: float = 0.2,
                  negatives: int = 50, pool_negatives: int = 0, pick: str = "first", batch: int = 64,
                  eval_questions: int = 0, min_count: int = 2, generated_seed: int = 0):
         self._widths = checked_options(widths, pool=pool, question_len=question_len, answer_len=answer_len,
@@ -300,6 +305,8 @@ class QA:
                                        negatives=negatives, batch=batch, min_count=min_count)
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}, not {similarity!r}")
+        if embeddings not in EMBEDDINGS:
+            raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {embeddings!r}")
         if pool_negatives < 0:
             raise ValueError(f"pool_negatives must be 0 or more, not {pool_negatives}")
         if pick not in ("first", "hardest"):
@@ -316,7 +323,7 @@ class QA:
         # each learner process from these attributes (gadei.tasks.task_spec)
         self.data, self.data_dir, self.pool, self.min_count = data, data_dir, pool, min_count
         self.generated_seed, self.widths = generated_seed, widths
-        self.embed_dim, self.hidden, self.filters = embed_dim, hidden, filters
+        self.embed_dim, self.embeddings, self.hidden, self.filters = embed_dim, embeddings, hidden, filters
         self.similarity, self.gamma, self.c, self.margin = similarity, gamma, c, margin
         self.pool_negatives = pool_negatives
         self.negatives, self.pick, self.batch, self.eval_questions = negatives, pick, batch, eval_questions
@@ -348,7 +355,18 @@ class QA:
 
     def build_model(self) -> nn.Module:
         tower = Tower(len(self.corpus.vocab), self.embed_dim, self.hidden, self.filters, self._widths)
+        if self.embeddings == "word2vec":
+            with torch.no_grad():
+                tower.embed.weight.copy_(torch.from_numpy(self.word_vectors()))
         return AnswerSelector(tower, self.similarity, self.gamma, self.c)
+
+    def word_vectors(self) -> np.ndarray:
+        """word2vec over the answer collection and the train questions (the texts the vocabulary
+        comes from), (vocab, embed_dim); cached, so only the first process pays for it."""
+        train = self.corpus.splits["train"].questions
+        texts = [self.corpus.answers.row(i) for i in range(len(self.corpus.answers))]
+        texts += [train.row(i) for i in range(len(train))]
+        return word2vec.cached(texts, len(self.corpus.vocab), self.embed_dim, pad=PAD)
 
     def _trim(self, tokens: np.ndarray) -> torch.Tensor:
         """Drop the padding columns no row of the batch uses (keeping room for the widest filter)."""

@@ -8,8 +8,10 @@ the steady rate between the first and the last row taken while updates were stil
 
 1. run with the step count that fills ``seconds + 2`` at a guessed rate (exchanges of 20·P
    bytes at 2 GB/s);
-2. if the steady window came out under 60 % of ``seconds``, run once more with the step count
-   from the rate it measured.
+2. if the steady window came out under 60 % of ``seconds``, run again with the step count
+   from the rate it measured, at most twice more; a run with no steady window at all (too
+   short for two metrics rows inside it: on a quiet machine the guess is low) makes the next
+   one aim at twice the time, since its summary rate counts the start-up too.
 
 Every update is one exchange (a learner pushes a gradient, the PS applies it, the learner pulls
 the weights). ``lost_fraction = 1 - applied / committed`` from the run's ledger; the applied count
@@ -91,7 +93,7 @@ def run_mpi(params: int, learners: int, seconds: float, warmup: float, lr: float
 
 
 def _attempts(params, learners, seconds, warmup, d, train, comm=None) -> dict | None:
-    """Run the job (at most twice, see the module docstring) and measure its steady rate.
+    """Run the job (at most three times, see the module docstring) and measure its steady rate.
     `train(total, out)` returns the summary (None on MPI ranks other than 0, which follow
     rank 0's decisions through `comm`)."""
     import torch
@@ -99,10 +101,11 @@ def _attempts(params, learners, seconds, warmup, d, train, comm=None) -> dict | 
     from bench.peers import lost_fraction
     torch.set_num_threads(1)
     rate = GUESS_BYTES_PER_S / (20 * params)     # total exchanges/s, a guess for attempt 0
-    for attempt in range(2):
+    stretch = 1.0
+    for attempt in range(3):
         # steps: gadei counts them over all learners (were it per learner, the run would
         # only last longer)
-        total = max(2 * learners, math.ceil(rate * (seconds + 2 + warmup)))
+        total = max(2 * learners, math.ceil(rate * stretch * (seconds + 2 + warmup)))
         out = os.path.join(d, f"run{attempt}")
         s = train(total, out)
         if s is not None:
@@ -110,14 +113,15 @@ def _attempts(params, learners, seconds, warmup, d, train, comm=None) -> dict | 
             steady = steady_rate(os.path.join(out, "metrics.jsonl"), applied)
             done = bool(steady and steady["window_s"] >= 0.6 * seconds)
             rate = steady["rate"] if steady else max(float(s["updates_per_s"]), 1e-3)
+            stretch = 1.0 if steady else 2 * stretch
         if comm is not None:
-            done, rate = comm.bcast((done, rate) if s is not None else None)
+            done, rate, stretch = comm.bcast((done, rate, stretch) if s is not None else None)
         if done:
             break
     if s is None:
         return None
     if not steady:
-        raise RuntimeError(f"gadei: no steady window in metrics.jsonl after 2 runs (last: "
+        raise RuntimeError(f"gadei: no steady window in metrics.jsonl after 3 runs (last: "
                            f"{applied} updates, summary {s['updates_per_s']}/s)")
     committed = ledger_count(s["ledger"], "committed")
     return {

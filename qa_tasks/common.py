@@ -53,6 +53,20 @@ def cache_dir(*parts: str) -> Path:
 
 
 @contextmanager
+def replacing(path: str | os.PathLike):
+    """Write `path` whole or not at all: the block writes the temporary path this yields (private
+    to the process, beside `path`, with its suffix last so numpy adds none), which then replaces
+    `path` in one rename. Concurrent writers never share a file; readers never see half of one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
 def reading(path, what: str):
     """Read `path` inside this block: a file that is damaged or not `what` becomes a ValueError
     naming the file, what was wrong and what to do. A missing file stays a FileNotFoundError."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qa_tasks.common import cache_dir, dataset_dir, reading
+from qa_tasks.common import cache_dir, dataset_dir, reading, replacing
 
 FOLDER = "insuranceqa"
 V2 = "V2"
@@ -269,11 +268,8 @@ def _save(corpus: Corpus, path: Path) -> None:
             ragged = getattr(split, field)
             arrays[f"{name}.{field}.values"] = ragged.values
             arrays[f"{name}.{field}.offsets"] = ragged.offsets
-    # write to a private temporary name, then rename: learners building the cache at the same
-    # time never read a half-written file
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:   # learners building the cache at once never read half a file
+        np.savez(tmp, **arrays)
 
 
 def _load(path: Path) -> Corpus:

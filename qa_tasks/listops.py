@@ -42,7 +42,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qa_tasks.common import reading
+from qa_tasks.common import reading, replacing
 
 # ---- the vocabulary, fixed by the specification (ids never depend on the data) -------------------
 
@@ -253,13 +253,10 @@ LRA_FILES = {"train": "basic_train.tsv", "valid": "basic_val.tsv", "test": "basi
 
 def write_lra_tsv(path: str | os.PathLike, examples: list[tuple[str, int]]) -> None:
     """LRA's format: a `Source<TAB>Target` header, then `expression<TAB>label` lines."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent writers never share one
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("Source\tTarget\n")
         for source, target in examples:
             f.write(f"{source}\t{target}\n")
-    os.replace(tmp, path)  # readers never see a half-written file
 
 
 def write_original_tsv(path: str | os.PathLike, examples: list[tuple[str, int]]) -> None:

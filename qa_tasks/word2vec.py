@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Sequence
 
 import gensim
 import numpy as np
 from gensim.models import Word2Vec
 
-from qa_tasks.common import cache_dir
+from qa_tasks.common import cache_dir, replacing
 
 # bump when the training recipe changes: old caches are then ignored
 CACHE_VERSION = 1
@@ -53,8 +52,6 @@ def cached(sentences: Sequence[np.ndarray], vocab_size: int, dim: int, **setting
         if vectors.shape == (vocab_size, dim):
             return vectors
     vectors = train(sentences, vocab_size, dim, **settings)
-    # a private temporary name, then rename: processes building it at once never read half a file
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, vectors)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:   # learners building it at once never read half a file
+        np.save(tmp, vectors)
     return vectors

@@ -79,3 +79,17 @@ def test_qa_towers_start_from_the_vectors():
     assert not np.allclose(random.detach().numpy(), weights)
     with pytest.raises(ValueError, match="embeddings must be one of word2vec, random"):
         QA(data="generated", embeddings="glove", **SMALL)
+
+
+def test_cache_files_are_replaced_whole_or_not_at_all(tmp_path):
+    """qa_tasks.common.replacing, which every cache of qa_tasks writes through."""
+    from qa_tasks.common import replacing
+    path = tmp_path / "v.npy"
+    with replacing(path) as tmp:
+        np.save(tmp, np.arange(3))
+    np.testing.assert_array_equal(np.load(path, allow_pickle=False), np.arange(3))
+    with pytest.raises(RuntimeError), replacing(path) as tmp:
+        np.save(tmp, np.arange(5))
+        raise RuntimeError("killed while writing")
+    np.testing.assert_array_equal(np.load(path, allow_pickle=False), np.arange(3))   # the old file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.npy"]                   # no temporary

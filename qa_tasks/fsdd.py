@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qa_tasks.common import cache_dir, reading
+from qa_tasks.common import cache_dir, reading, replacing
 
 SAMPLE_RATE = 8000
 WIN = 200          # 25 ms at 8 kHz
@@ -163,9 +163,13 @@ def load_recordings(source: Path, speakers: list[str] | None = None, cache: bool
         audio = np.concatenate(chunks)
         table = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
         if folder is not None:
-            np.save(folder / "audio.npy", audio)
-            np.save(folder / "table.npy", table)
-            (folder / "speakers.json").write_text(json.dumps(names))   # written last: marks complete
+            # each file whole or not at all (concurrent decoders write the same bytes), and
+            # speakers.json last: it marks the cache complete
+            for file, array in (("audio.npy", audio), ("table.npy", table)):
+                with replacing(folder / file) as tmp:
+                    np.save(tmp, array)
+            with replacing(folder / "speakers.json") as tmp:
+                tmp.write_text(json.dumps(names))
     ends = np.append(table[1:, 3], len(audio)) if len(table) else table[:, 3]
     if speakers:
         missing = sorted(set(speakers) - set(names))

@@ -69,9 +69,22 @@ def test_folder_and_tar_load_the_same_recordings(recordings_dir, tmp_path):
     raw = wav_bytes(fsdd.synth_digit(3, np.random.default_rng([1, 3, 7]), pitch=1.1))
     rec = next(r for r in from_dir if (r.digit, r.speaker, r.index) == (3, "bob", 7))
     np.testing.assert_array_equal(rec.audio, np.frombuffer(raw[44:], "<i2"))
-    # the second load comes from the .npy cache and is identical
+    # the second load comes from the .npy cache and is identical; no temporary file is left
     again = fsdd.load_recordings(recordings_dir)
     assert all(np.array_equal(a.audio, b.audio) for a, b in zip(from_dir, again))
+    cached = list((tmp_path / "cache").rglob("*"))
+    assert {f.name for f in cached if f.is_file()} >= {"audio.npy", "table.npy", "speakers.json"}
+    assert not [f for f in cached if ".tmp" in f.name]
+
+
+@pytest.mark.timeout(60)
+def test_a_cache_cut_short_before_its_marker_is_decoded_again(recordings_dir, tmp_path):
+    fsdd.load_recordings(recordings_dir)
+    (marker,) = (tmp_path / "cache").rglob("speakers.json")
+    marker.unlink()                                    # as if the decoder died before the marker
+    (marker.parent / "audio.npy").write_bytes(b"half")  # and left a damaged audio file
+    again = fsdd.load_recordings(recordings_dir)
+    assert len(again) == 2 * 10 * 12 and marker.exists()
 
 
 @pytest.mark.timeout(60)

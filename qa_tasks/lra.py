@@ -30,18 +30,14 @@ reference the PS runs are compared with, and how docs/results/lra.md was measure
 """
 from __future__ import annotations
 
-import argparse
-import inspect
-import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qa_tasks import common, listops
+from qa_tasks import common, listops, plain
 from qa_tasks.fourier import ModelConfig, TransformerClassifier, build
 
 
@@ -176,14 +172,9 @@ class LRA:
         return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
-def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """A model's state_dict as an .npz (name -> array); `load_weights` reads it without pickle."""
-    np.savez(path, **{k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
-
-
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Weights for `--init-from`: a gadei job folder or checkpoint file, or an .npz written by
-    save_weights. Neither format uses pickle."""
+    qa_tasks.plain.save_weights. Neither format uses pickle."""
     path = Path(path)
     if path.suffix == ".npz" and path.is_file():
         with np.load(path, allow_pickle=False) as f:
@@ -193,61 +184,17 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from gadei import checkpoint  # only for gadei checkpoints; the task works without it
         except ImportError as e:
             raise ValueError(f"{path} is not an .npz and gadei.checkpoint is unavailable ({e}); "
-                             "pass an .npz written by qa_tasks.lra.save_weights instead") from e
+                             "pass an .npz written by qa_tasks.plain --save instead") from e
         weights = checkpoint.load(path)["weights"]
     else:
         raise FileNotFoundError(f"init_from {path} does not exist: expected a gadei job folder, its "
-                                "checkpoint file, or an .npz of weights (qa_tasks.lra.save_weights)")
+                                "checkpoint file, or an .npz of weights (from qa_tasks.plain --save)")
     return {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}
 
 
-def main(argv=None) -> None:
-    """Single-process training: every LRA option as --flag, plus the loop's own."""
-    p = argparse.ArgumentParser(description="Train the lra task in one process (plain Adam loop).")
-    for name, param in inspect.signature(LRA).parameters.items():
-        kind = type(param.default) if param.default is not None else str
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=param.default)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--save", help="write the final weights here (.npz)")
-    p.add_argument("--json", help="write the settings and metrics here")
-    args = vars(p.parse_args(argv))
-    loop = {k: args.pop(k) for k in ("steps", "lr", "seed", "threads", "eval_every", "save", "json")}
-    torch.set_num_threads(loop["threads"])
-    task = LRA(**args)
-    torch.manual_seed(loop["seed"])
-    model = task.build_model()
-    opt = torch.optim.Adam(model.parameters(), lr=loop["lr"])
-    log = {"settings": {**args, **loop}, "start": {s: task.evaluate(model, s) for s in ("valid", "test")}}
-    print(json.dumps({"step": 0, **log["start"]}), flush=True)
-    t0, step, epoch, losses = time.perf_counter(), 0, 0, []
-    while step < loop["steps"]:
-        for batch in task.batches(0, 1, seed=loop["seed"] * 1000 + epoch):
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model, batch)
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            if step % loop["eval_every"] == 0 or step == loop["steps"]:
-                print(json.dumps({"step": step, "train_loss": float(np.mean(losses[-50:])),
-                                  "valid": task.evaluate(model, "valid"),
-                                  "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
-            if step == loop["steps"]:
-                break
-        epoch += 1
-    log.update(seconds=time.perf_counter() - t0, steps=step,
-               final={s: task.evaluate(model, s) for s in ("valid", "test")})
-    print(json.dumps({"final": log["final"], "seconds": round(log["seconds"], 1)}), flush=True)
-    if loop["save"]:
-        Path(loop["save"]).parent.mkdir(parents=True, exist_ok=True)
-        save_weights(model, loop["save"])
-    if loop["json"]:
-        Path(loop["json"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(loop["json"]).write_text(json.dumps(log, indent=1))
+def main(argv=None) -> dict:
+    """Single-process training (qa_tasks.plain): every LRA option as --flag, plus the loop's own."""
+    return plain.main(argv, task="lra", splits="valid,test")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from qa_tasks import listops
 from qa_tasks.fourier import (ModelConfig, build, dct, dct_shorten, idct, inherit,
                               shorten_padded, shortened_length)
-from qa_tasks.lra import LRA, load_weights, save_weights
+from qa_tasks.lra import LRA, load_weights
+from qa_tasks.plain import save_weights
 
 torch.set_num_threads(1)
 

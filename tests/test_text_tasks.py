@@ -281,6 +281,37 @@ def test_nlc_generated_learns(model):
     assert metrics["in_scope_accuracy"] > 0.8
 
 
+@pytest.mark.parametrize("model", ["selfattn", "cnn"])
+def test_nlc_adversarial_term_is_the_loss_at_the_worst_nearby_word_vectors(model):
+    """loss = clean + the loss at word vectors moved by eps (L2 per sentence, padding untouched)
+    along the clean loss's gradient: more than the clean loss, and than a random move that size."""
+    options = dict(data="generated", model=model, embed_dim=16, hidden=8, attention_dim=8, filters=8,
+                   dropout=0.0, embed_dropout=0.0, word_dropout=0.0, batch=16)
+    plain, adversarial = NLC(**options), NLC(**options, adversarial=1.0)
+    torch.manual_seed(0)
+    net = plain.build_model()
+    batch = next(plain.batches(0, 1, seed=0))
+    seen = []
+    with net.embed.register_forward_hook(lambda m, i, x: seen.append(x)):
+        clean = plain.loss(net, batch)
+    g, = torch.autograd.grad(clean, seen[0], retain_graph=True)
+    g[batch["tokens"] == 0] = 0
+    r = g / g.flatten(1).norm(dim=1)[:, None, None]
+
+    def loss_moved_by(move):
+        with net.embed.register_forward_hook(lambda m, i, x: x + move):
+            return plain.loss(net, batch)
+
+    total = adversarial.loss(net, batch)
+    assert total.item() == pytest.approx((clean + loss_moved_by(r)).item(), rel=1e-5)
+    random = torch.randn_like(r).masked_fill((batch["tokens"] == 0)[..., None], 0)
+    random = random / random.flatten(1).norm(dim=1)[:, None, None]
+    worst = (total - clean).item()
+    assert worst > clean.item() and worst > loss_moved_by(random).item()
+    total.backward()                          # one backward through both terms
+    assert net.embed.weight.grad.abs().sum() > 0
+
+
 def test_nlc_word_dropout_turns_words_into_unk_while_training():
     task = NLC(data="generated", model="cnn", word_dropout=0.5, batch=64)
     seen = []

@@ -190,17 +190,19 @@ class NLC(SentenceTask):
 
     Defaults: the best self-attentive run measured on this machine (docs/results/text.md): 300-d
     embeddings, r = 2 hops (queries are about 8 words; the paper's r = 30 was for reviews),
-    penalty 0.3, dropout 0.5, embed_dropout 0.25 and word_dropout 0.1; trained with Adam 2e-3
+    penalty 0, dropout 0.5, embed_dropout 0.25 and word_dropout 0.1; trained with Adam 2e-3
     and a cosine schedule (`--lr-schedule cosine`) for 16 epochs. With random embeddings and
     100 examples per intent, the two dropouts and the schedule took validation in-scope
-    accuracy from 0.85 to 0.91.
+    accuracy from 0.85 to 0.91, and dropping the penalty to 0.92: with two hops over a short
+    query, pushing them onto different words costs more than the redundancy it removes
+    (the paper's reason for it, r = 30 hops over a review, does not arise).
     """
 
     eval_split = "valid"
 
     def __init__(self, *, data: str = "auto", data_dir: str | None = None, model: str = "selfattn",
                  oos: str = "class", min_count: int = 2, embed_dim: int = 300, hidden: int = 150,
-                 attention_dim: int = 100, hops: int = 2, mlp_hidden: int = 300, penalty: float = 0.3,
+                 attention_dim: int = 100, hops: int = 2, mlp_hidden: int = 300, penalty: float = 0.0,
                  dropout: float = 0.5, embed_dropout: float = 0.25, word_dropout: float = 0.1,
                  adversarial: float = 0.0, filters: int = 100, widths: str = "3,4,5", batch: int = 64):
         if model not in ("selfattn", "cnn"):

@@ -52,7 +52,8 @@ def parser(task: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-every", type=int, default=0,
                    help="evaluate every N steps (default: after every epoch, or every 250 steps)")
-    p.add_argument("--splits", default="valid", help="comma-separated splits the final metrics use")
+    p.add_argument("--splits", help="comma-separated splits the final metrics use (default: the "
+                   "task's eval_split)")
     p.add_argument("--save", help="write the final weights here (.npz)")
     p.add_argument("--json", help="write the settings, the evaluations and the final metrics here")
     p.set_defaults(**defaults)
@@ -61,11 +62,12 @@ def parser(task: str, **defaults) -> argparse.ArgumentParser:
 
 def train(task, *, steps: int | None = None, epochs: int | None = None, lr: float = 1e-3,
           lr_schedule: str = "constant", seed: int = 0, eval_every: int = 0,
-          splits: tuple[str, ...] = ("valid",), log=lambda line: print(line, flush=True)):
+          splits: tuple[str, ...] | None = None, log=lambda line: print(line, flush=True)):
     """Train `task` for `steps` Adam steps or `epochs` epochs: (model, record), the record
-    holding every evaluation and the final metrics of each split."""
+    holding every evaluation (on the task's eval_split) and the final metrics of each of
+    `splits` (default: the eval_split)."""
     if (steps is None) == (epochs is None):
-        raise ValueError("give steps or epochs, not both")
+        raise ValueError("give exactly one of steps and epochs")
     torch.manual_seed(seed)
     model = task.build_model()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -74,6 +76,7 @@ def train(task, *, steps: int | None = None, epochs: int | None = None, lr: floa
         eval_every = eval_every or None                    # None: after every epoch
     rate = schedule(lr_schedule, lr, steps)
     split, evals = getattr(task, "eval_split", "valid"), []
+    splits = splits or (split,)
 
     def evaluate(step: int, epoch: int) -> None:
         evals.append({"step": step, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1),
@@ -122,7 +125,8 @@ def main(argv=None, task: str | None = None, **defaults) -> dict:
     instance = qa_tasks.get(task, **args)
     model, record = train(instance, steps=loop["steps"], epochs=loop["epochs"], lr=loop["lr"],
                           lr_schedule=loop["lr_schedule"], seed=loop["seed"],
-                          eval_every=loop["eval_every"], splits=tuple(loop["splits"].split(",")))
+                          eval_every=loop["eval_every"],
+                          splits=tuple(loop["splits"].split(",")) if loop["splits"] else None)
     record = {"task": task, "settings": {**args, **loop}, **record}
     if loop["save"]:
         Path(loop["save"]).parent.mkdir(parents=True, exist_ok=True)

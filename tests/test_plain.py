@@ -37,6 +37,7 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another():
     def run(seed):
         _, record = plain.train(qa_tasks.get("qc", data="generated"), steps=12, seed=seed, eval_every=6,
                                 log=lambda line: None)
+        assert set(record["final"]) == {"test"}          # qc's eval_split
         return [e["train_loss"] for e in record["evaluations"]]
 
     assert run(0) == run(0)
@@ -52,6 +53,7 @@ def test_command_line_takes_task_options_and_writes_json_and_weights(tmp_path, c
     assert [line.get("step") for line in lines[:-1]] == [4, 8] and "final" in lines[-1]
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
     assert record["settings"]["model"] == "cnn" and record["settings"]["steps"] == 8
+    assert set(record["final"]) == {"valid"}
     with np.load(tmp_path / "w.npz", allow_pickle=False) as f:
         assert "embed.weight" in f.files and "convs.0.weight" in f.files
     with pytest.raises(SystemExit):           # not an nlc option

@@ -281,6 +281,19 @@ def test_nlc_generated_learns(model):
     assert metrics["in_scope_accuracy"] > 0.8
 
 
+def test_nlc_loss_adds_the_penalty_times_its_coefficient():
+    options = dict(data="generated", embed_dim=16, hidden=8, attention_dim=8, hops=3, dropout=0.0,
+                   embed_dropout=0.0, word_dropout=0.0, batch=16)
+    torch.manual_seed(0)
+    net = NLC(**options).build_model()
+    batch = next(NLC(**options).batches(0, 1, seed=0))
+    _, A = net.forward_with_attention(batch["tokens"], batch["lengths"])
+    without = NLC(**options).loss(net, batch).item()
+    with_penalty = NLC(**options, penalty=0.7).loss(net, batch).item()
+    assert with_penalty == pytest.approx(without + 0.7 * attention_penalty(A).item(), rel=1e-5)
+    assert attention_penalty(A).item() > 0
+
+
 @pytest.mark.parametrize("model", ["selfattn", "cnn"])
 def test_nlc_adversarial_term_is_the_loss_at_the_worst_nearby_word_vectors(model):
     """loss = clean + the loss at word vectors moved by eps (L2 per sentence, padding untouched)

@@ -26,6 +26,7 @@ import torch
 
 import qa_tasks
 from algorithms.schedules import SCHEDULES, schedule
+from gadei.job import coerce   # option text -> value, as `gadei train` reads task options
 
 LOOP_OPTIONS = ("steps", "epochs", "lr", "lr_schedule", "seed", "threads", "eval_every", "splits",
                 "save", "json")
@@ -37,12 +38,12 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
 
 
 def parser(task: str, **defaults) -> argparse.ArgumentParser:
-    """The task's options as flags (types from their defaults), then the loop's own."""
+    """The task's options as flags (read as `gadei train` reads them), then the loop's own."""
     p = argparse.ArgumentParser(description=f"Train the {task} task in one process (plain Adam loop).")
     for name, param in qa_tasks.task_options(task).items():
-        kind = type(param.default) if param.default not in (None, inspect.Parameter.empty) else str
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=param.default,
-                       required=param.default is inspect.Parameter.empty)
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, type=lambda text, param=param, flag=flag: coerce(text, param, flag),
+                       default=param.default, required=param.default is inspect.Parameter.empty)
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="Adam steps (default 1000)")
     length.add_argument("--epochs", type=int, help="passes over the training data")

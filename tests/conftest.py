@@ -6,9 +6,14 @@ import signal
 import time
 
 import pytest
+import torch
 
 from gadei import shm
 from gadei.proc import descendants
+
+# the tests that train in this process get one thread, as every learner does: with the default
+# (one per core) they slow down several times over whenever other processes hold the cores
+torch.set_num_threads(1)
 
 
 def foreign(name: str) -> bool:

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 import algorithms
 import algorithms.rule
 
-torch.set_num_threads(1)
 pytestmark = pytest.mark.timeout(120)
 
 TORCH = {"sgd": torch.optim.SGD, "msgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad,

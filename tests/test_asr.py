@@ -15,8 +15,6 @@ from qa_tasks import fsdd
 from qa_tasks.asr import ASR, error_rates
 from qa_tasks.ctc_skip import CTCSkipEncoder, InterHead
 
-torch.set_num_threads(1)
-
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, atol: float = 1e-5):
     """One checked comparison that names what it compares and by how much it is off."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"

@@ -17,8 +17,6 @@ from qa_tasks.fourier import (ModelConfig, build, dct, dct_shorten, idct, inheri
 from qa_tasks.lra import LRA, load_weights
 from qa_tasks.plain import save_weights
 
-torch.set_num_threads(1)
-
 
 # ---- the DCT against scipy ----------------------------------------------------------------------
 

@@ -58,6 +58,10 @@ def test_command_line_takes_task_options_and_writes_json_and_weights(tmp_path, c
         assert "embed.weight" in f.files and "convs.0.weight" in f.files
     with pytest.raises(SystemExit):           # not an nlc option
         plain.main(["nlc", "--data", "generated", "--no-such-option", "1"])
+    with pytest.raises(SystemExit):           # not a number
+        plain.main(["nlc", "--data", "generated", "--penalty", "high"])
+    assert plain.parser("qc").parse_args(["--fine", "false"]).fine is False   # a bool, read as gadei does
+    assert plain.parser("qc").parse_args(["--fine", "yes"]).fine is True
 
 
 @pytest.mark.timeout(120)

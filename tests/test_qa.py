@@ -16,8 +16,6 @@ from qa_tasks.insuranceqa import DataFormatError, Ragged, Split, pool_file
 from qa_tasks.qa import QA, candidates, cosine, generated_corpus, gesd, pool_metrics, ranking_loss, top1_correct
 from tests.helpers import plain_train
 
-torch.set_num_threads(1)
-
 # -- fixtures in the published formats ------------------------------------------------------------
 
 VOCAB = {"idx_1": "What", "idx_2": "is", "idx_3": "term", "idx_4": "life", "idx_5": "insurance",

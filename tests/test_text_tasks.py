@@ -16,8 +16,6 @@ from qa_tasks.qc import QC, read_trec
 from qa_tasks.text import UNK_ID, KimCNN, Vocab, pad_batch, shard_batches, tokenize
 from tests.helpers import plain_train
 
-torch.set_num_threads(1)
-
 # -- fixtures in the real formats ---------------------------------------------------------------
 TREC_TRAIN = [
     b"DESC:manner How did serfdom develop in and then leave Russia ?",

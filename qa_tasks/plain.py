@@ -65,8 +65,9 @@ def train(task, *, steps: int | None = None, epochs: int | None = None, lr: floa
           lr_schedule: str = "constant", seed: int = 0, eval_every: int = 0,
           splits: tuple[str, ...] | None = None, log=lambda line: print(line, flush=True)):
     """Train `task` for `steps` Adam steps or `epochs` epochs: (model, record), the record
-    holding every evaluation (on the task's eval_split) and the final metrics of each of
-    `splits` (default: the eval_split)."""
+    holding every step's loss, every evaluation (on the task's eval_split: every `eval_every`
+    steps and after the last, or with epochs and no `eval_every` after every epoch; 0 with
+    steps: none) and the final metrics of each of `splits` (default: the eval_split)."""
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps and epochs")
     torch.manual_seed(seed)
@@ -77,7 +78,7 @@ def train(task, *, steps: int | None = None, epochs: int | None = None, lr: floa
         eval_every = eval_every or None                    # None: after every epoch
     rate = schedule(lr_schedule, lr, steps)
     split, evals = getattr(task, "eval_split", "valid"), []
-    splits = splits or (split,)
+    splits = (split,) if splits is None else splits
 
     def evaluate(step: int, epoch: int) -> None:
         evals.append({"step": step, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1),
@@ -96,7 +97,7 @@ def train(task, *, steps: int | None = None, epochs: int | None = None, lr: floa
             opt.step()
             step += 1
             losses.append(float(loss.detach()))
-            if (eval_every and step % eval_every == 0) or step == steps:
+            if eval_every != 0 and (step == steps or (eval_every and step % eval_every == 0)):
                 evaluate(step, epoch + 1)
             if step == steps:
                 break
@@ -104,7 +105,7 @@ def train(task, *, steps: int | None = None, epochs: int | None = None, lr: floa
         if eval_every is None and step < steps:
             evaluate(step, epoch)
     record = {"evaluations": evals, "steps": step, "seconds": round(time.perf_counter() - t0, 1),
-              "final": {s: task.evaluate(model, s) for s in splits}}
+              "final": {s: task.evaluate(model, s) for s in splits}, "losses": losses}
     log(json.dumps({"final": record["final"], "seconds": record["seconds"]}))
     return model, record
 

@@ -9,10 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from gadei import arena as A
 from gadei import shm
+from qa_tasks import plain
 
 
 def gadei_cmd(*args) -> list[str]:
@@ -105,19 +104,7 @@ def summary(out: Path) -> dict:
 
 
 def plain_train(task, steps: int, lr: float = 5e-3):
-    """`steps` Adam steps of `task` in this process (no PS): (losses, model)."""
-    torch.manual_seed(0)
-    model = task.build_model()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses, epoch = [], 0
-    while len(losses) < steps:
-        for batch in task.batches(0, 1, seed=epoch):
-            loss = task.loss(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            if len(losses) == steps:
-                break
-        epoch += 1
-    return losses, model
+    """`steps` Adam steps of `task` in this process (no PS), seed 0, no evaluation:
+    (losses, model)."""
+    model, record = plain.train(task, steps=steps, lr=lr, eval_every=0, splits=(), log=lambda line: None)
+    return record["losses"], model

@@ -45,6 +45,14 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another():
 
 
 @pytest.mark.timeout(120)
+def test_eval_every_zero_evaluates_nothing_and_keeps_every_loss(monkeypatch):
+    task = qa_tasks.get("qc", data="generated")
+    monkeypatch.setattr(task, "evaluate", lambda *a: pytest.fail("evaluated"))
+    _, record = plain.train(task, steps=5, eval_every=0, splits=(), log=lambda line: None)
+    assert record["evaluations"] == [] and record["final"] == {} and len(record["losses"]) == 5
+
+
+@pytest.mark.timeout(120)
 def test_command_line_takes_task_options_and_writes_json_and_weights(tmp_path, capsys):
     out = tmp_path / "run.json"
     record = plain.main(["nlc", "--data", "generated", "--model", "cnn", "--steps", "8", "--eval-every", "4",

@@ -197,9 +197,9 @@ class NLC(SentenceTask):
     hops over a short query, pushing them onto different words costs more than the redundancy
     it removes (the paper's reason for it, r = 30 hops over a review, does not arise).
     The best measured overall adds hidden=300 and adversarial=7 (0.932 on the mean of three
-    seeds, against the CNN's 0.924 with its best eps, 2, and 0.930 with 300 filters) at 4-5x
-    the time per step, so they are not the defaults; nor is adversarial, whose absolute eps
-    would not suit the CNN.
+    seeds, against the CNN's 0.924 with its best eps, 2, and 0.930 with 300 filters). Neither
+    is a default: together they take 4-5x the time per step, and an absolute eps of 7 would
+    not suit the CNN (its best is 2; 4 already hurts).
     """
 
     eval_split = "valid"

@@ -25,5 +25,16 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
     },
-    entry_points={"console_scripts": ["gadei = gadei.cli:main"]},
+    entry_points={
+        "console_scripts": ["gadei = gadei.cli:main"],
+        # tasks by name (gadei/task.py); a third-party package registers its own the same way
+        "gadei.tasks": [
+            "probe = gadei.probe:Probe",
+            "qc = qa_tasks.qc:QC",
+            "nlc = qa_tasks.nlc:NLC",
+            "qa = qa_tasks.qa:QA",
+            "asr = qa_tasks.asr:ASR",
+            "lra = qa_tasks.lra:LRA",
+        ],
+    },
 )

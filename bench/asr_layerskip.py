@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import qa_tasks
+from gadei import task as T
 from qa_tasks.asr import ASR, error_rates
 
 QUICK = {"data": "generated", "d_model": 32, "heads": 2, "layers": 4, "inter_layer": 2, "ff_dim": 64,
@@ -174,7 +174,7 @@ def main() -> None:
         saved = Path(args.checkpoint).with_suffix(".json")
         if saved.exists():
             options = {**json.loads(saved.read_text())["task_options"], **options}
-    task = qa_tasks.get("asr", **options)
+    task = T.build("asr", options)
     torch.manual_seed(args.train_seed)
     model = task.build_model()
     log = []

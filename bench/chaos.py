@@ -17,7 +17,7 @@ Scenarios, run in rotation until `--kills` kills were delivered (or `--jobs` job
     mpi-ps    (--mpi) `mpiexec gadei train --backend mpi`: SIGKILL the node PS subprocess
     mpi-rank  (--mpi) SIGKILL a learner rank: MPICH ends the job; `--resume` finishes it
 
-After every job: `qa_tasks.probe.audit(out)` (the ledger and, where the weights are exact, the
+After every job: `gadei.probe.audit(out)` (the ledger and, where the weights are exact, the
 weights), every process the job ever had is dead, and `gadei.shm.segments(job)` is empty.
 
 Kills are SIGKILL of a role whose (pid, start time) is registered in the job's arena, so a
@@ -44,7 +44,7 @@ from gadei import arena as A
 from gadei import ledger as L
 from gadei import proc, shm
 from bench.leftovers import sweep
-from qa_tasks.probe import audit
+from gadei.probe import audit
 
 ROOT = Path(__file__).resolve().parents[1]
 

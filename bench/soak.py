@@ -12,7 +12,7 @@ SIGINT, on which it stops its roles, writes its checkpoint and summary and exits
     memory       RSS of the supervisor, the PS and the learners sampled from /proc; growth of
                  the last fifth over the first fifth (after warm-up) must stay under a bound
     leases       no role replaced: restarts == {"ps": 0, "learners": 0} in the summary
-    exactly-once qa_tasks.probe.audit(OUT) is empty; no process and no segment is left
+    exactly-once gadei.probe.audit(OUT) is empty; no process and no segment is left
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from gadei import arena as A
 from gadei import ledger as L
 from gadei import proc, shm
 from bench.leftovers import sweep
-from qa_tasks.probe import audit
+from gadei.probe import audit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,12 +39,8 @@ def _pairs(extra: list[str]) -> dict[str, str]:
 
 
 def _task_data(task: str, data_dir: str | None, opts: dict) -> dict:
-    import qa_tasks
-    if data_dir is not None:
-        if "data_dir" not in qa_tasks.task_options(task):
-            raise ValueError(f"task {task!r} reads no data; drop --data-dir")
-        opts["data_dir"] = data_dir
-    return opts
+    from gadei.task import with_data_dir
+    return with_data_dir(task, data_dir, opts)
 
 
 def cmd_train(args, extra) -> int:
@@ -95,7 +91,7 @@ def cmd_demo() -> int:
           "Train a real workload with e.g. `gadei train --task qc --learners 2`; see `gadei train --help`.",
           flush=True)
     code = main(["train", *DEMO])
-    from qa_tasks.probe import audit
+    from gadei.probe import audit
     problems = audit("runs/demo")
     if problems:
         print("audit FAILED:\n  " + "\n  ".join(problems))

@@ -6,13 +6,11 @@ exactly the same task, model and optimizer.
 from __future__ import annotations
 
 import hashlib
-import inspect
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import algorithms
-import qa_tasks
+from gadei import task as T
 
 
 @dataclass
@@ -57,7 +55,7 @@ class JobConfig:
         if self.backend not in ("local", "mpi"):
             raise ValueError(f"--backend must be 'local' or 'mpi', not {self.backend!r}")
         self.lr_at()                                          # fail now, not in a child
-        qa_tasks.task_class(self.task)
+        T.task_class(self.task)
         if self.job is None:
             where = str(Path(self.out).resolve())
             base = "".join(c if c.isalnum() or c in "._-" else "-" for c in Path(where).name)[:40]
@@ -91,44 +89,18 @@ class JobConfig:
         return asdict(self)
 
 
-def coerce(value: str, param: inspect.Parameter, what: str):
-    """Convert a command-line string to the type a keyword parameter's default suggests."""
-    ann = param.annotation if param.annotation is not inspect.Parameter.empty else None
-    default = param.default
-    kind = type(default) if default not in (None, inspect.Parameter.empty) else None
-    text = str(ann) if ann is not None else ""
-    try:
-        if kind is bool or text.startswith("bool"):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int or text.startswith("int"):
-            return int(value)
-        if kind is float or text.startswith("float"):
-            return float(value)
-    except ValueError:
-        raise ValueError(f"{what}: cannot read {value!r} as {kind.__name__ if kind else text}") from None
-    return value
-
-
 def split_options(task: str, optimizer: str, pairs: dict[str, str]) -> tuple[dict, dict]:
     """Route `--name value` pairs to the optimizer's hyper-parameters or the task's options."""
     hyper_params = algorithms.hyper_parameters(optimizer)
-    task_params = qa_tasks.task_options(task)
+    task_params = T.options(task)
     hyper, opts = {}, {}
     for key, value in pairs.items():
         if key in hyper_params:
-            hyper[key] = coerce(value, hyper_params[key], f"--{key.replace('_', '-')}")
+            hyper[key] = T.coerce(value, hyper_params[key], f"--{key.replace('_', '-')}")
         elif key in task_params:
-            opts[key] = coerce(value, task_params[key], f"--{key.replace('_', '-')}")
+            opts[key] = T.coerce(value, task_params[key], f"--{key.replace('_', '-')}")
         else:
             raise ValueError(f"unknown option --{key.replace('_', '-')}: optimizer {optimizer!r} takes "
                              f"{', '.join(hyper_params) or 'nothing'}; task {task!r} takes "
                              f"{', '.join(task_params) or 'nothing'}")
     return hyper, opts
-
-
-def data_dir_default() -> str | None:
-    return os.environ.get("GADEI_DATA")

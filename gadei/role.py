@@ -19,7 +19,7 @@ from gadei import arena as A  # noqa: E402
 from gadei import proc  # noqa: E402
 from gadei.job import JobConfig  # noqa: E402
 from gadei.server import Server  # noqa: E402
-from gadei.tasks import build_task, batch_size  # noqa: E402
+from gadei import task as T  # noqa: E402
 from gadei.worker import PSGone, Stopped, Worker  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
     cfg = cfg or JobConfig(**arena.meta["config"])
     gid = i if gid is None else gid
     ctl = arena.ctl
-    task = build_task(cfg)
+    task = T.build(cfg.task, cfg.task_options)
     torch.manual_seed(cfg.seed)
     model = task.build_model()
     model.train()
@@ -70,7 +70,7 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
                     loss = task.loss(model, batch)
                     loss.backward()
                     return loss
-                worker.samples = batch_size(task, batch)
+                worker.samples = T.batch_size(task, batch)
                 t0 = time.perf_counter_ns()
                 loss = protocol.step(worker, model, closure)
                 worker.spent(A.L_STEP_NS, t0)

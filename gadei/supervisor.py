@@ -27,7 +27,7 @@ from gadei import checkpoint, proc, shm
 from gadei import ledger as L
 from gadei.job import JobConfig
 from gadei.server import empty_ledger
-from gadei.tasks import build_task
+from gadei import task as T
 
 
 class JobError(RuntimeError):
@@ -153,7 +153,7 @@ class Supervisor:
     def build(self) -> None:
         cfg = self.cfg
         torch.set_num_threads(1)
-        task = build_task(cfg)
+        task = T.build(cfg.task, cfg.task_options)
         torch.manual_seed(cfg.seed)
         model = task.build_model()
         params = [(name, tuple(p.shape)) for name, p in model.named_parameters()]

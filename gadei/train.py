@@ -17,7 +17,7 @@ from tqdm import tqdm
 from gadei import arena as A
 from gadei.job import JobConfig
 from gadei.supervisor import JobError, Supervisor, interruptible, write_json
-from gadei.tasks import build_task, task_spec
+from gadei import task as T
 
 
 class _Meter:
@@ -98,7 +98,7 @@ def train(task="probe", *, task_options: dict | None = None, optimizer: str = "s
     `task` is a built-in name, "package.module:Class", a task class or instance; `hyper` are
     the optimizer's hyper-parameters (e.g. lr=0.1). Blocks until the job ends.
     """
-    name, options = task_spec(task, task_options)
+    name, options = T.spec(task, task_options)
     cfg = JobConfig(task=name, task_options=options, optimizer=optimizer, hyper=hyper, lr_schedule=lr_schedule,
                     lr_warmup=lr_warmup,
                     learners=learners, steps=steps, epochs=epochs, seed=seed, out=str(out),
@@ -164,7 +164,7 @@ class Evaluator:
 
     def __init__(self, cfg: JobConfig):
         torch.set_num_threads(1)
-        self.task = build_task(cfg)
+        self.task = T.build(cfg.task, cfg.task_options)
         torch.manual_seed(cfg.seed)
         self.model = self.task.build_model()
 
@@ -195,4 +195,15 @@ def evaluate_weights(cfg: JobConfig, weights, split: str | None = None) -> dict:
     return Evaluator(cfg)(weights, split)
 
 
-__all__ = ["train", "run", "JobError", "evaluate_weights", "Evaluator"]
+def load_model(path, data_dir: str | None = None):
+    """(task, model) of a checkpoint: its task rebuilt with its options (`data_dir` replacing
+    the one it was trained with), its model holding the checkpoint's weights, in eval mode."""
+    from gadei import checkpoint
+    ck = checkpoint.load(path)
+    cfg = JobConfig(**{**ck["meta"]["config"], "resume": None, "out": str(path)})
+    cfg.task_options = T.with_data_dir(cfg.task, data_dir, dict(cfg.task_options))
+    ev = Evaluator(cfg)
+    return ev.task, ev.load(ck["weights"]).eval()
+
+
+__all__ = ["train", "run", "JobError", "evaluate_weights", "Evaluator", "load_model"]

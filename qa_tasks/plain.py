@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import qa_tasks
 from algorithms.schedules import SCHEDULES, schedule
-from gadei.job import coerce   # option text -> value, as `gadei train` reads task options
+from gadei import task as T   # task names and option text, as `gadei train` reads them
 
 LOOP_OPTIONS = ("steps", "epochs", "lr", "lr_schedule", "seed", "threads", "eval_every", "splits",
                 "save", "json")
@@ -40,9 +39,9 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
 def parser(task: str, **defaults) -> argparse.ArgumentParser:
     """The task's options as flags (read as `gadei train` reads them), then the loop's own."""
     p = argparse.ArgumentParser(description=f"Train the {task} task in one process (plain Adam loop).")
-    for name, param in qa_tasks.task_options(task).items():
+    for name, param in T.options(task).items():
         flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, type=lambda text, param=param, flag=flag: coerce(text, param, flag),
+        p.add_argument(flag, type=lambda text, param=param, flag=flag: T.coerce(text, param, flag),
                        default=param.default, required=param.default is inspect.Parameter.empty)
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="Adam steps (default 1000)")
@@ -124,7 +123,7 @@ def main(argv=None, task: str | None = None, **defaults) -> dict:
         loop["steps"] = loop["steps"] or 1000
         loop["eval_every"] = loop["eval_every"] or 250
     torch.set_num_threads(loop["threads"])
-    instance = qa_tasks.get(task, **args)
+    instance = T.build(task, args)
     model, record = train(instance, steps=loop["steps"], epochs=loop["epochs"], lr=loop["lr"],
                           lr_schedule=loop["lr_schedule"], seed=loop["seed"],
                           eval_every=loop["eval_every"],

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from qa_tasks.probe import audit
+from gadei.probe import audit
 from tests.helpers import gadei_cmd, run_gadei, start_gadei, summary, wait_for_job
 
 pytestmark = pytest.mark.timeout(300)

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gadei import checkpoint, proc, shm
-from qa_tasks.probe import audit
+from gadei.probe import audit
 from tests.helpers import run_gadei, start_gadei, summary, train_under_chaos, wait_for_job
 
 pytestmark = pytest.mark.timeout(300)

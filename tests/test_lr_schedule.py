@@ -87,7 +87,7 @@ def test_job_schedule_decays_over_its_steps():
 def test_probe_audits_only_the_ledger_under_a_schedule():
     """With a schedule the lr of each update depends on the order the PS applied them, which the
     ledger does not keep: the probe must not compare the weights against one constant lr."""
-    from qa_tasks.probe import weight_scale
+    from gadei.probe import weight_scale
     base = {"optimizer": "sgd", "hyper": {"lr": 0.5}, "steps": 200, "learners": 2}
     assert weight_scale(base) == 0.5 and weight_scale({**base, "lr_schedule": "constant"}) == 0.5
     assert weight_scale({**base, "lr_schedule": "cosine"}) is None

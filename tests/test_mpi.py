@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gadei import mpi_wire as W
 from gadei import checkpoint, shm
-from qa_tasks.probe import audit
+from gadei.probe import audit
 from tests.helpers import kill, summary, wait_for_job
 
 MPIEXEC = shutil.which("mpiexec")

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import qa_tasks
+from gadei import task as T
 from algorithms.schedules import schedule
 from qa_tasks import lra, plain
 
 
 @pytest.mark.timeout(120)
 def test_epochs_evaluate_after_each_and_follow_the_ps_schedule(monkeypatch):
-    task = qa_tasks.get("nlc", data="generated")
+    task = T.build("nlc", dict(data="generated"))
     seen = []
     step = torch.optim.Adam.step
 
@@ -35,7 +35,7 @@ def test_epochs_evaluate_after_each_and_follow_the_ps_schedule(monkeypatch):
 @pytest.mark.timeout(120)
 def test_the_same_seed_gives_the_same_run_and_another_seed_another():
     def run(seed):
-        _, record = plain.train(qa_tasks.get("qc", data="generated"), steps=12, seed=seed, eval_every=6,
+        _, record = plain.train(T.build("qc", dict(data="generated")), steps=12, seed=seed, eval_every=6,
                                 log=lambda line: None)
         assert set(record["final"]) == {"test"}          # qc's eval_split
         return [e["train_loss"] for e in record["evaluations"]]
@@ -46,7 +46,7 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_another():
 
 @pytest.mark.timeout(120)
 def test_eval_every_zero_evaluates_nothing_and_keeps_every_loss(monkeypatch):
-    task = qa_tasks.get("qc", data="generated")
+    task = T.build("qc", dict(data="generated"))
     monkeypatch.setattr(task, "evaluate", lambda *a: pytest.fail("evaluated"))
     _, record = plain.train(task, steps=5, eval_every=0, splits=(), log=lambda line: None)
     assert record["evaluations"] == [] and record["final"] == {} and len(record["losses"]) == 5
@@ -78,4 +78,4 @@ def test_lra_module_runs_the_same_loop_on_valid_and_test(tmp_path, monkeypatch):
     record = lra.main(["--data", "generated", "--n-train", "64", "--n-valid", "16", "--n-test", "16",
                        "--steps", "4", "--save", str(tmp_path / "t.npz")])
     assert set(record["final"]) == {"valid", "test"} and record["steps"] == 4
-    assert set(lra.load_weights(tmp_path / "t.npz")) == set(qa_tasks.get("lra").build_model().state_dict())
+    assert set(lra.load_weights(tmp_path / "t.npz")) == set(T.build("lra").build_model().state_dict())

@@ -24,7 +24,7 @@ from gadei import ledger as L
 from gadei.server import Server, empty_ledger
 from gadei.supervisor import discard_writing
 from gadei.worker import Worker
-from qa_tasks.probe import gradient
+from gadei.probe import gradient
 
 SIZE = 8
 LEARNERS = 3

@@ -323,10 +323,10 @@ def test_short_training_run_lowers_the_loss_and_beats_chance():
 
 
 def test_options_are_kept_as_attributes_for_the_runtime():
-    """The runtime rebuilds a task in each learner from its attributes (gadei.tasks.task_spec)."""
-    import qa_tasks
+    """The runtime rebuilds a task in each learner from its attributes (gadei.task.spec)."""
+    from gadei import task as T
     task = QA(data="generated", widths="1,2", margin=0.05, **SMALL)
-    options = {name: getattr(task, name) for name in qa_tasks.task_options("qa")}
+    options = {name: getattr(task, name) for name in T.options("qa")}
     again = QA(**options)
     assert {name: getattr(again, name) for name in options} == options
     assert options["widths"] == "1,2" and options["margin"] == 0.05

@@ -6,7 +6,7 @@ import pytest
 
 import gadei
 from gadei import ledger as L
-from qa_tasks.probe import audit
+from gadei.probe import audit
 from tests.helpers import train_under_chaos
 
 pytestmark = pytest.mark.timeout(300)

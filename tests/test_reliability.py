@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from gadei import arena as A
 from gadei import checkpoint, shm
-from qa_tasks.probe import Probe
+from gadei.probe import Probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -674,7 +674,7 @@ def test_clinc_deep_json_is_a_clear_error(tmp_path):
 @pytest.mark.timeout(300)
 def test_interrupt_does_not_lose_committed_gradients(tmp_path):
     from gadei import proc
-    from qa_tasks.probe import audit
+    from gadei.probe import audit
     from tests.helpers import wait_for_job
     out = tmp_path / "intr"
     p = subprocess.Popen([sys.executable, "-m", "gadei", "train", "--task", "probe", "--learners", "2",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import qa_tasks
+from gadei import task as T
 from qa_tasks import qc as qc_mod
 from qa_tasks.nlc import NLC, SelfAttentiveClassifier, attention_penalty, oos_metrics, read_clinc
 from qa_tasks.qc import QC, read_trec
@@ -156,7 +156,7 @@ def test_qc_options_validate_and_missing_data_is_explained(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="valid_fraction"):
         QC(valid_fraction=1.0)
     with pytest.raises(ValueError, match="has no option"):
-        qa_tasks.get("qc", batch_size=3)
+        T.build("qc", dict(batch_size=3))
     with pytest.raises(FileNotFoundError, match="trec/"):
         QC(data="real", data_dir=str(tmp_path)).build_model()
     monkeypatch.delenv("GADEI_DATA", raising=False)

@@ -1,4 +1,4 @@
-"""The probe: deterministic integer gradients that make every run auditable (DESIGN.md sec. 7).
+"""The probe: the core's own demo and exactly-once check (docs/protocol.md, "The probe").
 
 One parameter `w` of `size` float32 zeros. The gradient learner i commits as its sequence
 number k has element j equal to ((i * 7919 + k * 104729 + j) % 17) - 8. With SGD at lr 1 the
@@ -7,10 +7,13 @@ exact in float32), so anyone can recompute them from the ledger.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from gadei.context import current
+from gadei.task import option
 
 
 def gradient(i: int, k: int, size: int) -> np.ndarray:
@@ -18,13 +21,15 @@ def gradient(i: int, k: int, size: int) -> np.ndarray:
     return (((i * 7919 + k * 104729 + j) % 17) - 8).astype(np.float32)
 
 
+@dataclass
 class Probe:
+    """Deterministic integer gradients: the exactly-once audit (no data, no learning)."""
+    probe_size: int = option(1024, "float32 elements of the one parameter w")
     eval_split = "train"
 
-    def __init__(self, *, probe_size: int = 1024):
-        if probe_size < 1:
-            raise ValueError(f"probe_size must be positive, not {probe_size}")
-        self.probe_size = probe_size
+    def __post_init__(self):
+        if self.probe_size < 1:
+            raise ValueError(f"probe_size must be positive, not {self.probe_size}")
 
     def build_model(self) -> torch.nn.Module:
         model = torch.nn.Module()

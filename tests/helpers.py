@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from hypothesis import HealthCheck, settings
+
 from gadei import arena as A
 from gadei import shm
 from qa_tasks import plain
@@ -108,3 +110,14 @@ def plain_train(task, steps: int, lr: float = 5e-3):
     (losses, model)."""
     model, record = plain.train(task, steps=steps, lr=lr, eval_every=0, splits=(), log=lambda line: None)
     return record["losses"], model
+
+
+# hypothesis settings of the fuzzing tests: deterministic, no example database, no deadline
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None, report_multiple_bugs=False,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                       HealthCheck.data_too_large])
+
+
+def small_layout(learners=2, n=8, rule="sgd") -> A.Layout:
+    """The layout of a one-parameter model, for tests of the arena itself."""
+    return A.Layout(params=(("w", (n,)),), state=(), rule=rule, hyper=(("lr", 1.0),), learners=learners)

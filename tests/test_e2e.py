@@ -68,7 +68,7 @@ def test_crash_at_each_protocol_point(tmp_path, fault, expect):
     assert_clean_audit(out)
 
 
-def test_second_job_with_the_same_name_is_refused(tmp_path):
+def test_second_job_with_the_same_name_is_refused_by_the_cli(tmp_path):
     out = tmp_path / "same"
     first = start_gadei(*probe_args(out, 2, 10**9, "--job", "dup-e2e"))   # ends by the SIGINT below
     try:

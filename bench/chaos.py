@@ -96,9 +96,9 @@ class Job:
             except (FileNotFoundError, ValueError):   # being created or already gone
                 return []
         a, out = self.arena, []
-        self.finishing = any(a.ctl.load(a.lw(i, A.L_DONE)) for i in range(a.layout.learners))
-        entries = [("ps", a.ctl.load(A.PS_PID), a.ctl.load(A.PS_START))]
-        entries += [(f"learner {i}", a.ctl.load(a.lw(i, A.L_PID)), a.ctl.load(a.lw(i, A.L_START)))
+        self.finishing = any(a.learner(i).done for i in range(a.layout.learners))
+        entries = [("ps", a.job.ps_pid, a.job.ps_start)]
+        entries += [(f"learner {i}", a.learner(i).pid, a.learner(i).start)
                     for i in range(a.layout.learners)]
         for role, pid, st in entries:
             if pid and st and proc.alive(pid, st):

@@ -3,9 +3,9 @@
     mpiexec -n 2 python -m bench.mpi_path [--quick] [--sizes 1048576,4194304] [--rounds 10]
             [--out docs/bench/mpi_path.json]
 
-World rank 1 plays a node leader (gadei.mpi.MPILink: a validated msgpack control message and a
+World rank 1 plays a node leader (gadei.mpi.uplink.MPILink: a validated msgpack control message and a
 raw float32 delta up, the centre back down, each wait bounded) and world rank 0 the global PS
-(gadei.mpi.GlobalPS.serve: probe, validate, receive, C += delta, reply), i.e. exactly the code
+(gadei.mpi.centre.GlobalPS.serve: probe, validate, receive, C += delta, reply), i.e. exactly the code
 a multi-node job runs, minus the node arenas. Reported per model size: seconds per sync round
 and the bytes/s both ways together (2 x 4 x P bytes per round, control messages excluded),
 beside the floor of the same machine: a raw blocking MPI Send/Recv ping-pong of the same bytes.
@@ -24,7 +24,11 @@ import numpy as np
 from mpi4py import MPI
 
 from gadei.job import JobConfig
-from gadei.mpi import GlobalPS, MPILink, Settings, Topology
+from gadei.arena import Layout
+from gadei.mpi.centre import GlobalPS
+from gadei.mpi.settings import Settings
+from gadei.mpi.topology import Topology
+from gadei.mpi.uplink import MPILink
 
 
 def main() -> None:
@@ -61,8 +65,8 @@ def main() -> None:
         raw_t = float(np.median(raw))
         world.Barrier()
         if rank == 0:
-            gps = GlobalPS(topo, JobConfig(), settings, (("w", (n,)),), np.zeros(n, np.float32), None,
-                           print)
+            layout = Layout(params=(("w", (n,)),), state=(), rule="sgd", hyper=(), learners=1)
+            gps = GlobalPS(topo, JobConfig(), settings, layout, np.zeros(n, np.float32), None, 0, print)
             while len(gps.final) < 1:
                 gps.serve()
             while gps.sends:                 # let the last reply leave
@@ -70,7 +74,7 @@ def main() -> None:
         else:
             link = MPILink(world, n, settings.timeout)
             delta = np.ones(n, np.float32)
-            stats = {"updates": 0, "rejects": 0, "stale_sum": 0, "stale_max": 0, "samples": 0,
+            stats = {"updates": 0, "rejects": 0, "stale_sum": 0, "stale_max": 0,
                      "ps_restarts": 0, "lost": 0, "version": 0}
             times = []
             for r in range(rounds + 1):

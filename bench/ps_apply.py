@@ -90,7 +90,8 @@ def measure_ps(name: str, P: int, reps: int) -> dict:
     unpublished buffer, ledger, publish, release) on an arena of `P` weights, with this
     process committing a ready-made gradient into a slot before each update."""
     from gadei import arena as A
-    from gadei.server import Server, empty_ledger
+    from gadei.ledger import published_empty
+    from gadei.server import Server
     rule = algorithms.get(name)
     state = rule.init_state(P)
     layout = A.Layout(params=(("w", (P,)),), state=tuple((k, v.dtype.name, v.shape) for k, v in state.items()),
@@ -101,10 +102,10 @@ def measure_ps(name: str, P: int, reps: int) -> dict:
         arena.weights(0)[:] = rng.random(P, dtype=np.float32) - 0.5
         for k, v in state.items():
             arena.state(0)[k][:] = v
-        arena.write_ledger(0, empty_ledger(1))
+        arena.write_ledger(0, published_empty(1))
         for s in range(2):
             arena.slot(0, s)[:] = rng.random(P, dtype=np.float32) - 0.5
-            arena.ctl.store(arena.sw(0, s, A.S_NORM), A.f64_bits(1.0))
+            arena.slot_header(0, s).norm = A.f64_bits(1.0)
         server = Server(arena, rule, warn=lambda m: None)
         times = []
         for k in range(reps + 2):

@@ -50,9 +50,9 @@ def rss_mb(pid: int) -> float | None:
 
 def roles(arena: A.Arena) -> dict[str, tuple[int, int]]:
     a = arena
-    out = {"ps": (a.ctl.load(A.PS_PID), a.ctl.load(A.PS_START))}
+    out = {"ps": (a.job.ps_pid, a.job.ps_start)}
     for i in range(a.layout.learners):
-        out[f"learner {i}"] = (a.ctl.load(a.lw(i, A.L_PID)), a.ctl.load(a.lw(i, A.L_START)))
+        out[f"learner {i}"] = (a.learner(i).pid, a.learner(i).start)
     return {k: v for k, v in out.items() if v[0] and proc.alive(*v)}
 
 
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                        "supervisor": rss_mb(popen.pid),
                        "ps": rss_mb(rs["ps"][0]) if "ps" in rs else None,
                        "learners": [rss_mb(pid) for k, (pid, _) in sorted(rs.items()) if k != "ps"],
-                       "version": arena.published()}
+                       "version": arena.job.published}
                 samples.append(row)
                 time.sleep(min(args.sample_every, max(0.0, t_end - time.monotonic())))
             if popen.poll() is not None:

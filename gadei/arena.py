@@ -33,15 +33,15 @@ LEDGER_MAX = 256 * 1024
 BUFFERS = 3  # three, so a pull has two full update periods to copy a version (see pull())
 
 # global control words
-PUB, EPOCH, PS_PID, PS_START, PS_BEAT, STOP, OWNER_PID, OWNER_START, HOLD, PS_BUSY_NS, \
+PUB, PS_INCARNATION, PS_PID, PS_START, PS_BEAT, STOP, OWNER_PID, OWNER_START, HOLD, PS_BUSY_NS, \
     PS_STOP = range(11)   # STOP: learners stop; PS_STOP: the PS stops once nothing is READY
 GLOBAL_WORDS = 16
-# per-learner words
-L_PID, L_START, L_BEAT, L_INCARNATION, L_NEXT_SEQ, L_STEP, L_EPOCH, L_LOSS, L_SAMPLES, L_DONE, \
-    L_PULLED, L_PULL_NS, L_WAIT_NS, L_PUSH_NS, L_STEP_NS = range(15)   # *_NS: time spent, summed
+# per-learner words (L_DATA_EPOCH: passes over the learner's data; *_NS: time spent, summed)
+L_PID, L_START, L_BEAT, L_INCARNATION, L_NEXT_SEQ, L_STEP, L_DATA_EPOCH, L_LOSS, L_SAMPLES, L_DONE, \
+    L_PULLED, L_PULL_NS, L_WAIT_NS, L_PUSH_NS, L_STEP_NS = range(15)
 LEARNER_WORDS = 16
 # per-slot words
-S_CTRL, S_VERSION, S_KIND, S_STEP, S_EPOCH, S_NORM, S_SAMPLES, S_INCARNATION = range(8)
+S_CTRL, S_VERSION, S_KIND, S_STEP, S_DATA_EPOCH, S_NORM, S_SAMPLES = range(7)
 SLOT_WORDS = 8
 
 # slot states, in the low two bits of S_CTRL; the sequence number in the others
@@ -79,6 +79,63 @@ def now_ns() -> int:
     return time.monotonic_ns()
 
 
+class _Word:
+    """A named atomic word of a block: reading it loads (acquire), assigning stores (release)."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __get__(self, block, owner=None):
+        return self if block is None else block._ctl.load(block._base + self.index)
+
+    def __set__(self, block, value: int) -> None:
+        block._ctl.store(block._base + self.index, value)
+
+
+class _Block:
+    def __init__(self, ctl: AtomicWords, base: int):
+        self._ctl, self._base = ctl, base
+
+    def index(self, name: str) -> int:
+        """The absolute index of word `name`, for a fenced load or a compare-and-swap."""
+        return self._base + getattr(type(self), name).index
+
+
+class JobWords(_Block):
+    """The job's words: the published version, the PS's lease, the owner, stop flags."""
+    published = _Word(PUB)                  # the version a pull takes
+    ps_incarnation = _Word(PS_INCARNATION)  # PS processes started so far
+    ps_pid, ps_start, ps_beat = _Word(PS_PID), _Word(PS_START), _Word(PS_BEAT)
+    stop = _Word(STOP)
+    owner_pid, owner_start = _Word(OWNER_PID), _Word(OWNER_START)
+    hold = _Word(HOLD)                      # free for tests of the atomics
+    ps_busy_ns = _Word(PS_BUSY_NS)
+    ps_stop = _Word(PS_STOP)
+
+
+class LearnerWords(_Block):
+    """One learner's words: lease, sequence numbers, progress, time counters."""
+    pid, start, beat = _Word(L_PID), _Word(L_START), _Word(L_BEAT)
+    incarnation = _Word(L_INCARNATION)
+    next_seq = _Word(L_NEXT_SEQ)
+    step, data_epoch = _Word(L_STEP), _Word(L_DATA_EPOCH)
+    loss = _Word(L_LOSS)                    # f64 bits
+    samples = _Word(L_SAMPLES)
+    done = _Word(L_DONE)
+    pulled = _Word(L_PULLED)                # the version it last pulled
+    pull_ns, wait_ns, push_ns, step_ns = _Word(L_PULL_NS), _Word(L_WAIT_NS), _Word(L_PUSH_NS), _Word(L_STEP_NS)
+
+
+class SlotHeader(_Block):
+    """One gradient slot's words: its control word (state and seq) and the payload's meta."""
+    ctrl = _Word(S_CTRL)
+    version = _Word(S_VERSION)              # the weights' version the payload was computed from
+    kind = _Word(S_KIND)
+    step, data_epoch = _Word(S_STEP), _Word(S_DATA_EPOCH)
+    norm = _Word(S_NORM)                    # f64 bits
+    samples = _Word(S_SAMPLES)
+
+
 def _align(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
@@ -102,6 +159,19 @@ class Layout:
     @property
     def n(self) -> int:
         return sum(int(np.prod(s, dtype=np.int64)) for _, s in self.params)
+
+    def named(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """A flat weight vector as name -> array views, in model order."""
+        out, off = {}, 0
+        for name, shape in self.params:
+            k = int(np.prod(shape, dtype=np.int64))
+            out[name] = flat[off:off + k].reshape(shape)
+            off += k
+        return out
+
+    def flat(self, named: dict[str, np.ndarray]) -> np.ndarray:
+        """name -> array (a checkpoint's weights) as one float32 vector, in model order."""
+        return np.concatenate([np.asarray(named[name], np.float32).reshape(-1) for name, _ in self.params])
 
     def to_dict(self) -> dict:
         return {"params": [[k, list(s)] for k, s in self.params],
@@ -164,6 +234,10 @@ class Arena:
         words = GLOBAL_WORDS + layout.learners * (LEARNER_WORDS + layout.slots * SLOT_WORDS)
         self.words = raw[self._off.ctl:self._off.ctl + 8 * words].view(np.uint64)
         self.ctl = AtomicWords(self.words)
+        self.job = JobWords(self.ctl, 0)
+        self._learners = [LearnerWords(self.ctl, self.lw(i, 0)) for i in range(layout.learners)]
+        self._headers = [[SlotHeader(self.ctl, self.sw(i, s, 0)) for s in range(layout.slots)]
+                         for i in range(layout.learners)]
         n = layout.n
         self._weights = [self._region(self._buf(b) + self._off.weights, np.float32, (n,))
                          for b in range(BUFFERS)]
@@ -187,8 +261,7 @@ class Arena:
             mm[64:64 + len(blob)] = blob
             arena = cls(name, mm, layout, msgpack.unpackb(blob), owner=True)
             pid, started = proc.me()        # the owner until someone says otherwise
-            arena.ctl.store(OWNER_PID, pid)
-            arena.ctl.store(OWNER_START, started)
+            arena.job.owner_pid, arena.job.owner_start = pid, started
         except BaseException:
             shm.unlink(name)
             raise
@@ -238,6 +311,7 @@ class Arena:
         if self._mm is None:
             return
         self.ctl.release()
+        self.job = self._learners = self._headers = None
         self.words = self._raw = self._weights = self._state = self._slots = None
         self.ctl = None
         try:
@@ -280,6 +354,12 @@ class Arena:
         self._raw[off:off + 8].view(np.uint64)[0] = len(blob)
 
     # ---- control words -----------------------------------------------------------------
+    def learner(self, i: int) -> LearnerWords:
+        return self._learners[i]
+
+    def slot_header(self, i: int, s: int) -> SlotHeader:
+        return self._headers[i][s]
+
     def lw(self, i: int, word: int) -> int:
         """Index of learner i's control word `word`."""
         return GLOBAL_WORDS + i * LEARNER_WORDS + word
@@ -289,14 +369,11 @@ class Arena:
         return (GLOBAL_WORDS + self.layout.learners * LEARNER_WORDS
                 + (i * self.layout.slots + s) * SLOT_WORDS + word)
 
-    def published(self) -> int:
-        return self.ctl.load(PUB)
-
     def published_ledger(self, timeout: float = 60.0) -> tuple[int, dict]:
         """(version, ledger) of the published version, read consistently (as `pull` does)."""
         deadline = time.monotonic() + timeout
         while True:
-            v = self.ctl.load(PUB)
+            v = self.job.published
             try:
                 ledger = self.read_ledger(v % BUFFERS)
             except Exception:   # any decoding error of a torn copy
@@ -317,7 +394,7 @@ class Arena:
         """
         deadline = time.monotonic() + timeout
         while True:
-            v = self.ctl.load(PUB)
+            v = self.job.published
             b = v % BUFFERS
             np.copyto(out, self._weights[b])
             ledger = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import time
 from pathlib import Path
 
 import msgpack
@@ -139,3 +140,38 @@ def load(path) -> dict:
             raise
         raise CheckpointError(f"{what}: malformed header ({e})") from None
     return out
+
+
+# ---- a job's checkpoint: the file above with the job's meta ---------------------------------
+def save_job(path, config: dict, weights: dict, state: dict, version: int, ledger, final: bool,
+             **extra) -> Path:
+    """Checkpoint a job at published version `version` with its (uncut) `ledger`: the file
+    holds the ledger's checkpoint cut, which `--resume` continues from exactly once."""
+    meta = {"config": config, "version": version, **ledger.cut().to_checkpoint(),
+            "optimizer": config["optimizer"], "learners": config["learners"], "task": config["task"],
+            "task_options": config["task_options"], "final": final, "time": time.time(), **extra}
+    return save(path, weights, state, meta)
+
+
+def load_job(path, *, task: str, params: list, optimizer: str, learners: int) -> dict:
+    """A checkpoint to resume a job from, checked against that job (its model's parameters,
+    optimizer and learner count); its "ledger" is a `gadei.ledger.Ledger`."""
+    from gadei.ledger import Ledger
+    ck = load(path)
+    meta = ck["meta"]
+    got = [(k, tuple(v.shape)) for k, v in ck["weights"].items()]
+    why = None
+    if got != [(k, tuple(s)) for k, s in params]:
+        why = f"its model ({len(got)} tensors) differs from task {task!r}'s ({len(params)} tensors)"
+    elif meta.get("optimizer") != optimizer:
+        why = f"it was trained with optimizer {meta.get('optimizer')!r}, not {optimizer!r}"
+    elif meta.get("learners") != learners:
+        why = f"it ran {meta.get('learners')} learners, this job asks for {learners}"
+    if why:
+        raise CheckpointError(f"cannot resume from {path}: {why}")
+    try:
+        ck["ledger"] = Ledger.from_checkpoint(meta)
+        ck["version"] = int(meta["version"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot resume from {path}: {e}") from None
+    return ck

@@ -3,11 +3,12 @@
     gadei train --task T --optimizer O --learners N [--steps S | --epochs E] [--out DIR] ...
     gadei eval --task T --checkpoint DIR [--split S]
     gadei inspect [JOB] [--json]
-    gadei attention --checkpoint DIR [--sentence S ...] [--out PNG]
+    gadei tasks
     gadei clean
 
-Options a command does not know (`--lr 0.1`, `--filters 100`) go to the optimizer if it takes
-them, else to the task; anything neither takes is an error.
+Options a command does not know (`--lr 0.1`, `--filters 100`, `--data-dir D`) go to the
+optimizer if it takes them, else to the task; anything neither takes is an error.
+`gadei train --task T --optimizer O --help` lists both.
 """
 from __future__ import annotations
 
@@ -38,31 +39,14 @@ def _pairs(extra: list[str]) -> dict[str, str]:
     return out
 
 
-def _task_data(task: str, data_dir: str | None, opts: dict) -> dict:
-    from gadei.task import with_data_dir
-    return with_data_dir(task, data_dir, opts)
-
-
 def cmd_train(args, extra) -> int:
     from gadei.job import JobConfig, split_options
     from gadei.train import run
+    given = {f.name: getattr(args, f.name) for f in JobConfig.options()}
     hyper, opts = split_options(args.task, args.optimizer, _pairs(extra))
-    cfg = JobConfig(task=args.task, task_options=_task_data(args.task, args.data_dir, opts),
-                    optimizer=args.optimizer, hyper=hyper, lr_schedule=args.lr_schedule,
-                    lr_warmup=args.lr_warmup,
-                    learners=args.learners, steps=args.steps, epochs=args.epochs, seed=args.seed,
-                    out=args.out, job=args.job, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                    slots=args.slots, lease=args.lease, backend=args.backend, eval_every=args.eval_every,
-                    sync_every=args.sync_every, cross_node=args.cross_node,
-                    progress=not args.no_progress and sys.stderr.isatty())
-    if args.backend == "mpi":
-        from gadei.mpi import run_mpi
-        summary = run_mpi(cfg)
-        if summary is None:      # not the rank that reports
-            return 0
-    else:
-        summary = run(cfg)
-    _report(summary, Path(cfg.out))
+    summary = run(JobConfig(**given, task_options=opts, hyper=hyper))
+    if summary is not None:          # None: an MPI rank that does not report
+        _report(summary, Path(args.out))
     return 0
 
 
@@ -102,39 +86,26 @@ def cmd_demo() -> int:
 
 
 def cmd_eval(args, extra) -> int:
-    from gadei import checkpoint
-    from gadei.job import JobConfig, split_options
-    from gadei.train import evaluate_weights
-    ck = checkpoint.load(args.checkpoint)
-    cfg = JobConfig(**{**ck["meta"]["config"], "resume": None, "out": str(args.checkpoint)})
+    from gadei.evaluate import Evaluator, job_of
+    from gadei.job import split_options
+    cfg, weights = job_of(args.checkpoint)
     task = args.task or cfg.task
     if task != cfg.task:
         raise ValueError(f"the checkpoint was trained on task {cfg.task!r}, not {task!r}")
     _, opts = split_options(task, cfg.optimizer, _pairs(extra))
-    cfg.task_options = _task_data(task, args.data_dir, {**cfg.task_options, **opts})
-    metrics = evaluate_weights(cfg, ck["weights"], args.split)
-    print(json.dumps(metrics))
+    cfg.task_options = {**cfg.task_options, **opts}
+    print(json.dumps(Evaluator(cfg)(weights, args.split)))
     return 0
 
 
-def cmd_attention(args, extra) -> int:
-    """Render the self-attention of a trained nlc model over a few sentences as a PNG."""
-    from gadei import checkpoint
-    from gadei.job import JobConfig
-    from gadei.train import Evaluator
-    from qa_tasks.attention_plot import render_attention
-    ck = checkpoint.load(args.checkpoint)
-    cfg = JobConfig(**{**ck["meta"]["config"], "resume": None, "out": str(args.checkpoint)})
-    cfg.task_options = _task_data(cfg.task, args.data_dir, dict(cfg.task_options))
-    ev = Evaluator(cfg)
-    model = ev.load(ck["weights"]).eval()
-    if not hasattr(model, "forward_with_attention"):
-        raise ValueError(f"the checkpoint's model ({cfg.task}, {type(model).__name__}) has no "
-                         "self-attention: train --task nlc --model selfattn")
-    sentences = args.sentence or ["how do i check my account balance", "set an alarm for seven tomorrow",
-                                  "what is the weather like in paris", "please transfer money to my savings"]
-    render_attention(ev.task, model, sentences, args.out)
-    print(f"attention of {len(sentences)} sentences written to {args.out}")
+def cmd_tasks(args, extra) -> int:
+    from gadei import task as T
+    for name, spec in sorted(T.registered().items()):
+        try:
+            line = T.summary_line(name)
+        except ValueError as e:           # a registered task that does not import: say so
+            line = f"(cannot load: {e})"
+        print(f"{name:<8} {line}   [{spec}]")
     return 0
 
 
@@ -157,50 +128,69 @@ def cmd_inspect(args, extra) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    # no abbreviations: `--data generated` is a task option, not a prefix of --data-dir
+def _add_job_options(t: argparse.ArgumentParser) -> None:
+    """`gadei train`'s flags, generated from JobConfig's fields (gadei/job.py)."""
+    from gadei.job import JobConfig
+    for f in JobConfig.options():
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        if f.type == "bool":             # on by default: the flag turns it off
+            t.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", help=f"do not {meta['help']}")
+            continue
+        kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
+        default = "" if f.default is None else f" (default: {f.default})"
+        t.add_argument(flag, type=kind, default=f.default, choices=meta["choices"], metavar=meta["metavar"],
+                       help=meta["help"] + default)
+
+
+def _task_help(argv: list[str]) -> str:
+    """The options of the task and optimizer named in `argv` (for `gadei train --task T --help`)."""
+    from gadei import task as T
+    import algorithms
+    task = _value(argv, "--task", "probe")
+    optimizer = _value(argv, "--optimizer", "sgd")
+    lines = []
+    try:
+        helps = T.option_help(task)
+        lines.append(f"task {task!r} options ({T.summary_line(task) or T.task_class(task).__name__}):")
+        for name, p in T.options(task).items():
+            lines.append(f"  --{name.replace('_', '-'):<20} {helps.get(name, '')} (default: {p.default!r})")
+    except ValueError as e:
+        lines.append(f"task {task!r}: {e}")
+    try:
+        lines.append(f"optimizer {optimizer!r} hyper-parameters:")
+        for name, p in algorithms.hyper_parameters(optimizer).items():
+            lines.append(f"  --{name.replace('_', '-'):<20} (default: {p.default!r})")
+    except (ValueError, KeyError) as e:
+        lines.append(f"optimizer {optimizer!r}: {e}")
+    return "\n".join(lines)
+
+
+def _value(argv: list[str], flag: str, default: str) -> str:
+    for i, tok in enumerate(argv):
+        if tok == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith(flag + "="):
+            return tok.split("=", 1)[1]
+    return default
+
+
+def parser(argv: list[str] = ()) -> argparse.ArgumentParser:
+    # no abbreviations: `--data generated` is a task option, not a prefix of another flag
     p = argparse.ArgumentParser(prog="gadei", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", parser_class=lambda **kw: argparse.ArgumentParser(allow_abbrev=False, **kw))
-    t = sub.add_parser("train", help="train a task through the parameter server")
-    t.add_argument("--task", default="probe", help="built-in task or package.module:Class")
-    t.add_argument("--optimizer", default="sgd")
-    t.add_argument("--learners", type=int, default=2)
-    t.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], default="constant",
-                   help="the PS's learning rate by update count, decayed over --steps (ASGD and SYNC rules)")
-    t.add_argument("--lr-warmup", type=int, default=0, metavar="UPDATES",
-                   help="raise the PS's learning rate linearly over the first UPDATES updates")
-    t.add_argument("--backend", choices=["local", "mpi"], default="local")
-    t.add_argument("--sync-every", type=int, help="MPI, several nodes: node updates between "
-                   "exchanges with the global PS (default $GADEI_SYNC_EVERY or 20)")
-    t.add_argument("--cross-node", choices=["downpour", "easgd"], help="MPI, several nodes: push "
-                   "deltas (downpour) or elastic differences (easgd) (default $GADEI_CROSS_NODE or downpour)")
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, help="total steps over all learners")
-    g.add_argument("--epochs", type=int, help="epochs of each learner's shard")
-    t.add_argument("--data-dir", help="folder holding the datasets (default: $GADEI_DATA)")
-    t.add_argument("--out", default="runs/job")
-    t.add_argument("--checkpoint-every", type=int, default=0, help="updates between checkpoints")
-    t.add_argument("--resume", help="output directory or checkpoint to continue from")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--job", help="job name (default: from --out)")
-    t.add_argument("--slots", type=int, default=2, help="gradient slots per learner")
-    t.add_argument("--lease", type=float, default=60.0, help="seconds before a silent process is replaced")
-    t.add_argument("--eval-every", type=float, default=0.0,
-                   help="seconds between evaluations written to metrics.jsonl (0: only at the end)")
-    t.add_argument("--no-progress", action="store_true")
+    t = sub.add_parser("train", help="train a task through the parameter server",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Options neither above nor below go nowhere: an error.\n\n" + _task_help(list(argv))
+                       if "train" in argv and ("-h" in argv or "--help" in argv) else None)
+    _add_job_options(t)
     t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e = sub.add_parser("eval", help="evaluate a checkpoint (task options such as --data-dir may follow)")
     e.add_argument("--task")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data-dir")
     e.add_argument("--split")
     e.set_defaults(fn=cmd_eval)
-    at = sub.add_parser("attention", help="draw an nlc model's self-attention over sentences (PNG)")
-    at.add_argument("--checkpoint", required=True)
-    at.add_argument("--out", default="attention.png")
-    at.add_argument("--sentence", action="append", help="a sentence to show (repeatable)")
-    at.add_argument("--data-dir")
-    at.set_defaults(fn=cmd_attention)
+    ts = sub.add_parser("tasks", help="list the registered tasks (entry-point group gadei.tasks)")
+    ts.set_defaults(fn=cmd_tasks)
     c = sub.add_parser("clean", help="remove shared-memory segments of dead jobs")
     c.set_defaults(fn=cmd_clean)
     i = sub.add_parser("inspect", help="show running jobs: learners, slots, versions, ledger")
@@ -214,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["train"]:
         return cmd_demo()
-    p = parser()
+    p = parser(argv)
     args, extra = p.parse_known_args(argv)
     if args.command is None:
         p.print_help()
         return 2
-    from gadei.supervisor import JobError
+    from gadei.job import JobError
     from gadei.checkpoint import CheckpointError
     try:
         return args.fn(args, extra)

@@ -8,33 +8,33 @@ from gadei import proc, shm
 def describe(name: str) -> dict:
     a = A.Arena.attach(name)
     try:
-        ctl, now = a.ctl, A.now_ns()
+        now = A.now_ns()
         v, ledger = a.published_ledger()
         cfg = a.meta.get("config", {})
-        owner = ctl.load(A.OWNER_PID)
+        owner = a.job.owner_pid
         learners = []
         for i in range(a.layout.learners):
-            w = lambda k: ctl.load(a.lw(i, k))  # noqa: E731
+            lw = a.learner(i)
             slots = []
             for s in range(a.layout.slots):
-                c = ctl.load(a.sw(i, s, A.S_CTRL))
+                h = a.slot_header(i, s)
+                c = h.ctrl
                 slots.append({"state": A.STATE_NAMES[A.ctrl_state(c)], "seq": A.ctrl_seq(c),
-                              "kind": A.KIND_NAMES.get(ctl.load(a.sw(i, s, A.S_KIND)), "?"),
-                              "version": ctl.load(a.sw(i, s, A.S_VERSION))})
-            learners.append({"learner": i, "pid": w(A.L_PID), "incarnation": w(A.L_INCARNATION),
-                             "alive": proc.alive(w(A.L_PID), w(A.L_START)),
-                             "heartbeat_age_s": round((now - w(A.L_BEAT)) / 1e9, 2),
-                             "step": w(A.L_STEP), "next_seq": w(A.L_NEXT_SEQ),
-                             "pulled_version": w(A.L_PULLED), "done": bool(w(A.L_DONE)),
-                             "loss": A.bits_f64(w(A.L_LOSS)), "slots": slots,
+                              "kind": A.KIND_NAMES.get(h.kind, "?"), "version": h.version})
+            learners.append({"learner": i, "pid": lw.pid, "incarnation": lw.incarnation,
+                             "alive": proc.alive(lw.pid, lw.start),
+                             "heartbeat_age_s": round((now - lw.beat) / 1e9, 2),
+                             "step": lw.step, "next_seq": lw.next_seq,
+                             "pulled_version": lw.pulled, "done": bool(lw.done),
+                             "loss": A.bits_f64(lw.loss), "slots": slots,
                              "applied": ledger["applied"][i], "rejected": ledger["rejected"][i]})
         return {"arena": name, "job": a.meta.get("job"), "task": cfg.get("task"),
                 "optimizer": cfg.get("optimizer"), "owner_pid": owner,
-                "owner_alive": proc.alive(owner, ctl.load(A.OWNER_START)),
+                "owner_alive": proc.alive(owner, a.job.owner_start),
                 "version": v, "updates": ledger["updates"], "rejected": ledger["rejects"],
-                "ps": {"pid": ctl.load(A.PS_PID), "epoch": ctl.load(A.EPOCH),
-                       "alive": proc.alive(ctl.load(A.PS_PID), ctl.load(A.PS_START)),
-                       "heartbeat_age_s": round((now - ctl.load(A.PS_BEAT)) / 1e9, 2)},
+                "ps": {"pid": a.job.ps_pid, "incarnation": a.job.ps_incarnation,
+                       "alive": proc.alive(a.job.ps_pid, a.job.ps_start),
+                       "heartbeat_age_s": round((now - a.job.ps_beat) / 1e9, 2)},
                 "learners": learners}
     finally:
         a.close()
@@ -62,7 +62,7 @@ def render(jobs: list[dict]) -> str:
         lines.append(f"job {j['job']}  task {j['task']}  optimizer {j['optimizer']}  version {j['version']}  "
                      f"updates {j['updates']}  rejected {j['rejected']}  supervisor pid {j['owner_pid']}"
                      f"{'' if j['owner_alive'] else ' (DEAD)'}")
-        lines.append(f"  PS pid {ps['pid']} epoch {ps['epoch']} {'alive' if ps['alive'] else 'DEAD'} "
+        lines.append(f"  PS pid {ps['pid']} incarnation {ps['incarnation']} {'alive' if ps['alive'] else 'DEAD'} "
                      f"heartbeat {ps['heartbeat_age_s']} s ago")
         lines.append("  learner  pid      inc  alive  beat_s  step    next_seq  pulled  loss       slots")
         for l in j["learners"]:

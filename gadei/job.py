@@ -6,39 +6,57 @@ exactly the same task, model and optimizer.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import algorithms
 from gadei import task as T
 
 
+class JobError(RuntimeError):
+    """The job cannot start or cannot go on; the message says why and what to do."""
+
+
+def option(default, help: str, *, choices=None, cli: bool = True, metavar: str | None = None):
+    """A job option: its default and help, which `gadei train --help` and `gadei.train()` show."""
+    meta = {"help": help, "choices": choices, "cli": cli, "metavar": metavar}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class JobConfig:
-    task: str = "probe"                  # built-in name or "package.module:Class"
-    task_options: dict = field(default_factory=dict)
-    optimizer: str = "sgd"
-    hyper: dict = field(default_factory=dict)
-    lr_schedule: str = "constant"        # the PS's lr by update count (constant, cosine, linear)
-    lr_warmup: int = 0                   # updates of linear warm-up before (and under) the schedule
-    learners: int = 2
-    steps: int | None = None             # total steps over all learners (split evenly)
-    epochs: int | None = None            # or: epochs of each learner's shard
-    seed: int = 0
-    out: str = "runs/job"
-    job: str | None = None               # job name; default derived from `out`
-    checkpoint_every: int = 0            # updates between checkpoints (0: final only)
-    resume: str | None = None            # output directory or checkpoint file to continue from
-    slots: int = 2                       # gradient slots per learner
-    lease: float = 60.0                  # seconds without a heartbeat before a role is replaced
-    start_timeout: float = 600.0         # seconds a role may take to start (import, load data)
-    ps_timeout: float = 120.0            # seconds a learner waits on a silent PS before giving up
-    max_restarts: int = 1000             # restarts of each role before the job gives up
-    backend: str = "local"
-    eval_every: float = 0.0              # seconds between evaluations into metrics.jsonl (0: none)
-    sync_every: int | None = None        # MPI across nodes: node updates between syncs with the centre
-    cross_node: str | None = None        # MPI across nodes: "downpour" (deltas) or "easgd" (elastic)
-    progress: bool = True
+    """Every option of a job, defined once: the CLI's `gadei train` flags and `gadei.train()`'s
+    keywords are generated from these fields (gadei/cli.py, gadei/train.py)."""
+    task: str = option("probe", "a registered task (`gadei tasks`) or package.module:Class")
+    task_options: dict = option({}, "the task's options", cli=False)
+    optimizer: str = option("sgd", "the update rule or learner protocol", choices=algorithms.names())
+    hyper: dict = option({}, "the optimizer's hyper-parameters", cli=False)
+    lr_schedule: str = option("constant", "the PS's learning rate by update count, decayed over --steps "
+                              "(ASGD and SYNC rules)", choices=["constant", "cosine", "linear"])
+    lr_warmup: int = option(0, "raise the PS's learning rate linearly over the first UPDATES updates",
+                            metavar="UPDATES")
+    learners: int = option(2, "learner processes")
+    steps: int | None = option(None, "total steps over all learners (default: 100 per learner)")
+    epochs: int | None = option(None, "or: epochs of each learner's shard")
+    seed: int = option(0, "seeds the model, the data order and every learner")
+    out: str = option("runs/job", "the output folder: summary.json, metrics.jsonl, checkpoint, logs/")
+    job: str | None = option(None, "the job's name (default: from --out); one live job per name")
+    checkpoint_every: int = option(0, "updates between checkpoints (0: the final one only)")
+    resume: str | None = option(None, "an output folder or checkpoint to continue from")
+    slots: int = option(2, "gradient slots per learner")
+    lease: float = option(60.0, "seconds without a heartbeat before a process is replaced")
+    start_timeout: float = option(600.0, "seconds a process may take to start (imports, data)")
+    ps_timeout: float = option(120.0, "seconds a learner waits on a silent PS before giving up")
+    max_restarts: int = option(1000, "restarts of each role before the job gives up")
+    backend: str = option("local", "local processes, or MPI ranks (under mpiexec)", choices=["local", "mpi"])
+    eval_every: float = option(0.0, "seconds between evaluations written to metrics.jsonl (0: at the end only)")
+    sync_every: int | None = option(None, "MPI, several nodes: node updates between exchanges with the "
+                                    "global PS (default $GADEI_SYNC_EVERY or 20)")
+    cross_node: str | None = option(None, "MPI, several nodes: push deltas (downpour) or elastic differences "
+                                    "(easgd) (default $GADEI_CROSS_NODE or downpour)", choices=["downpour", "easgd"])
+    progress: bool = option(True, "show a progress bar on a terminal")
 
     def __post_init__(self):
         if self.learners < 1:
@@ -52,6 +70,10 @@ class JobConfig:
             raise ValueError(f"--epochs must be at least 1, not {self.epochs}")
         if self.steps is None and self.epochs is None:
             self.steps = 100 * self.learners
+        for name in ("lease", "start_timeout", "ps_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds, "
+                                 f"not {getattr(self, name)}")
         if self.backend not in ("local", "mpi"):
             raise ValueError(f"--backend must be 'local' or 'mpi', not {self.backend!r}")
         self.lr_at()                                          # fail now, not in a child
@@ -87,6 +109,11 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def options(cls) -> list:
+        """The fields a user sets by name (the CLI's flags, `gadei.train()`'s keywords)."""
+        return [f for f in fields(cls) if f.metadata.get("cli", True)]
 
 
 def split_options(task: str, optimizer: str, pairs: dict[str, str]) -> tuple[dict, dict]:

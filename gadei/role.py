@@ -39,7 +39,6 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
     arena = A.Arena.attach(name)
     cfg = cfg or JobConfig(**arena.meta["config"])
     gid = i if gid is None else gid
-    ctl = arena.ctl
     task = T.build(cfg.task, cfg.task_options)
     torch.manual_seed(cfg.seed)
     model = task.build_model()
@@ -49,9 +48,9 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
                     direct=protocol.direct_gradients)
     # started: from now on the lease applies (until now, the supervisor's start_timeout)
     pid, started = proc.me()
-    ctl.store(arena.lw(i, A.L_BEAT), A.now_ns())
-    ctl.store(arena.lw(i, A.L_START), started)
-    ctl.store(arena.lw(i, A.L_PID), pid)
+    arena.learner(i).beat = A.now_ns()
+    arena.learner(i).start = started
+    arena.learner(i).pid = pid
 
     quota = cfg.quota(gid) if cfg.steps is not None else None
     worker.quota = quota
@@ -59,10 +58,10 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
         while True:
             if quota is not None and worker.step >= quota:
                 break
-            if quota is None and worker.epoch >= cfg.epochs:
+            if quota is None and worker.data_epoch >= cfg.epochs:
                 break
             # a fresh shuffle per epoch and per incarnation
-            seed = cfg.seed + 1_000_003 * worker.epoch + 7_919 * worker.incarnation + 101 * gid
+            seed = cfg.seed + 1_000_003 * worker.data_epoch + 7_919 * worker.incarnation + 101 * gid
             got = 0
             for got, batch in enumerate(task.batches(gid, cfg.learners, seed), 1):
                 def closure(batch=batch):
@@ -73,7 +72,7 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
                 worker.samples = T.batch_size(task, batch)
                 t0 = time.perf_counter_ns()
                 loss = protocol.step(worker, model, closure)
-                worker.spent(A.L_STEP_NS, t0)
+                worker.spent("step_ns", t0)
                 worker.report(loss, worker.samples)
                 worker.check()
                 if quota is not None and worker.step >= quota:
@@ -82,12 +81,12 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
                 if not got:
                     raise ValueError(f"learner {i} of {cfg.learners} got no batches from task "
                                      f"{cfg.task!r}: its share of the data is empty; use fewer learners")
-                worker.epoch += 1
-                ctl.store(arena.lw(i, A.L_EPOCH), worker.epoch)
+                worker.data_epoch += 1
+                arena.learner(i).data_epoch = worker.data_epoch
         finish = getattr(protocol, "finish", None)
         if finish:
             finish(worker, model)
-        ctl.store(arena.lw(i, A.L_DONE), 1)
+        arena.learner(i).done = 1
         return 0
     except Stopped:
         return 0

@@ -24,12 +24,6 @@ from gadei import ledger as L
 from gadei import faults, proc, shm
 
 
-def empty_ledger(learners: int) -> dict:
-    """The PS's part of the ledger, published with every version."""
-    return {"applied": [[] for _ in range(learners)], "rejected": [[] for _ in range(learners)],
-            "amax": [-1] * learners, "progress": [[0, 0, 0] for _ in range(learners)],
-            "dropped": [0] * learners, "updates": 0, "rejects": 0, "stale_sum": 0, "stale_max": 0, "last_norm": 0.0}
-
 
 class Server:
     """The PS over an attached arena. `recover()` first, then `step()` until there is no work.
@@ -45,7 +39,6 @@ class Server:
         self._round_start = None
         self._dropped: list[int] = []
         self._scratch = None
-        self.ctl = arena.ctl
         self.learners, self.slots = arena.layout.learners, arena.layout.slots
         self._next = 0              # round-robin start, so no learner starves
         self._pending = None        # (i, s, k) computed into the unpublished buffer
@@ -55,27 +48,27 @@ class Server:
 
     def recover(self) -> None:
         """Adopt the published state and free slots whose update was published already."""
-        self.version = self.ctl.load(A.PUB)
+        self.version = self.arena.job.published
         self.ledger = self.arena.read_ledger(self.version % A.BUFFERS)
         self._pending = None
         for i in range(self.learners):
             for s in range(self.slots):
-                w = self.ctl.load(self.arena.sw(i, s, A.S_CTRL))
+                w = self.arena.slot_header(i, s).ctrl
                 if A.ctrl_state(w) == A.READY and A.ctrl_seq(w) <= self.ledger["amax"][i]:
-                    self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, A.ctrl_seq(w)))
+                    self.arena.slot_header(i, s).ctrl = A.ctrl(A.FREE, A.ctrl_seq(w))
 
     # ---- P1 ------------------------------------------------------------------------------
     def _scan(self, i: int) -> tuple[int, int] | None:
         """One pass over learner i's slots: (slot, seq) of the smallest READY seq > applied."""
         best = None
         for s in range(self.slots):
-            w = self.ctl.load(self.arena.sw(i, s, A.S_CTRL))
+            w = self.arena.slot_header(i, s).ctrl
             if A.ctrl_state(w) != A.READY:
                 continue
             k = A.ctrl_seq(w)
             if k <= self.ledger["amax"][i]:
                 # applied already (a PS died between publish and release): finish the release
-                self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, k))
+                self.arena.slot_header(i, s).ctrl = A.ctrl(A.FREE, k)
             elif best is None or k < best[1]:
                 best = (s, k)
         return best
@@ -126,9 +119,8 @@ class Server:
 
     def live(self, i: int) -> bool:
         """Learner i is running and has work left (a dead one is being replaced)."""
-        a, ctl = self.arena, self.ctl
-        return not ctl.load(a.lw(i, A.L_DONE)) and proc.alive(ctl.load(a.lw(i, A.L_PID)),
-                                                               ctl.load(a.lw(i, A.L_START)))
+        lw = self.arena.learner(i)
+        return not lw.done and proc.alive(lw.pid, lw.start)
 
     # ---- P2 ------------------------------------------------------------------------------
     def compute(self, *picks: tuple[int, int, int]) -> None:
@@ -138,32 +130,23 @@ class Server:
         src, dst = v % A.BUFFERS, (v + 1) % A.BUFFERS
         w_src, w_dst = arena.weights(src), arena.weights(dst)
         s_src, s_dst = arena.state(src), arena.state(dst)
-        word = lambda i, s, w: self.ctl.load(arena.sw(i, s, w))  # noqa: E731
         # Changed in place: if this process dies before publishing, the next PS re-reads the
         # published ledger, and until then nothing reads this one but us.
         ledger = self.ledger
         good = []
         for i, s, k in picks:
-            norm = A.bits_f64(word(i, s, A.S_NORM))
-            if np.isfinite(norm):
+            h = arena.slot_header(i, s)
+            norm = A.bits_f64(h.norm)
+            ok = bool(np.isfinite(norm))
+            if ok:
                 good.append((i, s, k))
-                L.add(ledger["applied"][i], k)
-                stale = max(0, v - word(i, s, A.S_VERSION))
-                ledger["stale_sum"] += stale
-                ledger["stale_max"] = max(ledger["stale_max"], stale)
-                ledger["last_norm"] = norm
-            else:
-                ledger["rejected"][i].append(k)
-                ledger["rejects"] += 1
-                if i not in self._warned:
-                    self._warned.add(i)
-                    self._warn(f"gadei: learner {i} pushed a non-finite update (seq {k}, norm {norm}); "
-                               "rejected, and further ones are counted in the ledger. Lower the "
-                               "learning rate or check the loss for NaN/Inf.")
-            ledger["amax"][i] = k
-            p = ledger["progress"][i]
-            ledger["progress"][i] = [word(i, s, A.S_STEP), word(i, s, A.S_EPOCH), p[2] + word(i, s, A.S_SAMPLES)]
-        ledger["updates"] += len(good)
+            elif i not in self._warned:
+                self._warned.add(i)
+                self._warn(f"gadei: learner {i} pushed a non-finite update (seq {k}, norm {norm}); "
+                           "rejected, and further ones are counted in the ledger. Lower the "
+                           "learning rate or check the loss for NaN/Inf.")
+            L.note(ledger, i, k, ok, stale=max(0, v - h.version), norm=norm, step=h.step,
+                   epoch=h.data_epoch, samples=h.samples)
         for i in self._dropped:
             ledger["dropped"][i] += 1
         self._dropped = []
@@ -172,7 +155,7 @@ class Server:
             np.copyto(w_dst, w_src)
             for key in s_src:
                 np.copyto(s_dst[key], s_src[key])
-        elif len(good) == 1 and word(good[0][0], good[0][1], A.S_KIND) == A.DELTA:
+        elif len(good) == 1 and arena.slot_header(*good[0][:2]).kind == A.DELTA:
             grad = arena.slot(good[0][0], good[0][1])
             torch.add(torch.from_numpy(w_src), torch.from_numpy(grad), out=torch.from_numpy(w_dst))
             for key in s_src:
@@ -201,14 +184,14 @@ class Server:
 
     # ---- P3 ------------------------------------------------------------------------------
     def publish(self) -> None:
-        self.ctl.store(A.PUB, self.version + 1)
+        self.arena.job.published = self.version + 1
         self.version += 1
         self.ledger = self._staged
 
     # ---- P4 ------------------------------------------------------------------------------
     def release(self) -> None:
         for i, s, k in self._pending:
-            self.ctl.store(self.arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, k))
+            self.arena.slot_header(i, s).ctrl = A.ctrl(A.FREE, k)
         self._pending = None
 
     def step(self) -> bool:
@@ -227,31 +210,30 @@ class Server:
     def run(self) -> None:
         """Serve until PS_STOP is set, nothing is left to apply and the supervisor has removed
         the arena's name, or until the job's owner is gone; never waits on a learner."""
-        ctl = self.ctl
         pid, started = proc.me()
-        ctl.store(A.PS_PID, pid)
-        ctl.store(A.PS_START, started)
-        owner = (ctl.load(A.OWNER_PID), ctl.load(A.OWNER_START))
+        self.arena.job.ps_pid = pid
+        self.arena.job.ps_start = started
+        owner = (self.arena.job.owner_pid, self.arena.job.owner_start)
         idle, beat, checked, busy = 0.0, 0, 0.0, 0
         while True:
             t = A.now_ns()
             if t - beat > 5_000_000:
-                ctl.store(A.PS_BEAT, t)
+                self.arena.job.ps_beat = t
                 beat = t
             t0 = time.perf_counter_ns()
             if self.step():
                 busy += time.perf_counter_ns() - t0
                 if t - beat > 5_000_000 or busy > 100_000_000:
-                    ctl.store(A.PS_BUSY_NS, ctl.load(A.PS_BUSY_NS) + busy)
+                    self.arena.job.ps_busy_ns = self.arena.job.ps_busy_ns + busy
                     busy = 0
                 idle = 0.0
                 continue
             if busy:
-                ctl.store(A.PS_BUSY_NS, ctl.load(A.PS_BUSY_NS) + busy)
+                self.arena.job.ps_busy_ns = self.arena.job.ps_busy_ns + busy
                 busy = 0
             # stopping: linger until the supervisor removes the arena's name, so a supervisor
             # killed between our exit and its unlink cannot leave the arena behind
-            if ctl.load(A.PS_STOP) and not shm.exists(self.arena.name):
+            if self.arena.job.ps_stop and not shm.exists(self.arena.name):
                 return
             now = time.monotonic()
             if now - checked > 0.5:

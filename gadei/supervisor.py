@@ -1,5 +1,5 @@
 """The supervisor: owns the arena, starts the PS and the learners, replaces whoever dies,
-writes checkpoints, metrics and the summary, and removes the arena at the end.
+writes checkpoints, and removes the arena at the end.
 
 It never waits on a learner or the PS without a bound: it polls its children, and a child
 that stops beating past its lease is killed and replaced. Only the supervisor creates and
@@ -9,13 +9,12 @@ learner, so no process can still be writing there.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,19 @@ import algorithms
 from gadei import arena as A
 from gadei import checkpoint, proc, shm
 from gadei import ledger as L
-from gadei.job import JobConfig
-from gadei.server import empty_ledger
 from gadei import task as T
+from gadei.job import JobConfig, JobError
 
 
-class JobError(RuntimeError):
-    """The job cannot start or cannot go on; the message says why and what to do."""
+@dataclass
+class Outcome:
+    """How a job ended, for its summary: the version and weights it ended with (name -> array),
+    its ledger, and what the summary adds for this kind of job."""
+    version: int
+    weights: dict
+    ledger: L.Ledger
+    extra: dict = field(default_factory=dict)
+    rates: tuple[float, float] | None = None     # (updates/s, samples/s) where the meter's do not apply
 
 
 def lock_dir() -> Path:
@@ -57,7 +62,7 @@ def sweep_stale(log=print) -> list[str]:
                 shm.unlink(name)
                 removed.append(name)
             continue
-        owner = (a.ctl.load(A.OWNER_PID), a.ctl.load(A.OWNER_START))
+        owner = (a.job.owner_pid, a.job.owner_start)
         a.close()
         if owner[0] == 0 and young:
             continue
@@ -75,11 +80,12 @@ def discard_writing(arena: A.Arena, i: int) -> list[int]:
     """
     out = []
     for s in range(arena.layout.slots):
-        w = arena.ctl.load(arena.sw(i, s, A.S_CTRL))
+        h = arena.slot_header(i, s)
+        w = h.ctrl
         if A.ctrl_state(w) == A.WRITING:
             out.append(A.ctrl_seq(w))
-            arena.ctl.store(arena.sw(i, s, A.S_STEP), 0)   # its progress was never committed
-            arena.ctl.store(arena.sw(i, s, A.S_CTRL), A.ctrl(A.FREE, A.ctrl_seq(w)))
+            h.step = 0                       # its progress was never committed
+            h.ctrl = A.ctrl(A.FREE, A.ctrl_seq(w))
     return out
 
 
@@ -151,6 +157,7 @@ class Supervisor:
         self._lock = f
 
     def build(self) -> None:
+        """Build the model, create the arena and fill it: fresh, or from `cfg.resume`."""
         cfg = self.cfg
         torch.set_num_threads(1)
         task = T.build(cfg.task, cfg.task_options)
@@ -161,79 +168,72 @@ class Supervisor:
             raise JobError(f"task {cfg.task!r} built a model with no parameters")
         flat = torch.cat([p.detach().reshape(-1).float() for _, p in model.named_parameters()]).numpy()
         rule = algorithms.protocol(cfg.optimizer, **cfg.hyper).rule
-        state0 = rule.init_state(flat.size)
-        ledger = empty_ledger(cfg.learners)
-        version, learner_recs = 0, None
-        if cfg.resume:
-            ck = checkpoint.load(cfg.resume)
-            flat, state0, ledger, version, learner_recs = self._from_checkpoint(ck, params, state0)
+        state = rule.init_state(flat.size)
         layout = A.Layout(params=tuple(params),
-                          state=tuple((k, v.dtype.name, v.shape) for k, v in state0.items()),
+                          state=tuple((k, v.dtype.name, v.shape) for k, v in state.items()),
                           rule=rule.name, hyper=tuple(sorted(rule.hyper().items())),
                           learners=cfg.learners, slots=cfg.slots)
+        version, ledger = 0, L.Ledger({i: L.Record() for i in range(cfg.learners)})
+        if cfg.resume:
+            version, flat, state, ledger = self.resume_point(layout, state)
         sweep_stale(self.log)
         self.arena = a = A.Arena.create(cfg.job, layout, {"config": cfg.to_dict()})   # owned by us
         b = version % A.BUFFERS
         np.copyto(a.weights(b), flat)
-        for k, v in state0.items():
+        for k, v in state.items():
             np.copyto(a.state(b)[k], v)
-        a.write_ledger(b, ledger)
-        for i in range(cfg.learners):
-            if learner_recs:
-                rec = learner_recs[i]
-                a.ctl.store(a.lw(i, A.L_NEXT_SEQ), rec["next_seq"])
-                a.ctl.store(a.lw(i, A.L_STEP), rec["step"])
-                a.ctl.store(a.lw(i, A.L_EPOCH), rec["epoch"])
-                self.discarded[i] = list(rec["discarded"])
-                self.incarnations[i] = rec["incarnations"] + 1
-            a.ctl.store(a.lw(i, A.L_INCARNATION), self.incarnations[i] - 1)
-        a.ctl.store(A.PUB, version)
+        a.write_ledger(b, ledger.published())
+        for i, rec in enumerate(ledger.ordered()):
+            lw = a.learner(i)
+            lw.next_seq, lw.step, lw.data_epoch = rec.next_seq, rec.progress[0], rec.progress[1]
+            self.discarded[i] = list(rec.discarded)
+            self.incarnations[i] = rec.incarnations + (1 if cfg.resume else 0)
+            lw.incarnation = self.incarnations[i] - 1
+        a.job.published = version
         self.start_version = version
-        self.start_updates = ledger["updates"]
 
-    def _from_checkpoint(self, ck: dict, params, state0):
-        meta = ck["meta"]
+    def resume_point(self, layout: A.Layout, state: dict) -> tuple[int, np.ndarray, dict, L.Ledger]:
+        """(version, weights, optimizer state, cut ledger) of the checkpoint `cfg.resume`."""
         cfg = self.cfg
-        got = [(k, tuple(v.shape)) for k, v in ck["weights"].items()]
-        if got != params:
-            raise JobError(f"cannot resume from {cfg.resume}: its model ({len(got)} tensors) differs "
-                           f"from task {cfg.task!r}'s ({len(params)} tensors)")
-        if set(ck["state"]) != set(state0) or meta.get("optimizer") != cfg.optimizer:
-            raise JobError(f"cannot resume from {cfg.resume}: it was trained with optimizer "
-                           f"{meta.get('optimizer')!r}, not {cfg.optimizer!r}")
-        if meta.get("learners") != cfg.learners:
-            raise JobError(f"cannot resume from {cfg.resume}: it ran {meta.get('learners')} learners, "
-                           f"this job asks for {cfg.learners}")
-        flat = np.concatenate([v.reshape(-1) for v in ck["weights"].values()]).astype(np.float32)
-        return flat, ck["state"], meta["ledger"], meta["version"], meta["learner_records"]
+        ck = checkpoint.load_job(cfg.resume, task=cfg.task, params=layout.params, optimizer=cfg.optimizer,
+                                 learners=cfg.learners)
+        if set(ck["state"]) != set(state):
+            raise JobError(f"cannot resume from {cfg.resume}: its optimizer state ({', '.join(ck['state'])}) "
+                           f"is not {cfg.optimizer!r}'s")
+        return ck["version"], layout.flat(ck["weights"]), ck["state"], ck["ledger"]
 
     # ---- children ----------------------------------------------------------------------
     def _cmd(self, *args) -> list[str]:
         return [sys.executable, "-m", "gadei.role", *args]
 
     def start_ps(self) -> None:
-        self.arena.ctl.store(A.EPOCH, self.arena.ctl.load(A.EPOCH) + 1)
-        self.arena.ctl.store(A.PS_BEAT, A.now_ns())
-        self.arena.ctl.store(A.PS_PID, 0)
+        self.arena.job.ps_incarnation = self.arena.job.ps_incarnation + 1
+        self.arena.job.ps_beat = A.now_ns()
+        self.arena.job.ps_pid = 0
         self.ps = Child(self._cmd("ps", self.arena.name), self.out / "logs" / "ps.log", None,
                         first=self.restarts["ps"] == 0)
 
     def start_learner(self, i: int) -> None:
         a = self.arena
-        a.ctl.store(a.lw(i, A.L_BEAT), A.now_ns())
-        a.ctl.store(a.lw(i, A.L_PID), 0)
+        a.learner(i).beat = A.now_ns()
+        a.learner(i).pid = 0
         self.learners[i] = Child(self._cmd("learner", a.name, str(i)),
                                  self.out / "logs" / f"learner-{i}.log", i,
                                  first=self.incarnations[i] == 1)
 
+    def discard(self, i: int, died: bool = True) -> None:
+        """Learner i is reaped: its WRITING slots' numbers are discarded and the slots freed."""
+        for k in discard_writing(self.arena, i):
+            self.discarded[i].append(k)
+            if died:
+                self.log(f"gadei: learner {i} died while writing seq {k}: discarded")
+
     def reap_learner(self, i: int, child: Child, code: int) -> None:
         """Learner i is dead (reaped): discard its WRITING slots, restart it unless it was done."""
-        a, ctl = self.arena, self.arena.ctl
-        for k in discard_writing(a, i):
-            self.discarded[i].append(k)
-            self.log(f"gadei: learner {i} died while writing seq {k}: discarded")
+        a = self.arena
+        self.discard(i)
         del self.learners[i]
-        if ctl.load(a.lw(i, A.L_DONE)):
+        if a.learner(i).done:
             return
         if code not in (0, -signal.SIGKILL, -signal.SIGTERM) and not self._progressed(i, child):
             self.failures[i] = self.failures.get(i, 0) + 1
@@ -247,12 +247,12 @@ class Supervisor:
             raise JobError(f"learners were restarted {self.restarts['learners']} times; giving up")
         self.restarts["learners"] += 1
         self.incarnations[i] += 1
-        ctl.store(a.lw(i, A.L_INCARNATION), self.incarnations[i] - 1)
+        a.learner(i).incarnation = self.incarnations[i] - 1
         self.start_learner(i)
 
     def _progressed(self, i: int, child: Child) -> bool:
-        return time.monotonic() - child.started > 30 or self.arena.ctl.load(self.arena.lw(i, A.L_PID)) != 0 \
-            and self.arena.ctl.load(self.arena.lw(i, A.L_STEP)) > 0
+        return time.monotonic() - child.started > 30 or self.arena.learner(i).pid != 0 \
+            and self.arena.learner(i).step > 0
 
     def reap_ps(self, code: int) -> None:
         if self.restarts["ps"] >= self.cfg.max_restarts:
@@ -266,19 +266,20 @@ class Supervisor:
         self.log(f"gadei: the PS died (exit code {code}); a new PS resumes from the published state")
         self.start_ps()
 
-    def missed_lease(self, child: Child, pid_word: int, beat_word: int, now: int) -> bool:
+    def missed_lease(self, child: Child, words, now: int) -> bool:
         """A child is past its lease when it stopped beating; before it has started (written
-        its pid), when it has been starting for longer than `start_timeout`."""
-        ctl = self.arena.ctl
-        if ctl.load(pid_word) == 0:
+        its pid), when it has been starting for longer than `start_timeout`. `words`: its pid
+        and beat words, as (pid, beat)."""
+        pid, beat = words
+        if pid == 0:
             return time.monotonic() - child.started > self.cfg.start_timeout
-        return now - ctl.load(beat_word) > int(self.cfg.lease * 1e9)
+        return now - beat > int(self.cfg.lease * 1e9)
 
     def watch(self) -> None:
         """One round: reap the dead, replace those past their lease."""
         a, now = self.arena, A.now_ns()
         code = self.ps.popen.poll()
-        if code is None and self.missed_lease(self.ps, A.PS_PID, A.PS_BEAT, now):
+        if code is None and self.missed_lease(self.ps, (a.job.ps_pid, a.job.ps_beat), now):
             self.log(f"gadei: the PS (pid {self.ps.popen.pid}) missed its lease; replacing it")
             code = self.ps.kill()
         if code is not None:
@@ -286,7 +287,8 @@ class Supervisor:
             self.reap_ps(code)
         for i, child in list(self.learners.items()):
             code = child.popen.poll()
-            if code is None and self.missed_lease(child, a.lw(i, A.L_PID), a.lw(i, A.L_BEAT), now):
+            lw = a.learner(i)
+            if code is None and self.missed_lease(child, (lw.pid, lw.beat), now):
                 self.log(f"gadei: learner {i} (pid {child.popen.pid}) missed its lease; replacing it")
                 code = child.kill()
             if code is not None:
@@ -295,76 +297,49 @@ class Supervisor:
 
     # ---- state -------------------------------------------------------------------------
     def snapshot(self) -> tuple[int, np.ndarray, dict, dict]:
-        """A consistent copy of the published version: (version, weights, state, ledger)."""
+        """A consistent copy of the published version: (version, weights, state, the PS's
+        published ledger)."""
         a = self.arena
         w = np.empty(a.layout.n, np.float32)
         st = {k: np.empty(s, dt) for k, dt, s in a.layout.state}
-        v, ledger = a.pull(w, state=st, timeout=300)
-        return v, w, st, ledger
+        v, pub = a.pull(w, state=st, timeout=300)
+        return v, w, st, pub
 
-    def learner_records(self, ledger: dict, cut: bool) -> list[dict]:
-        """Per learner: where its sequence numbers continue, its progress, its discards.
+    def ledger(self, pub: dict) -> L.Ledger:
+        """The PS's published ledger joined with the supervisor's part."""
+        return L.Ledger.join(pub, self.discarded, self.incarnations,
+                             [self.arena.learner(i).next_seq for i in range(self.cfg.learners)])
 
-        At a checkpoint (`cut`), everything after the published state is dropped: gradients
-        committed but not yet applied live only in memory, so a job resumed from this file
-        continues each learner right after its last applied (or rejected) sequence number.
-        """
-        a, recs = self.arena, []
-        for i in range(self.cfg.learners):
-            amax = ledger["amax"][i]
-            if cut:
-                nxt = amax + 1
-                disc = [k for k in self.discarded[i] if k < nxt]
-                step, epoch = ledger["progress"][i][0], ledger["progress"][i][1]
-            else:
-                nxt = max(a.ctl.load(a.lw(i, A.L_NEXT_SEQ)), amax + 1)
-                disc = list(self.discarded[i])
-                step, epoch = a.ctl.load(a.lw(i, A.L_STEP)), a.ctl.load(a.lw(i, A.L_EPOCH))
-            recs.append({"next_seq": nxt, "discarded": sorted(disc), "step": step, "epoch": epoch,
-                         "incarnations": self.incarnations[i]})
-        return recs
-
-    def write_checkpoint(self, final: bool = False) -> int:
-        v, w, st, ledger = self.snapshot()
-        weights, off = {}, 0
-        for name, shape in self.arena.layout.params:
-            n = int(np.prod(shape, dtype=np.int64))
-            weights[name] = w[off:off + n].reshape(shape)
-            off += n
-        meta = {"config": self.cfg.to_dict(), "version": v, "ledger": ledger,
-                "learner_records": self.learner_records(ledger, cut=True),
-                "optimizer": self.cfg.optimizer, "learners": self.cfg.learners,
-                "task": self.cfg.task, "task_options": self.cfg.task_options,
-                "final": final, "time": time.time()}
-        checkpoint.save(self.out / "checkpoint", weights, st, meta)
+    def write_checkpoint(self, final: bool = False) -> tuple[int, dict, L.Ledger]:
+        """Checkpoint the published version; return (version, weights by name, ledger)."""
+        v, w, st, pub = self.snapshot()
+        weights, ledger = self.arena.layout.named(w), self.ledger(pub)
+        checkpoint.save_job(self.out / "checkpoint", self.cfg.to_dict(), weights, st, v, ledger, final)
         self.last_ckpt_version = v
-        return v
+        return v, weights, ledger
 
-    def summary_ledger(self, ledger: dict) -> dict:
-        out = {}
-        for i, rec in enumerate(self.learner_records(ledger, cut=False)):
-            out[str(i)] = {"committed": L.committed(rec["next_seq"], rec["discarded"]),
-                           "applied": ledger["applied"][i], "discarded": rec["discarded"],
-                           "rejected": ledger["rejected"][i], "incarnations": rec["incarnations"]}
-        return out
+    def conclude(self, final: bool, train_s: float) -> Outcome:
+        """The job's last checkpoint and what its summary reports."""
+        v, weights, ledger = self.write_checkpoint(final)
+        return Outcome(v, weights, ledger, {"restarts": self.restarts, "time_split": self.time_split(train_s)})
 
     def time_split(self, wall_s: float) -> dict:
-        """Where the time went: per learner compute, pull, push and wait; the PS's busy share.
+        """Where the time went: per learner compute, pull, push and wait; the PS's busy time.
 
         Counted by the processes themselves (a restarted learner's counters carry on)."""
         a = self.arena
-        get = lambda i, w: a.ctl.load(a.lw(i, w)) / 1e9  # noqa: E731
         learners = {}
         for i in range(self.cfg.learners):
-            pull, wait, push, step = (get(i, w) for w in (A.L_PULL_NS, A.L_WAIT_NS, A.L_PUSH_NS, A.L_STEP_NS))
+            lw = a.learner(i)
+            pull, wait, push, step = (x / 1e9 for x in (lw.pull_ns, lw.wait_ns, lw.push_ns, lw.step_ns))
             learners[str(i)] = {"compute_s": round(max(0.0, step - pull - wait - push), 3),
                                 "pull_s": round(pull, 3), "push_s": round(push, 3), "wait_s": round(wait, 3)}
-        busy = a.ctl.load(A.PS_BUSY_NS) / 1e9
+        busy = a.job.ps_busy_ns / 1e9
         return {"learners": learners, "ps": {"busy_s": round(busy, 3), "idle_s": round(max(0.0, wall_s - busy), 3)}}
 
     def drained(self) -> bool:
         a = self.arena
-        return all(A.ctrl_state(a.ctl.load(a.sw(i, s, A.S_CTRL))) == A.FREE
+        return all(A.ctrl_state(a.slot_header(i, s).ctrl) == A.FREE
                    for i in range(self.cfg.learners) for s in range(a.layout.slots))
 
     def finished(self) -> bool:
@@ -393,7 +368,7 @@ class Supervisor:
     def tick(self) -> bool:
         """The supervisor's own work in one round (a checkpoint when due); True when the job is done."""
         cfg, a = self.cfg, self.arena
-        if cfg.checkpoint_every and a.published() - max(self.last_ckpt_version, self.start_version) \
+        if cfg.checkpoint_every and a.job.published - max(self.last_ckpt_version, self.start_version) \
                 >= cfg.checkpoint_every:
             self.write_checkpoint()
         return self.finished()
@@ -406,18 +381,17 @@ class Supervisor:
         """
         a = self.arena
         if a is not None:
-            a.ctl.store(A.STOP, 1)
+            a.job.stop = 1
         for i, c in list(self.learners.items()):
             try:
                 c.popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 c.kill()
             if a is not None:
-                for k in discard_writing(a, i):
-                    self.discarded[i].append(k)
+                self.discard(i, died=False)
         self.learners.clear()
         if self.ps is not None and a is not None:
-            a.ctl.store(A.PS_STOP, 1)          # it applies what is READY, then waits for the unlink
+            a.job.ps_stop = 1                  # it applies what is READY, then waits for the unlink
             for attempt in range(2):           # a PS stuck (stopped, descheduled) is replaced once
                 deadline = time.monotonic() + (2 * grace if attempt else grace + 5)
                 while not self.drained() and self.ps.popen.poll() is None and time.monotonic() < deadline:
@@ -446,26 +420,3 @@ class Supervisor:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-
-@contextmanager
-def interruptible(*signals: int):
-    """Inside, each of `signals` raises KeyboardInterrupt, so that a job stops the one way it
-    does on Ctrl-C (children stopped, committed slots drained, checkpoint). Explicit even for
-    SIGINT: Python leaves it ignored in a job started ignoring it (`cmd &` in a script). The
-    previous handlers come back on the way out."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, interrupt) for s in signals}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)

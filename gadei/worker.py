@@ -43,7 +43,7 @@ class Worker:
     def __init__(self, arena: A.Arena, i: int, model: torch.nn.Module | None = None, *,
                  ps_timeout: float = 60.0, ident: tuple[int, int] | None = None,
                  direct: bool = False):
-        self.arena, self.i, self.ctl = arena, i, arena.ctl
+        self.arena, self.i = arena, i
         # direct: backward writes the gradients straight into a claimed slot (see zero_grad)
         self.direct = direct
         self._held: int | None = None    # the slot claimed for the gradient being computed
@@ -53,10 +53,10 @@ class Worker:
         self.ps_timeout = ps_timeout
         self.n = arena.layout.n
         self.learners = arena.layout.learners
-        self.incarnation = self.ctl.load(arena.lw(i, A.L_INCARNATION))
+        self.incarnation = arena.learner(i).incarnation
         self.next_seq = self.restart_seq()
         self.step = self.restart_step()
-        self.epoch = self.ctl.load(arena.lw(i, A.L_EPOCH))
+        self.data_epoch = arena.learner(i).data_epoch
         self.version = -1
         self.samples = 0            # samples in the current batch, set by the learner loop
         self.quota: int | None = None   # steps this learner runs in all (None: by epochs)
@@ -64,7 +64,7 @@ class Worker:
         self.flat = torch.zeros(self.n)
         if model is not None:
             self.bind(model)
-        self._owner = (self.ctl.load(A.OWNER_PID), self.ctl.load(A.OWNER_START))
+        self._owner = (self.arena.job.owner_pid, self.arena.job.owner_start)
         self._checked = 0.0
         self.update_context()
 
@@ -72,18 +72,18 @@ class Worker:
         """Where this incarnation's sequence numbers continue: past anything its slots, its
         record or the published ledger have seen."""
         a, i = self.arena, self.i
-        seen = [self.ctl.load(a.lw(i, A.L_NEXT_SEQ)) - 1]
-        seen += [A.ctrl_seq(self.ctl.load(a.sw(i, s, A.S_CTRL))) for s in range(a.layout.slots)]
+        seen = [a.learner(i).next_seq - 1]
+        seen += [A.ctrl_seq(a.slot_header(i, s).ctrl) for s in range(a.layout.slots)]
         seen.append(a.published_ledger()[1]["amax"][i])
         return max(seen) + 1
 
     def restart_step(self) -> int:
         """Steps completed: the learner's record, or a commit it made just before it died."""
         a, i = self.arena, self.i
-        steps = [self.ctl.load(a.lw(i, A.L_STEP))]
+        steps = [a.learner(i).step]
         for s in range(a.layout.slots):
-            if A.ctrl_state(self.ctl.load(a.sw(i, s, A.S_CTRL))) != A.WRITING:
-                steps.append(self.ctl.load(a.sw(i, s, A.S_STEP)))
+            if A.ctrl_state(a.slot_header(i, s).ctrl) != A.WRITING:
+                steps.append(a.slot_header(i, s).step)
         return max(steps)
 
     def bind(self, model: torch.nn.Module) -> None:
@@ -139,11 +139,11 @@ class Worker:
 
     # ---- liveness ------------------------------------------------------------------------
     def beat(self) -> None:
-        self.ctl.store(self.arena.lw(self.i, A.L_BEAT), A.now_ns())
+        self.arena.learner(self.i).beat = A.now_ns()
 
     def check(self) -> None:
         """Raise Stopped if the job is stopping or its owner is gone."""
-        if self.ctl.load(A.STOP):
+        if self.arena.job.stop:
             raise Stopped("the job is stopping")
         now = time.monotonic()
         if now - self._checked > 0.5:
@@ -156,7 +156,7 @@ class Worker:
         """Copy the latest consistent weights into the model; return their version."""
         t0 = time.perf_counter_ns()
         self.fetch(self._flat_np)
-        self.spent(A.L_PULL_NS, t0)
+        self.spent("pull_ns", t0)
         return self.version
 
     # ---- push ----------------------------------------------------------------------------
@@ -171,9 +171,9 @@ class Worker:
                 return got
             self.beat()
             self.check()
-            age = (A.now_ns() - self.ctl.load(A.PS_BEAT)) / 1e9
+            age = (A.now_ns() - self.arena.job.ps_beat) / 1e9
             if age > self.ps_timeout and time.monotonic() - since > self.ps_timeout:
-                raise PSGone(f"learner {self.i}: the parameter server (pid {self.ctl.load(A.PS_PID)}) "
+                raise PSGone(f"learner {self.i}: the parameter server (pid {self.arena.job.ps_pid}) "
                              f"has not {what} nor beaten for {age:.0f} s")
             sleep = min(0.002, sleep * 2 or 20e-6)
             time.sleep(sleep)
@@ -182,12 +182,12 @@ class Worker:
         """L1 + L2: wait for a FREE slot, mark it (WRITING, next_seq); return the slot."""
         a, i, k = self.arena, self.i, self.next_seq
         free = lambda: next((s + 1 for s in range(a.layout.slots)  # noqa: E731  (+1: slot 0 is true)
-                             if A.ctrl_state(self.ctl.load(a.sw(i, s, A.S_CTRL))) == A.FREE), None)
+                             if A.ctrl_state(a.slot_header(i, s).ctrl) == A.FREE), None)
         t0 = time.perf_counter_ns()
         s = self.wait_for_ps(free, "freed a slot") - 1
-        self.spent(A.L_WAIT_NS, t0)
-        self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.WRITING, k))
-        self.ctl.store(a.lw(i, A.L_NEXT_SEQ), k + 1)
+        self.spent("wait_ns", t0)
+        a.slot_header(i, s).ctrl = A.ctrl(A.WRITING, k)
+        a.learner(i).next_seq = k + 1
         return s
 
     def write(self, s: int, data: torch.Tensor | None = None) -> float:
@@ -206,16 +206,14 @@ class Worker:
         """L4: write the slot's meta, then mark it (READY, k): the learner's commit point."""
         a, i, k = self.arena, self.i, self.next_seq
         step = self.step + steps
-        for word, value in ((A.S_VERSION, max(self.version, 0)), (A.S_KIND, kind),
-                            (A.S_NORM, A.f64_bits(norm)), (A.S_STEP, step),
-                            (A.S_EPOCH, self.epoch), (A.S_SAMPLES, samples),
-                            (A.S_INCARNATION, self.incarnation)):
-            self.ctl.store(a.sw(i, s, word), value)
-        self.ctl.store(a.sw(i, s, A.S_CTRL), A.ctrl(A.READY, k))  # committed
+        h = a.slot_header(i, s)
+        h.version, h.kind, h.norm = max(self.version, 0), kind, A.f64_bits(norm)
+        h.step, h.data_epoch, h.samples = step, self.data_epoch, samples
+        h.ctrl = A.ctrl(A.READY, k)                      # committed
         faults.point("learner_committed", i, k)
         self.next_seq = k + 1
         self.step = step
-        self.ctl.store(a.lw(i, A.L_STEP), step)
+        a.learner(i).step = step
         self.update_context()
         return k
 
@@ -240,14 +238,15 @@ class Worker:
             self._held = self._grad = None
             for p in self.params:
                 p.grad = None
-        self.spent(A.L_PUSH_NS, t0)
+        self.spent("push_ns", t0)
         return k
 
-    def spent(self, word: int, since_ns: int) -> int:
-        """Add the time since `since_ns` to one of this learner's time counters; now."""
+    def spent(self, counter: str, since_ns: int) -> int:
+        """Add the time since `since_ns` to this learner's time counter `counter` (pull_ns,
+        wait_ns, push_ns, step_ns); now."""
         now = time.perf_counter_ns()
-        w = self.arena.lw(self.i, word)
-        self.ctl.store(w, self.ctl.load(w) + now - since_ns)
+        lw = self.arena.learner(self.i)
+        setattr(lw, counter, getattr(lw, counter) + now - since_ns)
         return now
 
     def push_gradient(self, samples: int = 0) -> int:
@@ -262,7 +261,7 @@ class Worker:
         """Copy the latest consistent weights into `out` (not into the model); their version,
         which the next push records as the version it was computed from (its staleness)."""
         self.version, _ = self.arena.pull(out)
-        self.ctl.store(self.arena.lw(self.i, A.L_PULLED), self.version)
+        self.arena.learner(self.i).pulled = self.version
         return self.version
 
     def gradient(self, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -285,13 +284,13 @@ class Worker:
         """
         a, i, ready = self.arena, self.i, A.ctrl(A.READY, k)
         t0 = time.perf_counter_ns()
-        self.wait_for_ps(lambda: all(self.ctl.load(a.sw(i, s, A.S_CTRL)) != ready
+        self.wait_for_ps(lambda: all(a.slot_header(i, s).ctrl != ready
                                      for s in range(a.layout.slots)), f"applied seq {k}")
-        self.spent(A.L_WAIT_NS, t0)
+        self.spent("wait_ns", t0)
 
     def report(self, loss: float, samples: int) -> None:
         """Publish progress for the supervisor's metrics (not part of the protocol)."""
         a, i = self.arena, self.i
-        self.ctl.store(a.lw(i, A.L_LOSS), A.f64_bits(loss))
-        self.ctl.store(a.lw(i, A.L_SAMPLES), self.ctl.load(a.lw(i, A.L_SAMPLES)) + samples)
+        a.learner(i).loss = A.f64_bits(loss)
+        a.learner(i).samples = a.learner(i).samples + samples
         self.beat()

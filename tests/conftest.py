@@ -24,7 +24,7 @@ def foreign(name: str) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     try:
-        owner, started = a.ctl.load(A.OWNER_PID), a.ctl.load(A.OWNER_START)
+        owner, started = a.job.owner_pid, a.job.owner_start
     finally:
         a.close()
     mine = {os.getpid()} | descendants(os.getpid())

@@ -40,8 +40,8 @@ def job_pids(job_prefix: str) -> tuple[int, list[int]] | None:
         except (FileNotFoundError, ValueError):
             continue
         try:
-            ps = a.ctl.load(A.PS_PID)
-            learners = [a.ctl.load(a.lw(i, A.L_PID)) for i in range(a.layout.learners)]
+            ps = a.job.ps_pid
+            learners = [a.learner(i).pid for i in range(a.layout.learners)]
             return ps, learners
         finally:
             a.close()

@@ -12,7 +12,7 @@ import pytest
 from gadei import arena as A
 from gadei import checkpoint, ledger as L, shm
 from gadei.atomic import AtomicWords
-from gadei.server import empty_ledger
+from gadei.ledger import published_empty
 from gadei.supervisor import sweep_stale
 
 pytestmark = pytest.mark.timeout(120)
@@ -26,7 +26,7 @@ def layout(n=16, learners=2, rule="sgd"):
 @pytest.fixture
 def arena():
     a = A.Arena.create("test-arena", layout(), {"config": {"x": 1}})
-    a.write_ledger(0, empty_ledger(2))
+    a.write_ledger(0, published_empty(2))
     yield a
     a.unlink()
     a.close()
@@ -119,11 +119,11 @@ def test_stale_arenas_of_dead_jobs_are_swept():
     stale = A.Arena.create("test-stale", layout(), {})
     live = A.Arena.create("test-live", layout(), {})
     try:
-        stale.ctl.store(A.OWNER_PID, int(dead))
+        stale.job.owner_pid = int(dead)
         from gadei import proc
         pid, started = proc.me()
-        live.ctl.store(A.OWNER_PID, pid)
-        live.ctl.store(A.OWNER_START, started)
+        live.job.owner_pid = pid
+        live.job.owner_start = started
         removed = sweep_stale(log=lambda m: None)
         assert stale.name in removed and live.name not in removed
         assert shm.segments("test-live") == [live.name] and shm.segments("test-stale") == []

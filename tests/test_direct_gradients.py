@@ -7,7 +7,8 @@ import torch
 
 import algorithms
 from gadei import arena as A
-from gadei.server import Server, empty_ledger
+from gadei.ledger import published_empty
+from gadei.server import Server
 from gadei.supervisor import discard_writing
 from gadei.worker import Worker
 
@@ -31,7 +32,7 @@ def setup():
     layout = A.Layout(params=tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
                       state=(), rule="sgd", hyper=(("lr", 0.1),), learners=1, slots=2)
     arena = A.Arena.create("test-direct", layout, {"config": {}})
-    arena.write_ledger(0, empty_ledger(1))
+    arena.write_ledger(0, published_empty(1))
     reference = Net()
     reference.load_state_dict(model.state_dict())
     worker = Worker(arena, 0, model, direct=True)
@@ -53,7 +54,7 @@ def test_gradient_is_computed_in_the_slot_and_applied_once(setup):
         worker.pull()
         worker.zero_grad()                                   # L1 + L2 here
         s = worker._held
-        assert A.ctrl_state(arena.ctl.load(arena.sw(0, s, A.S_CTRL))) == A.WRITING
+        assert A.ctrl_state(arena.slot_header(0, s).ctrl) == A.WRITING
         slot = arena.slot(0, s)
         assert model.emb.weight.grad.data_ptr() == torch.from_numpy(slot).data_ptr()
         assert model.lin.weight.grad.data_ptr() == model.emb.weight.grad.data_ptr() + 4 * 15
@@ -64,7 +65,7 @@ def test_gradient_is_computed_in_the_slot_and_applied_once(setup):
         reference.zero_grad()
         reference(x).backward()
         np.testing.assert_allclose(slot, flat_grad(reference).numpy(), rtol=1e-5, atol=1e-7)
-        assert A.ctrl(A.READY, k) == arena.ctl.load(arena.sw(0, s, A.S_CTRL))
+        assert A.ctrl(A.READY, k) == arena.slot_header(0, s).ctrl
         assert ps.step() and not ps.step()                   # applied exactly once
         with torch.no_grad():
             for p in reference.parameters():

@@ -11,7 +11,8 @@ import algorithms
 from algorithms.schedules import schedule
 from gadei import arena as A
 from gadei.job import JobConfig
-from gadei.server import Server, empty_ledger
+from gadei.ledger import published_empty
+from gadei.server import Server
 from gadei.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,7 +44,7 @@ def test_ps_applies_the_scheduled_lr_and_a_new_ps_continues_it():
     layout = A.Layout(params=(("w", (n,)),), state=(), rule="sgd", hyper=(("lr", 0.5),), learners=1, slots=2)
     arena = A.Arena.create("test-sched", layout, {"config": {}})
     try:
-        arena.write_ledger(0, empty_ledger(1))
+        arena.write_ledger(0, published_empty(1))
         lr_at = schedule("cosine", 0.5, total)
         worker = Worker(arena, 0)
         expected = 0.0

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gadei import mpi_wire as W
+from gadei.mpi import wire as W
 from gadei import checkpoint, shm
 from gadei.probe import audit
 from tests.helpers import kill, summary, wait_for_job
@@ -119,8 +119,8 @@ def test_killed_rank_ends_job_then_resume_is_exactly_once(tmp_path, ranks_per_no
 def sync_msg(**over):
     msg = {"op": "sync", "node": 1, "round": 0, "n": 4, "final": False, "kind": "delta",
            "ledger": {"3": {"applied": [[0, 4]], "rejected": [], "amax": 4, "progress": [5, 0, 5],
-                            "discarded": [], "incarnations": 1, "next_seq": 5, "lost": False}},
-           "stats": {"updates": 5, "rejects": 0, "stale_sum": 0, "stale_max": 0, "samples": 5,
+                            "dropped": 0, "discarded": [], "next_seq": 5, "incarnations": 1}},
+           "stats": {"updates": 5, "rejects": 0, "stale_sum": 0, "stale_max": 0,
                      "ps_restarts": 0, "lost": 0, "version": 5}}
     msg.update(over)
     return msg

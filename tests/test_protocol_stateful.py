@@ -21,7 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import algorithms
 from gadei import arena as A
 from gadei import ledger as L
-from gadei.server import Server, empty_ledger
+from gadei.ledger import published_empty
+from gadei.server import Server
 from gadei.supervisor import discard_writing
 from gadei.worker import Worker
 from gadei.probe import gradient
@@ -35,7 +36,7 @@ def make_arena(learners=LEARNERS, slots=2) -> A.Arena:
     layout = A.Layout(params=(("w", (SIZE,)),), state=(), rule="sgd", hyper=(("lr", 1.0),),
                       learners=learners, slots=slots)
     a = A.Arena.create("test-sm", layout, {"config": {}})
-    a.write_ledger(0, empty_ledger(learners))
+    a.write_ledger(0, published_empty(learners))
     return a
 
 
@@ -63,7 +64,7 @@ class ProtocolMachine(RuleBasedStateMachine):
 
     # ---- learners -------------------------------------------------------------------
     def free_slot(self, i):
-        return any(A.ctrl_state(self.arena.ctl.load(self.arena.sw(i, s, A.S_CTRL))) == A.FREE
+        return any(A.ctrl_state(self.arena.slot_header(i, s).ctrl) == A.FREE
                    for s in range(self.arena.layout.slots))
 
     @rule(i=st.integers(0, LEARNERS - 1))
@@ -96,7 +97,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert k not in self.committed[i]
             self.discarded[i].add(k)
         self.arena.ctl.store(self.arena.lw(i, A.L_INCARNATION),
-                             self.arena.ctl.load(self.arena.lw(i, A.L_INCARNATION)) + 1)
+                             self.arena.learner(i).incarnation + 1)
         self.workers[i] = Worker(self.arena, i)
         used = self.committed[i] | self.discarded[i]
         assert self.workers[i].next_seq > max(used, default=-1), "a restart reuses a sequence number"
@@ -106,7 +107,7 @@ class ProtocolMachine(RuleBasedStateMachine):
     def learner_pull(self, i):
         out = np.empty(SIZE, np.float32)
         v, _ = self.arena.pull(out)
-        assert v == self.arena.published() or self.ps_phase != "idle"
+        assert v == self.arena.job.published or self.ps_phase != "idle"
         np.testing.assert_array_equal(out, self.arena.weights(v % A.BUFFERS))
 
     # ---- the PS ---------------------------------------------------------------------
@@ -138,7 +139,7 @@ class ProtocolMachine(RuleBasedStateMachine):
 
     # ---- what must hold -------------------------------------------------------------
     def published_ledger(self):
-        return self.arena.read_ledger(self.arena.published() % A.BUFFERS)
+        return self.arena.read_ledger(self.arena.job.published % A.BUFFERS)
 
     @invariant()
     def exactly_once_so_far(self):
@@ -153,7 +154,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert not set(applied) & self.discarded[i]
             for k in applied:
                 want -= gradient(i, k, SIZE)
-        v = self.arena.published()
+        v = self.arena.job.published
         np.testing.assert_array_equal(self.arena.weights(v % A.BUFFERS), want)
 
     @invariant()
@@ -164,7 +165,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             return
         ctl, a = self.arena.ctl, self.arena
         for i in range(LEARNERS):
-            states = [A.ctrl_state(ctl.load(a.sw(i, s, A.S_CTRL))) for s in range(a.layout.slots)]
+            states = [A.ctrl_state(a.slot_header(i, s).ctrl) for s in range(a.layout.slots)]
             if self.phase[i] == "idle" and A.FREE not in states:
                 assert A.READY in states, f"learner {i} waits on slots nobody will free: {states}"
 

@@ -83,7 +83,8 @@ def test_job_names_cannot_escape_dev_shm(bad):
 
 def test_the_job_lock_refuses_a_second_holder_until_the_first_goes(tmp_path, monkeypatch):
     from gadei.job import JobConfig
-    from gadei.supervisor import JobError, Supervisor
+    from gadei.job import JobError
+    from gadei.supervisor import Supervisor
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     cfg = JobConfig(out=str(tmp_path / "a"), job="sec-dup", learners=1, steps=1)
     first = Supervisor(cfg)

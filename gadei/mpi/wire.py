@@ -12,6 +12,8 @@ import time
 
 import msgpack
 
+from gadei import ledger as L
+
 CTRL_MAX = 1 << 20          # bytes; a control message carries at most a node's ledger
 
 # tags: leader -> global PS, global PS -> leader, node leader -> its learners
@@ -42,11 +44,10 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "stop": {"op": "str", "reason": "str"},
 }
 
-# one learner's entry in a sync's "ledger" (keys: global learner ids as decimal strings)
-LEDGER_ENTRY = {"applied": "list", "rejected": "list", "amax": "int", "progress": "list",
-                "discarded": "list", "incarnations": "int", "next_seq": "int", "lost": "bool"}
-STATS = {"updates": "int", "rejects": "int", "stale_sum": "int", "stale_max": "int",
-         "samples": "int", "ps_restarts": "int", "lost": "int", "version": "int"}
+# one learner's record in a sync's "ledger" (keys: global learner ids as decimal strings), and
+# the node's totals with its PS restarts, lost learners and version (gadei/ledger.py)
+LEDGER_ENTRY = L.WIRE_RECORD
+STATS = {**{k: "int" for k in L.TOTALS}, "ps_restarts": "int", "lost": "int", "version": "int"}
 
 
 def _reject_ext(code, data):

@@ -1,0 +1,51 @@
+"""Evaluating weights with a job's task: at the end of a job, in `gadei eval`, in a tool."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gadei import task as T
+from gadei.job import JobConfig
+
+
+class Evaluator:
+    """The task and a model built once; `evaluator(weights)` evaluates those weights."""
+
+    def __init__(self, cfg: JobConfig):
+        torch.set_num_threads(1)
+        self.task = T.build(cfg.task, cfg.task_options)
+        torch.manual_seed(cfg.seed)
+        self.model = self.task.build_model()
+
+    def load(self, weights: dict) -> torch.nn.Module:
+        """Copy `weights` (name -> array) into the model; return it."""
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                p.copy_(torch.from_numpy(np.asarray(weights[name])).reshape(p.shape))
+        return self.model
+
+    def __call__(self, weights: dict, split: str | None = None) -> dict:
+        model = self.load(weights)
+        model.eval()
+        try:
+            with torch.no_grad():
+                return self.task.evaluate(model, split or getattr(self.task, "eval_split", "valid"))
+        finally:
+            model.train()
+
+
+def job_of(path, data_dir: str | None = None, **task_options) -> tuple[JobConfig, dict]:
+    """(the configuration, the weights) of a checkpoint, its task options updated."""
+    from gadei import checkpoint
+    ck = checkpoint.load(path)
+    cfg = JobConfig(**{**ck["meta"]["config"], "resume": None, "out": str(path)})
+    cfg.task_options = T.with_data_dir(cfg.task, data_dir, {**cfg.task_options, **task_options})
+    return cfg, ck["weights"]
+
+
+def load_model(path, data_dir: str | None = None):
+    """(task, model) of a checkpoint: its task rebuilt with its options (`data_dir` replacing
+    the one it was trained with), its model holding the checkpoint's weights, in eval mode."""
+    cfg, weights = job_of(path, data_dir)
+    ev = Evaluator(cfg)
+    return ev.task, ev.load(weights).eval()

@@ -31,7 +31,7 @@ class JobConfig:
     keywords are generated from these fields (gadei/cli.py, gadei/train.py)."""
     task: str = option("probe", "a registered task (`gadei tasks`) or package.module:Class")
     task_options: dict = option({}, "the task's options", cli=False)
-    optimizer: str = option("sgd", "the update rule or learner protocol", choices=algorithms.names())
+    optimizer: str = option("sgd", f"the update rule or learner protocol: {', '.join(algorithms.names())}")
     hyper: dict = option({}, "the optimizer's hyper-parameters", cli=False)
     lr_schedule: str = option("constant", "the PS's learning rate by update count, decayed over --steps "
                               "(ASGD and SYNC rules)", choices=["constant", "cosine", "linear"])
@@ -126,6 +126,8 @@ def split_options(task: str, optimizer: str, pairs: dict[str, str]) -> tuple[dic
             hyper[key] = T.coerce(value, hyper_params[key], f"--{key.replace('_', '-')}")
         elif key in task_params:
             opts[key] = T.coerce(value, task_params[key], f"--{key.replace('_', '-')}")
+        elif key == "data_dir":
+            raise ValueError(f"task {task!r} reads no data; drop --data-dir")
         else:
             raise ValueError(f"unknown option --{key.replace('_', '-')}: optimizer {optimizer!r} takes "
                              f"{', '.join(hyper_params) or 'nothing'}; task {task!r} takes "

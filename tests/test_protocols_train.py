@@ -41,7 +41,7 @@ def test_protocol_reduces_the_loss(tmp_path, optimizer, hyper):
 def test_bad_hyper_parameters_fail_before_any_process_starts(tmp_path):
     with pytest.raises(ValueError, match="tau"):
         gadei.train("tests.tasks:Blobs", optimizer="easgd", tau=0, out=tmp_path)
-    with pytest.raises(ValueError, match="no hyper-parameter momentum"):
+    with pytest.raises(ValueError, match="unknown option momentum"):
         gadei.train("tests.tasks:Blobs", optimizer="adam", momentum=0.9, out=tmp_path)
     with pytest.raises(ValueError, match="unknown optimizer"):
         gadei.train("tests.tasks:Blobs", optimizer="lbfgs", out=tmp_path)

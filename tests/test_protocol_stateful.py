@@ -163,7 +163,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         waits for a slot waits only on READY slots, which the PS will free."""
         if not hasattr(self, "arena"):
             return
-        ctl, a = self.arena.ctl, self.arena
+        a = self.arena
         for i in range(LEARNERS):
             states = [A.ctrl_state(a.slot_header(i, s).ctrl) for s in range(a.layout.slots)]
             if self.phase[i] == "idle" and A.FREE not in states:

@@ -173,7 +173,7 @@ def test_the_scanner_catches_what_it_should(tmp_path):
 
 
 def test_no_load_path_unpickles():
-    """No pickle anywhere data is read: checkpoints, caches, datasets, weights (DESIGN.md 7)."""
+    """No pickle anywhere data is read: checkpoints, caches, datasets, weights (docs/reliability.md)."""
     files = [p for d in ("gadei", "algorithms", "qa_tasks", "bench") for p in sorted((ROOT / d).rglob("*.py"))]
     assert len(files) > 20
     bad = [b for p in files for b in _unsafe_loads(p)]

@@ -48,8 +48,8 @@ def worker(cfg: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from qa_tasks import listops
-    from qa_tasks.fourier import ModelConfig, build
+    from qa_tasks.listops import dataset as listops
+    from qa_tasks.listops.fourier import ModelConfig, build
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)

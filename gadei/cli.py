@@ -3,7 +3,6 @@
     gadei train --task T --optimizer O --learners N [--steps S | --epochs E] [--out DIR] ...
     gadei eval --task T --checkpoint DIR [--split S]
     gadei inspect [JOB] [--json]
-    gadei attention --checkpoint DIR [--sentence S ...] [--out PNG]
     gadei clean
 
 Options a command does not know (`--lr 0.1`, `--filters 100`) go to the optimizer if it takes
@@ -117,27 +116,6 @@ def cmd_eval(args, extra) -> int:
     return 0
 
 
-def cmd_attention(args, extra) -> int:
-    """Render the self-attention of a trained nlc model over a few sentences as a PNG."""
-    from gadei import checkpoint
-    from gadei.job import JobConfig
-    from gadei.train import Evaluator
-    from qa_tasks.attention_plot import render_attention
-    ck = checkpoint.load(args.checkpoint)
-    cfg = JobConfig(**{**ck["meta"]["config"], "resume": None, "out": str(args.checkpoint)})
-    cfg.task_options = _task_data(cfg.task, args.data_dir, dict(cfg.task_options))
-    ev = Evaluator(cfg)
-    model = ev.load(ck["weights"]).eval()
-    if not hasattr(model, "forward_with_attention"):
-        raise ValueError(f"the checkpoint's model ({cfg.task}, {type(model).__name__}) has no "
-                         "self-attention: train --task nlc --model selfattn")
-    sentences = args.sentence or ["how do i check my account balance", "set an alarm for seven tomorrow",
-                                  "what is the weather like in paris", "please transfer money to my savings"]
-    render_attention(ev.task, model, sentences, args.out)
-    print(f"attention of {len(sentences)} sentences written to {args.out}")
-    return 0
-
-
 def cmd_clean(args, extra) -> int:
     from gadei.supervisor import sweep_stale
     removed = sweep_stale(log=lambda m: None)
@@ -195,12 +173,6 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--split")
     e.set_defaults(fn=cmd_eval)
-    at = sub.add_parser("attention", help="draw an nlc model's self-attention over sentences (PNG)")
-    at.add_argument("--checkpoint", required=True)
-    at.add_argument("--out", default="attention.png")
-    at.add_argument("--sentence", action="append", help="a sentence to show (repeatable)")
-    at.add_argument("--data-dir")
-    at.set_defaults(fn=cmd_attention)
     c = sub.add_parser("clean", help="remove shared-memory segments of dead jobs")
     c.set_defaults(fn=cmd_clean)
     i = sub.add_parser("inspect", help="show running jobs: learners, slots, versions, ledger")

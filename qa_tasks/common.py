@@ -9,6 +9,8 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+from gadei.task import option
+
 # What a damaged, truncated or wrongly encoded file raises from deep inside gzip, zlib, tarfile,
 # wave, json or a codec (wave's seek past a lying chunk size is a bare RuntimeError; a nesting
 # bomb is a RecursionError); `reading` turns each into a ValueError that names the file.
@@ -42,6 +44,17 @@ def use_real_data(data: str, data_dir) -> bool:
     if data == "auto":
         return data_root(data_dir) is not None
     return data == "real"
+
+
+def data_option(folder: str):
+    """The `data` option of a task that reads `<data root>/<folder>/`."""
+    return option("auto", f'"real" ({folder}/ under data_dir or $GADEI_DATA), "generated" (small, '
+                          'built in, no files) or "auto" (real when a data directory is configured)')
+
+
+def data_dir_option():
+    """The `data_dir` option: where the datasets are."""
+    return option(None, "the folder holding the datasets (default: $GADEI_DATA)")
 
 
 def cache_dir(*parts: str) -> Path:

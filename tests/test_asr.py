@@ -11,9 +11,9 @@ import pytest
 import scipy.signal
 import torch
 
-from qa_tasks import fsdd
-from qa_tasks.asr import ASR, error_rates
-from qa_tasks.ctc_skip import CTCSkipEncoder, InterHead
+from qa_tasks.speech import fsdd
+from qa_tasks.speech.asr import ASR, error_rates
+from qa_tasks.speech.ctc_skip import CTCSkipEncoder, InterHead
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, atol: float = 1e-5):
     """One checked comparison that names what it compares and by how much it is off."""

@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qa_tasks import listops
-from qa_tasks.fourier import (ModelConfig, build, dct, dct_shorten, idct, inherit,
+from qa_tasks.listops import dataset as listops
+from qa_tasks.listops.fourier import (ModelConfig, build, dct, dct_shorten, idct, inherit,
                               shorten_padded, shortened_length)
-from qa_tasks.lra import LRA, load_weights
+from qa_tasks.listops.lra import LRA, load_weights
 from qa_tasks.plain import save_weights
 
 

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from qa_tasks import insuranceqa
-from qa_tasks.insuranceqa import DataFormatError, Ragged, Split, pool_file
-from qa_tasks.qa import QA, candidates, cosine, generated_corpus, gesd, pool_metrics, ranking_loss, top1_correct
+from qa_tasks.answer_selection import insuranceqa
+from qa_tasks.answer_selection.insuranceqa import DataFormatError, Ragged, Split, pool_file
+from qa_tasks.answer_selection.insuranceqa import generated_corpus
+from qa_tasks.answer_selection.model import cosine, gesd, ranking_loss
+from qa_tasks.answer_selection.pools import candidates, pool_metrics, top1_correct
+from qa_tasks.answer_selection.qa import QA
 from tests.helpers import plain_train
 
 # -- fixtures in the published formats ------------------------------------------------------------

@@ -10,10 +10,14 @@ import pytest
 import torch
 
 from gadei import task as T
-from qa_tasks import qc as qc_mod
-from qa_tasks.nlc import NLC, SelfAttentiveClassifier, attention_penalty, oos_metrics, read_clinc
-from qa_tasks.qc import QC, read_trec
-from qa_tasks.text import UNK_ID, KimCNN, Vocab, pad_batch, shard_batches, tokenize
+from qa_tasks.text_classification import qc as qc_mod
+from qa_tasks.text_classification.clinc import read_clinc
+from qa_tasks.text_classification.nlc import NLC, oos_metrics
+from qa_tasks.text_classification.self_attentive import SelfAttentiveClassifier, attention_penalty
+from qa_tasks.text_classification.qc import QC
+from qa_tasks.text_classification.trec import read_trec
+from qa_tasks.text_classification.kim_cnn import KimCNN
+from qa_tasks.text_classification.text import UNK_ID, Vocab, pad_batch, shard_batches, tokenize
 from tests.helpers import plain_train
 
 # -- fixtures in the real formats ---------------------------------------------------------------
@@ -344,7 +348,7 @@ def test_nlc_word_dropout_turns_words_into_unk_while_training():
 
 @pytest.mark.timeout(60)
 def test_render_attention_writes_png(tmp_path):
-    from qa_tasks.attention_plot import attention_weights, render_attention
+    from qa_tasks.text_classification.attention import attention_weights, render_attention
     task = NLC(data="generated", embed_dim=16, hidden=8, attention_dim=8, hops=2, mlp_hidden=16)
     torch.manual_seed(0)
     model = task.build_model()

@@ -1,4 +1,5 @@
-"""The qa task: options, batches, evaluation on a release fixture, learning in one process and through the parameter server."""
+"""The qa task: options, batches, evaluation on a release fixture, learning in one process and
+through the parameter server."""
 from __future__ import annotations
 
 import os

@@ -1,6 +1,6 @@
 """Training speed and peak memory of the Transformer and the Fourier Transformer vs sequence length.
 
-For each (model, length) a fresh subprocess builds the model (qa_tasks/fourier.py, the `lra`
+For each (model, length) a fresh subprocess builds the model (qa_tasks/listops/fourier.py, the `lra`
 task's classifier) and a batch of random ListOps token ids of exactly that length, runs warm-up
 steps, then times `--steps` training steps (forward, backward, Adam step). Memory is the
 process's peak resident set size (getrusage ru_maxrss), taken once before the first step

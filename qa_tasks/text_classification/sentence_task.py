@@ -12,11 +12,10 @@ from .text import Vocab, pad_batch, shard_batches, tokenize
 class SentenceTask:
     """The parts of a sentence-classification task that qc and nlc share.
 
-    A subclass sets `self.batch` (sentences per batch) and `self.min_count` (vocabulary cut-off)
-    in its constructor and implements
-    `_load() -> ({split: (texts, label names)}, label_names)`, the splits including "train" and
-    label_names fixing the class ids (index = id). The data is loaded, tokenized and encoded on first use, once per
-    process; the vocabulary comes from the training split alone.
+    A subclass has the options `batch` (sentences per batch) and `min_count` (vocabulary cut-off)
+    and implements `_load() -> ({split: (texts, label names)}, label_names)`, the splits including
+    "train" and label_names fixing the class ids (index = id). The data is loaded, tokenized and
+    encoded on first use, once per process; the vocabulary comes from the training split alone.
 
     Batches are dicts of tensors: "tokens" (B, T) int64 ids, "lengths" (B,), "labels" (B,).
     """

@@ -9,6 +9,8 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from gadei.task import option
 
 # What a damaged, truncated or wrongly encoded file raises from deep inside gzip, zlib, tarfile,
@@ -92,6 +94,20 @@ def reading(path, what: str):
         if type(e).__module__ != "builtins":
             kind = f"{type(e).__module__}.{kind}"
         raise ValueError(f"{path}: not {what} ({kind}: {e}); replace it with an intact copy") from e
+
+
+def check_learner(learner: int, learners: int) -> None:
+    """A clear error unless 0 <= learner < learners."""
+    if learners < 1 or not 0 <= learner < learners:
+        raise ValueError(f"learner must be in 0..{learners - 1}, not {learner} (of {learners} learners)")
+
+
+def shard(n: int, learner: int, learners: int, rng: np.random.Generator) -> np.ndarray:
+    """Learner `learner`'s share of `n` examples, shuffled by `rng`: the indices learner,
+    learner + learners, ... (disjoint shards that cover everything, whatever the seeds)."""
+    check_learner(learner, learners)
+    own = np.arange(learner, n, learners)
+    return own[rng.permutation(len(own))]
 
 
 def checked_options(widths: str, fractions: dict[str, float] | None = None,

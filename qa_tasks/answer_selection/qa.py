@@ -29,7 +29,7 @@ from torch import nn
 
 from gadei.task import option
 
-from ..common import checked_options, data_dir_option, data_option, use_real_data
+from ..common import checked_options, data_dir_option, data_option, shard, use_real_data
 from . import insuranceqa, word2vec
 from .insuranceqa import PAD, Split, generated_corpus
 from .model import SIMILARITIES, AnswerSelector, Tower, ranking_loss
@@ -149,16 +149,13 @@ class QA:
         Learner i of n takes every n-th pair (disjoint shards, whatever seeds the learners get),
         shuffled by (seed, learner); negatives are drawn by the same generator.
         """
-        if not 0 <= learner < learners:
-            raise ValueError(f"learner must be in 0..{learners - 1}, not {learner}")
         rng = np.random.default_rng([seed, learner])
-        shard = self._pairs[learner::learners]
-        shard = shard[rng.permutation(len(shard))]
+        pairs = self._pairs[shard(len(self._pairs), learner, learners, rng)]
         truth = self.corpus.splits["train"].truth
         n_answers = len(self.corpus.answers)
         k, j = min(self.negatives, n_answers), self.pool_negatives
-        for start in range(0, len(shard), self.batch):
-            q_rows, a_rows = shard[start:start + self.batch].T
+        for start in range(0, len(pairs), self.batch):
+            q_rows, a_rows = pairs[start:start + self.batch].T
             neg_rows = rng.choice(n_answers, k, replace=False)
             neg_ok = np.stack([~np.isin(neg_rows, truth.row(q)) for q in q_rows])   # (B, K)
             # j more per question from its own SOLR pool (a question without pooled negatives

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from gadei.task import option
 
 from .. import plain
-from ..common import cache_dir, data_dir_option, dataset_dir, use_real_data
+from ..common import cache_dir, check_learner, data_dir_option, dataset_dir, shard, use_real_data
 from . import dataset as listops
 from .fourier import ModelConfig, TransformerClassifier, build
 
@@ -153,12 +153,10 @@ class LRA:
         BUCKET_WINDOW batches, each window sorted by length and cut into batches, and the batches
         are shuffled. At LRA's lengths (500-2,000) a batch of random lengths pads every example
         to ~1,900 tokens, and attention costs T^2."""
-        if not 0 <= learner < learners:
-            raise ValueError(f"learner {learner} out of range for {learners} learners")
+        check_learner(learner, learners)
         seqs, labels = self._load("train")
         rng = np.random.default_rng(seed)
-        shard = np.arange(learner, len(seqs), learners)
-        order = shard[rng.permutation(len(shard))]
+        order = shard(len(seqs), learner, learners, rng)
         batches = []
         for w in range(0, len(order), BUCKET_WINDOW * self.batch):
             window = order[w: w + BUCKET_WINDOW * self.batch]

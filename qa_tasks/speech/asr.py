@@ -37,7 +37,7 @@ import torch
 
 from gadei.task import option
 
-from ..common import data_dir_option, data_root, data_option, use_real_data
+from ..common import check_learner, data_dir_option, data_root, data_option, use_real_data
 from . import fsdd
 from .ctc_skip import CTCSkipEncoder, ctc_losses, greedy
 
@@ -154,8 +154,7 @@ class ASR:
     def batches(self, learner: int, learners: int, seed: int):
         """One epoch of this learner's shard: its train recordings (every learners-th, so shards are
         disjoint whatever the seeds) joined into fresh utterances by `seed`, shuffled, batched."""
-        if not 0 <= learner < learners:
-            raise ValueError(f"learner must be in 0..{learners - 1}, got {learner}")
+        check_learner(learner, learners)
         shard = fsdd.select(self.recordings, "train")[learner::learners]
         utts = fsdd.join(shard, [self.seed, seed, learner], self.max_digits, noise=self.noise)
         order = np.random.default_rng([seed, learner]).permutation(len(utts))

@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..common import shard
+
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
@@ -86,13 +88,10 @@ def shard_batches(n: int, learner: int, learners: int, seed: int, batch_size: in
     Example i belongs to learner i % learners (disjoint shards covering everything); the shard is
     shuffled by `seed` and cut into batches of `batch_size` (the last may be smaller).
     """
-    if learners < 1 or not 0 <= learner < learners:
-        raise ValueError(f"learner must be in [0, learners), got learner={learner}, learners={learners}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    shard = np.arange(learner, n, learners)
-    shard = shard[np.random.default_rng(seed).permutation(len(shard))]
-    return [shard[i:i + batch_size] for i in range(0, len(shard), batch_size)]
+    own = shard(n, learner, learners, np.random.default_rng(seed))
+    return [own[i:i + batch_size] for i in range(0, len(own), batch_size)]
 
 
 def accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:

@@ -82,6 +82,17 @@ def replacing(path: str | os.PathLike):
 
 
 @contextmanager
+def evaluating(model):
+    """Run the block with `model` in eval mode (dropout off); the mode it had is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def reading(path, what: str):
     """Read `path` inside this block: a file that is damaged or not `what` becomes a ValueError
     naming the file, what was wrong and what to do. A missing file stays a FileNotFoundError."""

@@ -29,7 +29,7 @@ from torch import nn
 
 from gadei.task import option
 
-from ..common import checked_options, data_dir_option, data_option, shard, use_real_data
+from ..common import checked_options, data_dir_option, data_option, evaluating, shard, use_real_data
 from . import insuranceqa, word2vec
 from .insuranceqa import PAD, Split, generated_corpus
 from .model import SIMILARITIES, AnswerSelector, Tower, ranking_loss
@@ -206,9 +206,7 @@ class QA:
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """top-1 over the pools of `split` (first `eval_questions`), model and BoW baseline."""
         data, n = self._split(split)
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             cands, _, _ = candidates(data, n)
             # encode each answer the pools hold once, then score pools by lookup
             needed = np.unique(cands[cands >= 0])
@@ -224,8 +222,6 @@ class QA:
                     return model.score(q_vecs[torch.from_numpy(q_rows)][:, None, :], a).numpy()
 
             metrics = pool_metrics(model_scores, data, n)
-        finally:
-            model.train(was_training)
         metrics.update(self.bow_metrics(split))
         metrics["questions"] = float(n)
         return metrics

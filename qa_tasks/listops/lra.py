@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from gadei.task import option
 
 from .. import plain
-from ..common import cache_dir, check_learner, data_dir_option, dataset_dir, shard, use_real_data
+from ..common import cache_dir, check_learner, evaluating, data_dir_option, dataset_dir, shard, use_real_data
 from . import dataset as listops
 from .fourier import ModelConfig, TransformerClassifier, build
 
@@ -183,17 +183,15 @@ class LRA:
     @torch.no_grad()
     def evaluate(self, model, split: str) -> dict[str, float]:
         seqs, labels = self._load(split)
-        was_training = model.training
-        model.eval()
         order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths batch together
         correct, loss_sum = 0, 0.0
-        for start in range(0, len(order), self.eval_batch):
-            idx = order[start: start + self.eval_batch]
-            ids, y = self._collate([seqs[i] for i in idx], labels[idx])
-            logits = model(ids)                                     # (B, 10)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(-1) == y).sum())
-        model.train(was_training)
+        with evaluating(model):
+            for start in range(0, len(order), self.eval_batch):
+                idx = order[start: start + self.eval_batch]
+                ids, y = self._collate([seqs[i] for i in idx], labels[idx])
+                logits = model(ids)                                     # (B, 10)
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(-1) == y).sum())
         n = max(len(seqs), 1)
         return {"accuracy": correct / n, "loss": loss_sum / n}
 

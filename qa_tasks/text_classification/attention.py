@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..common import evaluating  # noqa: E402
 from .text import tokenize  # noqa: E402
 
 # drawn when no --sentence is given: one query each of four CLINC150 intents
@@ -47,13 +48,8 @@ def attention_weights(task, model, sentences: Sequence[str], hop: int | None = N
     if not sentences:
         raise ValueError("give at least one sentence to draw")
     ids, lengths = task.encode_texts(sentences)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits, A = model.forward_with_attention(ids, lengths)       # (B, classes), (B, r, n)
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        logits, A = model.forward_with_attention(ids, lengths)           # (B, classes), (B, r, n)
     if hop is not None and not 0 <= hop < A.shape[1]:
         raise ValueError(f"hop must be in [0, {A.shape[1]}) for this model, not {hop}")
     weights = A.sum(dim=1) if hop is None else A[:, hop]                # (B, n)

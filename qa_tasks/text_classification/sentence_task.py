@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..common import evaluating
 from .text import Vocab, pad_batch, shard_batches, tokenize
 
 
@@ -96,10 +97,6 @@ class SentenceTask:
         self._ensure_loaded()
         self._check_split(split)
         ids, labels = self._splits[split]
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             out = [model(*pad_batch(ids[i:i + chunk])) for i in range(0, len(ids), chunk)]
-        finally:
-            model.train(was_training)
         return torch.cat(out) if out else torch.empty(0, len(self.label_names)), labels

@@ -40,7 +40,9 @@ EMBEDDINGS = ("word2vec", "random")
 
 @dataclass(kw_only=True, eq=False)
 class QA:
-    """InsuranceQA V2 answer selection (Feng et al. 2015); see the module docstring.
+    """InsuranceQA V2 answer selection with CNN towers (Feng et al. 2015).
+
+    The module docstring has the details; each option's help line says what it sets.
 
     The defaults are smaller than Feng et al.'s (hidden 200, 4000 filters, answers of 200 tokens)
     so an epoch fits a shared 2-core CPU.

@@ -51,7 +51,10 @@ BUCKET_WINDOW = 50   # batches per length-sorted window (see LRA.batches)
 
 @dataclass(kw_only=True, eq=False)
 class LRA:
-    """ListOps at long range, with a Transformer or a Fourier Transformer (see the module docstring)."""
+    """ListOps at long range with a Transformer or a Fourier Transformer.
+
+    The module docstring has the details; each option's help line says what it sets.
+    """
 
     data: str = option("auto", '"real" (listops/basic_{train,val,test}.tsv under data_dir or '
                                '$GADEI_DATA), "generated" (with the options below, cached) or "auto" '

@@ -44,7 +44,10 @@ from .ctc_skip import CTCSkipEncoder, ctc_losses, greedy
 
 @dataclass(kw_only=True, eq=False)
 class ASR:
-    """Connected-digit recognition with CTC blank-triggered layer skipping (see the module docstring)."""
+    """Connected FSDD digits with CTC blank-triggered layer skipping.
+
+    The module docstring has the details; each option's help line says what it sets.
+    """
 
     data: str = data_option("fsdd")   # a WAV folder or tar(.gz) also works: fsdd.find_source
     data_dir: str | None = data_dir_option()

@@ -38,7 +38,10 @@ from .text import PAD_ID, UNK_ID
 
 @dataclass(kw_only=True, eq=False)
 class NLC(SentenceTask):
-    """CLINC150 intent classification with out-of-scope detection (see the module docstring)."""
+    """CLINC150 intents with out-of-scope detection, self-attentive or CNN.
+
+    The module docstring has the details; each option's help line says what it sets.
+    """
 
     data: str = data_option("clinc150")
     data_dir: str | None = data_dir_option()

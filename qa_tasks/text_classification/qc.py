@@ -31,7 +31,10 @@ VALID_SEED = 20140825  # fixes which training questions are held out; never chan
 
 @dataclass(kw_only=True, eq=False)
 class QC(SentenceTask):
-    """TREC question classification (see the module docstring)."""
+    """TREC question classification with Kim's (2014) CNN.
+
+    The module docstring has the details; each option's help line says what it sets.
+    """
 
     data: str = data_option("trec")
     data_dir: str | None = data_dir_option()

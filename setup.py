@@ -19,7 +19,7 @@ setup(
         "matplotlib>=3.8",
         "jiwer>=3.0",
         "scipy>=1.11",
-        # word2vec for the qa towers (qa_tasks/word2vec.py); 4.4 is the first with numpy 2 wheels
+        # word2vec for the qa towers (qa_tasks/answer_selection/word2vec.py); 4.4 is the first with numpy 2 wheels
         "gensim>=4.4,<5",
     ],
     extras_require={
@@ -30,11 +30,11 @@ setup(
         # tasks by name (gadei/task.py); a third-party package registers its own the same way
         "gadei.tasks": [
             "probe = gadei.probe:Probe",
-            "qc = qa_tasks.qc:QC",
-            "nlc = qa_tasks.nlc:NLC",
-            "qa = qa_tasks.qa:QA",
-            "asr = qa_tasks.asr:ASR",
-            "lra = qa_tasks.lra:LRA",
+            "qc = qa_tasks.text_classification.qc:QC",
+            "nlc = qa_tasks.text_classification.nlc:NLC",
+            "qa = qa_tasks.answer_selection.qa:QA",
+            "asr = qa_tasks.speech.asr:ASR",
+            "lra = qa_tasks.listops.lra:LRA",
         ],
     },
 )

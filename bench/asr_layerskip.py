@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from gadei import task as T
-from qa_tasks.asr import ASR, error_rates
+from qa_tasks.speech.asr import ASR, error_rates
 
 QUICK = {"data": "generated", "d_model": 32, "heads": 2, "layers": 4, "inter_layer": 2, "ff_dim": 64,
          "conv_channels": 16, "dropout": 0.0, "batch": 8, "speakers": "gen0"}

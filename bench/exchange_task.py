@@ -15,8 +15,11 @@ gradient ``(w * g).sum()`` would give, without the forward's 8·P-byte read and 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
+
+from gadei.task import option
 
 
 class _ConstGrad(torch.autograd.Function):
@@ -39,22 +42,22 @@ class ExchangeModel(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(params, dtype=torch.float32))   # (P,)
 
 
+@dataclass(kw_only=True, eq=False)
 class Exchange:
-    """The exchange benchmark as a gadei task (see the module docstring).
+    """The exchange benchmark as a gadei task (see the module docstring)."""
 
-    params: number of float32 weights P; grad_value: every element of the constant gradient
-    (an integer keeps the applied count exact); epoch_batches: batches per ``batches()`` call.
-    """
+    params: int = option(1_000_000, "number of float32 weights P")
+    grad_value: float = option(1.0, "every element of the constant gradient (an integer keeps the "
+                                    "applied count exact)")
+    epoch_batches: int = option(100_000, "batches per batches() call")
 
     eval_split = "valid"
 
-    def __init__(self, *, params: int = 1_000_000, grad_value: float = 1.0,
-                 epoch_batches: int = 100_000):
-        if params < 1:
-            raise ValueError(f"Invalid params (weights, >= 1): {params}")
-        if epoch_batches < 1:
-            raise ValueError(f"Invalid epoch_batches (>= 1): {epoch_batches}")
-        self.params, self.grad_value, self.epoch_batches = params, grad_value, epoch_batches
+    def __post_init__(self):
+        if self.params < 1:
+            raise ValueError(f"Invalid params (weights, >= 1): {self.params}")
+        if self.epoch_batches < 1:
+            raise ValueError(f"Invalid epoch_batches (>= 1): {self.epoch_batches}")
         self._g: torch.Tensor | None = None      # built once per process, never pickled
 
     def __getstate__(self):

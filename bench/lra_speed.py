@@ -1,6 +1,6 @@
 """Training speed and peak memory of the Transformer and the Fourier Transformer vs sequence length.
 
-For each (model, length) a fresh subprocess builds the model (qa_tasks/fourier.py, the `lra`
+For each (model, length) a fresh subprocess builds the model (qa_tasks/listops/fourier.py, the `lra`
 task's classifier) and a batch of random ListOps token ids of exactly that length, runs warm-up
 steps, then times `--steps` training steps (forward, backward, Adam step). Memory is the
 process's peak resident set size (getrusage ru_maxrss), taken once before the first step
@@ -48,8 +48,8 @@ def worker(cfg: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from qa_tasks import listops
-    from qa_tasks.fourier import ModelConfig, build
+    from qa_tasks.listops import dataset as listops
+    from qa_tasks.listops.fourier import ModelConfig, build
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)

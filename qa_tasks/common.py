@@ -9,6 +9,10 @@ import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
+from gadei.task import option
+
 # What a damaged, truncated or wrongly encoded file raises from deep inside gzip, zlib, tarfile,
 # wave, json or a codec (wave's seek past a lying chunk size is a bare RuntimeError; a nesting
 # bomb is a RecursionError); `reading` turns each into a ValueError that names the file.
@@ -44,6 +48,17 @@ def use_real_data(data: str, data_dir) -> bool:
     return data == "real"
 
 
+def data_option(folder: str):
+    """The `data` option of a task that reads `<data root>/<folder>/`."""
+    return option("auto", f'"real" ({folder}/ under data_dir or $GADEI_DATA), "generated" (small, '
+                          'built in, no files) or "auto" (real when a data directory is configured)')
+
+
+def data_dir_option():
+    """The `data_dir` option: where the datasets are."""
+    return option(None, "the folder holding the datasets (default: $GADEI_DATA)")
+
+
 def cache_dir(*parts: str) -> Path:
     """A writable cache folder under the user's cache directory (never beside the data)."""
     base = os.environ.get("GADEI_CACHE") or os.environ.get("XDG_CACHE_HOME") or "~/.cache"
@@ -67,6 +82,17 @@ def replacing(path: str | os.PathLike):
 
 
 @contextmanager
+def evaluating(model):
+    """Run the block with `model` in eval mode (dropout off); the mode it had is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def reading(path, what: str):
     """Read `path` inside this block: a file that is damaged or not `what` becomes a ValueError
     naming the file, what was wrong and what to do. A missing file stays a FileNotFoundError."""
@@ -79,6 +105,20 @@ def reading(path, what: str):
         if type(e).__module__ != "builtins":
             kind = f"{type(e).__module__}.{kind}"
         raise ValueError(f"{path}: not {what} ({kind}: {e}); replace it with an intact copy") from e
+
+
+def check_learner(learner: int, learners: int) -> None:
+    """A clear error unless 0 <= learner < learners."""
+    if learners < 1 or not 0 <= learner < learners:
+        raise ValueError(f"learner must be in 0..{learners - 1}, not {learner} (of {learners} learners)")
+
+
+def shard(n: int, learner: int, learners: int, rng: np.random.Generator) -> np.ndarray:
+    """Learner `learner`'s share of `n` examples, shuffled by `rng`: the indices learner,
+    learner + learners, ... (disjoint shards that cover everything, whatever the seeds)."""
+    check_learner(learner, learners)
+    own = np.arange(learner, n, learners)
+    return own[rng.permutation(len(own))]
 
 
 def checked_options(widths: str, fractions: dict[str, float] | None = None,

@@ -39,10 +39,12 @@ def save_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
 def parser(task: str, **defaults) -> argparse.ArgumentParser:
     """The task's options as flags (read as `gadei train` reads them), then the loop's own."""
     p = argparse.ArgumentParser(description=f"Train the {task} task in one process (plain Adam loop).")
+    helps = T.option_help(task)
     for name, param in T.options(task).items():
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, type=lambda text, param=param, flag=flag: T.coerce(text, param, flag),
-                       default=param.default, required=param.default is inspect.Parameter.empty)
+                       default=param.default, required=param.default is inspect.Parameter.empty,
+                       help=helps.get(name))
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="Adam steps (default 1000)")
     length.add_argument("--epochs", type=int, help="passes over the training data")

@@ -68,14 +68,3 @@ def test_eval_and_python_m(tmp_path):
     assert "30 updates applied" in r.stdout
     r = run_gadei("eval", "--checkpoint", out, "--split", "train")
     assert r.returncode == 0 and json.loads(r.stdout)["w_finite"] == 1.0
-
-
-def test_attention_heat_map_of_a_trained_nlc_model(tmp_path):
-    out = tmp_path / "nlc"
-    r = run_gadei("train", "--task", "nlc", "--data", "generated", "--learners", 2, "--steps", 20,
-                  "--optimizer", "adam", "--lr", "1e-3", "--out", out, "--no-progress")
-    assert r.returncode == 0, r.stderr
-    png = tmp_path / "att.png"
-    r = run_gadei("attention", "--checkpoint", out, "--out", png, "--sentence", "set an alarm please")
-    assert r.returncode == 0, r.stderr
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

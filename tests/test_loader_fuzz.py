@@ -42,15 +42,18 @@ def _tar_gz(members: dict[str, bytes]) -> bytes:
 
 def _loaders():
     """(name, valid file content, file name, compressed?, parse(path)) for each task's reader."""
-    from qa_tasks import fsdd, insuranceqa, listops, nlc, qc
-    clinc = {"train": [["what is my balance", "balance"]], "val": [["my balance", "balance"]],
+    from qa_tasks.answer_selection import insuranceqa
+    from qa_tasks.listops import dataset as listops
+    from qa_tasks.speech import fsdd
+    from qa_tasks.text_classification import clinc, trec
+    data = {"train": [["what is my balance", "balance"]], "val": [["my balance", "balance"]],
              "oos_train": [["hello there", "oos"]], "oos_val": [["hi", "oos"]]}
     vocab = {"idx_1": "hello", "idx_2": "world"}
     return [
-        ("qc.read_trec", b"DESC:manner How did serfdom develop in Russia ?\nHUM:ind Who killed Gandhi ?\n",
-         "train_5500.label", False, qc.read_trec),
-        ("nlc.read_clinc", json.dumps(clinc).encode(), "data_full.json", False, nlc.read_clinc),
-        ("nlc.read_clinc gz", json.dumps(clinc).encode(), "data_full.json.gz", True, nlc.read_clinc),
+        ("trec.read_trec", b"DESC:manner How did serfdom develop in Russia ?\nHUM:ind Who killed Gandhi ?\n",
+         "train_5500.label", False, trec.read_trec),
+        ("clinc.read_clinc", json.dumps(data).encode(), "data_full.json", False, clinc.read_clinc),
+        ("clinc.read_clinc gz", json.dumps(data).encode(), "data_full.json.gz", True, clinc.read_clinc),
         ("insuranceqa.read_vocabulary", b"idx_1\thello\nidx_2\tworld\n", "vocabulary.gz", True,
          insuranceqa.read_vocabulary),
         ("insuranceqa.read_answers", json.dumps({"1": {"en": "an answer"}, "2": {"en": "x"}}).encode(),
@@ -132,7 +135,7 @@ def _found_by_fuzzing():
     tgz = _tar_gz({"recordings/3_theo_12.wav": wav})
     gz = gzip.compress(b"idx_1\thello\n")
     return [
-        ("nlc.read_clinc gz", gz[:10] + bytes([gz[10] ^ 1]) + gz[11:], "zlib.error"),
+        ("clinc.read_clinc gz", gz[:10] + bytes([gz[10] ^ 1]) + gz[11:], "zlib.error"),
         ("insuranceqa.read_vocabulary", b"not gzip at all", "BadGzipFile"),
         ("insuranceqa.read_answers", gzip.compress(b"\xff\xfe{}"), "UnicodeDecodeError"),
         ("insuranceqa.read_pool_file", gz[:len(gz) // 2], "EOFError"),
@@ -169,7 +172,7 @@ def test_loader_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_listops_deep_nesting_is_not_a_crash(tmp_path):
-    from qa_tasks import listops
+    from qa_tasks.listops import dataset as listops
     path = tmp_path / "deep.tsv"
     path.write_text("Source\tTarget\n" + "[MAX " * 2000 + "7 " + "] " * 2000 + "\t7\n")
     rows = listops.read_lra_tsv(path)
@@ -177,8 +180,8 @@ def test_listops_deep_nesting_is_not_a_crash(tmp_path):
 
 
 def test_clinc_deep_json_is_a_clear_error(tmp_path):
-    from qa_tasks import nlc
+    from qa_tasks.text_classification import clinc
     path = tmp_path / "data_full.json"
     path.write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(ValueError, match="data_full.json"):
-        nlc.read_clinc(path)
+        clinc.read_clinc(path)

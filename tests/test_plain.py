@@ -7,7 +7,8 @@ import torch
 
 from gadei import task as T
 from algorithms.schedules import schedule
-from qa_tasks import lra, plain
+from qa_tasks import plain
+from qa_tasks.listops import lra
 
 
 @pytest.mark.timeout(120)

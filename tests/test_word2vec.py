@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from qa_tasks import word2vec
-from qa_tasks.qa import QA
+from qa_tasks.answer_selection import word2vec
+from qa_tasks.answer_selection.qa import QA
 
 SMALL = dict(question_len=8, answer_len=30, embed_dim=16, hidden=16, filters=16)
 
@@ -28,7 +28,7 @@ def sentences(n=300, vocab=50, seed=0):
 @pytest.mark.timeout(60)
 def test_vectors_are_the_same_in_every_process():
     """Learner processes rebuild the model: the vectors must not depend on the hash salt."""
-    code = ("import numpy as np; from qa_tasks import word2vec; rng = np.random.default_rng(0); "
+    code = ("import numpy as np; from qa_tasks.answer_selection import word2vec; rng = np.random.default_rng(0); "
             "s = [rng.integers(1, 50, rng.integers(3, 12)) for _ in range(300)]; "
             "print(word2vec.train(s, 50, 16).tobytes().hex())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -42,7 +42,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qa_tasks.common import reading, replacing
+from ..common import reading, replacing
 
 # ---- the vocabulary, fixed by the specification (ids never depend on the data) -------------------
 

@@ -3,11 +3,20 @@ Self-Attentive Sentence Embedding", ICLR 2017 (figures 2 and 4): each word is sh
 weight the sentence embedding gives it, summed over the r hops and normalised to 1 per sentence
 (the paper's "summation of all the annotation vectors"), or one hop's row of A.
 
-    from qa_tasks.attention_plot import render_attention
+From a trained nlc job (`gadei train --task nlc --model selfattn ... --out DIR`)::
+
+    python -m qa_tasks.text_classification.attention --checkpoint DIR [--sentence S ...] \
+        [--out attention.png] [--data-dir D]
+
+From Python::
+
+    from qa_tasks.text_classification.attention import render_attention
     render_attention(task, model, ["what is my balance", "set an alarm for 7"], "attention.png")
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +27,12 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..common import evaluating  # noqa: E402
 from .text import tokenize  # noqa: E402
+
+# drawn when no --sentence is given: one query each of four CLINC150 intents
+SENTENCES = ("how do i check my account balance", "set an alarm for seven tomorrow",
+             "what is the weather like in paris", "please transfer money to my savings")
 
 
 def attention_weights(task, model, sentences: Sequence[str], hop: int | None = None):
@@ -34,13 +48,8 @@ def attention_weights(task, model, sentences: Sequence[str], hop: int | None = N
     if not sentences:
         raise ValueError("give at least one sentence to draw")
     ids, lengths = task.encode_texts(sentences)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits, A = model.forward_with_attention(ids, lengths)       # (B, classes), (B, r, n)
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        logits, A = model.forward_with_attention(ids, lengths)           # (B, classes), (B, r, n)
     if hop is not None and not 0 <= hop < A.shape[1]:
         raise ValueError(f"hop must be in [0, {A.shape[1]}) for this model, not {hop}")
     weights = A.sum(dim=1) if hop is None else A[:, hop]                # (B, n)
@@ -80,3 +89,30 @@ def render_attention(task, model, sentences: Sequence[str], path: str | Path, *,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module docstring): draw a checkpoint's attention to a PNG."""
+    p = argparse.ArgumentParser(prog="python -m qa_tasks.text_classification.attention",
+                                description="Draw a trained nlc model's self-attention over sentences (PNG).")
+    p.add_argument("--checkpoint", required=True, help="a gadei job folder or its checkpoint")
+    p.add_argument("--sentence", action="append", help="a sentence to show (repeatable; default: four "
+                   "CLINC150 queries)")
+    p.add_argument("--out", default="attention.png", help="the PNG to write")
+    p.add_argument("--data-dir", help="folder holding the datasets (default: the one the job was "
+                   "trained with, else $GADEI_DATA)")
+    args = p.parse_args(argv)
+    from gadei import load_model   # the checkpoint's task with its options, the model with its weights
+    try:
+        task, model = load_model(args.checkpoint, args.data_dir)
+        sentences = args.sentence or list(SENTENCES)
+        render_attention(task, model, sentences, args.out)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"attention of {len(sentences)} sentences written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,19 @@
 """The `lra` workload: ListOps at long range, with a Transformer or a Fourier Transformer.
 
-Data (see qa_tasks/listops.py for the generator and the formats):
+Data (see dataset.py for the generator and the formats):
 - "generated" (the default with no data directory): ListOps generated to the Long Range Arena
   specification with this task's length / depth / size options, cached as LRA TSV files under
-  the gadei cache (qa_tasks.common.cache_dir("lra")). The defaults are small and short (10..100
+  the gadei cache (`cache_dir("lra")` of qa_tasks.common). The defaults are small and short (10..100
   tokens) so tests and demos run in seconds; LRA's setting is
   `--min-length 500 --max-length 2000 --n-train 96000 --n-valid 2000 --n-test 2000`.
 - "real": `<data dir>/listops/basic_{train,val,test}.tsv` in LRA's format. Sequences longer
   than max_length are cut to max_length, as LRA's input pipeline does; pass `--max-length 2000`
   for LRA's setting.
 
-Model (`--model transformer | fourier`): see qa_tasks/fourier.py. `--fourier-layers` and
+Model (`--model transformer | fourier`): see fourier.py. `--fourier-layers` and
 `--fourier-ratio` choose before which layers and by how much the Fourier Transformer shortens the
 sequence; the default, 1 and 0.25 (one full-length layer, then the rest at a quarter of the
-length), was the fastest of the settings measured at equal accuracy (docs/results/lra.md).
+length), was chosen by measurement (docs/results/lra.md).
 Both models have the same parameters, so `--init-from DIR` starts a Fourier Transformer from a
 trained Transformer's checkpoint (the paper's inherit-then-fine-tune recipe) or the reverse.
 
@@ -22,64 +22,95 @@ Metric: accuracy over the 10 classes (LRA reports 36-37 % for the vanilla Transf
 
     gadei train --task lra --model fourier --optimizer adam --learners 2 --steps 2000 --out runs/lra
 
-`python -m qa_tasks.lra` trains in one process with a plain Adam loop (no parameter server): the
+`python -m qa_tasks.listops.lra` trains in one process with a plain Adam loop (no parameter server): the
 reference the PS runs are compared with, and how docs/results/lra.md was measured.
 
-    python -m qa_tasks.lra --model transformer --steps 1500 --save runs/lra/t.npz --json runs/lra/t.json
-    python -m qa_tasks.lra --model fourier --init-from runs/lra/t.npz --steps 300   # inherit, fine-tune
+    python -m qa_tasks.listops.lra --model transformer --steps 1500 --save runs/lra/t.npz --json runs/lra/t.json
+    python -m qa_tasks.listops.lra --model fourier --init-from runs/lra/t.npz --steps 300   # inherit, fine-tune
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qa_tasks import common, listops, plain
-from qa_tasks.fourier import ModelConfig, TransformerClassifier, build
+from gadei.task import option
+
+from .. import plain
+from ..common import cache_dir, check_learner, evaluating, data_dir_option, dataset_dir, shard, use_real_data
+from . import dataset as listops
+from .fourier import ModelConfig, TransformerClassifier, build
 
 
 BUCKET_WINDOW = 50   # batches per length-sorted window (see LRA.batches)
 
 
+@dataclass(kw_only=True, eq=False)
 class LRA:
+    """ListOps at long range with a Transformer or a Fourier Transformer.
+
+    The module docstring has the details; each option's help line says what it sets.
+    """
+
+    data: str = option("auto", '"real" (listops/basic_{train,val,test}.tsv under data_dir or '
+                               '$GADEI_DATA), "generated" (with the options below, cached) or "auto" '
+                               '(real when a data directory is configured)')
+    data_dir: str | None = data_dir_option()
+    model: str = option("transformer", '"transformer" or "fourier" (He et al. 2023)')
+    min_length: int = option(10, "generated: fewest tokens in an example (LRA: 500)")
+    max_length: int = option(100, "generated: most tokens in an example (LRA: 2000); real sequences "
+                                  "are cut to it, as LRA's input pipeline does")
+    max_depth: int = option(10, "generated: deepest nesting, the root being depth 1 (LRA: 10)")
+    max_args: int = option(10, "generated: most operands of an operator (LRA: 10)")
+    n_train: int = option(2000, "generated: training examples (LRA: 96000)")
+    n_valid: int = option(200, "generated: validation examples (LRA: 2000)")
+    n_test: int = option(200, "generated: test examples (LRA: 2000)")
+    data_seed: int = option(0, "generated: the generator's seed")
+    batch: int = option(32, "examples per training batch")
+    eval_batch: int = option(64, "examples per batch in evaluate")
+    d_model: int = option(64, "model width")
+    n_heads: int = option(4, "attention heads per layer")
+    n_layers: int = option(4, "encoder layers")
+    d_ff: int = option(128, "feed-forward size of each layer")
+    dropout: float = option(0.0, "dropout in the encoder")
+    positions: str = option("learned", '"learned" or "sinusoidal" position vectors')
+    pooling: str = option("mean", '"mean" over tokens or "cls" (a token put first)')
+    fourier_layers: str = option("1", "fourier: comma-separated indices of the layers before which the "
+                                      "sequence is shortened")
+    fourier_ratio: float = option(0.25, "fourier: the share of the length each shortening keeps")
+    init_from: str | None = option(None, "start from these weights: a gadei job folder or checkpoint, "
+                                         "or an .npz from qa_tasks.plain --save")
+
     eval_split = "valid"
 
-    def __init__(self, *, data: str = "auto", data_dir: str | None = None,
-                 model: str = "transformer",
-                 min_length: int = 10, max_length: int = 100, max_depth: int = 10, max_args: int = 10,
-                 n_train: int = 2000, n_valid: int = 200, n_test: int = 200, data_seed: int = 0,
-                 batch: int = 32, eval_batch: int = 64,
-                 d_model: int = 64, n_heads: int = 4, n_layers: int = 4, d_ff: int = 128,
-                 dropout: float = 0.0, positions: str = "learned", pooling: str = "mean",
-                 fourier_layers: str = "1", fourier_ratio: float = 0.25,
-                 init_from: str | None = None):
-        # every option kept under its own name, so gadei.train(<an LRA instance>) can rebuild it
-        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
-        if model not in ("transformer", "fourier"):
-            raise ValueError(f"model must be 'transformer' or 'fourier', not {model!r}")
-        if batch < 1 or eval_batch < 1:
-            raise ValueError(f"batch sizes must be >= 1, got batch={batch}, eval_batch={eval_batch}")
-        self.real = common.use_real_data(data, data_dir)
+    def __post_init__(self):
+        if self.model not in ("transformer", "fourier"):
+            raise ValueError(f"model must be 'transformer' or 'fourier', not {self.model!r}")
+        if self.batch < 1 or self.eval_batch < 1:
+            raise ValueError(f"batch sizes must be >= 1, got batch={self.batch}, eval_batch={self.eval_batch}")
+        self.real = use_real_data(self.data, self.data_dir)
         # generated data: validated now (bad lengths fail at construction, not mid-run)
-        self.spec = listops.ListOpsSpec(min_length=min_length, max_length=max_length, max_depth=max_depth,
-                                        max_args=max_args, n_train=n_train, n_valid=n_valid,
-                                        n_test=n_test, seed=data_seed)
+        self.spec = listops.ListOpsSpec(min_length=self.min_length, max_length=self.max_length,
+                                        max_depth=self.max_depth, max_args=self.max_args,
+                                        n_train=self.n_train, n_valid=self.n_valid, n_test=self.n_test,
+                                        seed=self.data_seed)
         try:
-            layers = tuple(int(s) for s in str(fourier_layers).split(",") if s.strip())
+            layers = tuple(int(s) for s in str(self.fourier_layers).split(",") if s.strip())
         except ValueError:
             raise ValueError(f"fourier_layers must be comma-separated layer indices like '1,2', "
-                             f"not {fourier_layers!r}") from None
-        self.cls = cls = pooling == "cls"
+                             f"not {self.fourier_layers!r}") from None
+        self.cls = cls = self.pooling == "cls"
         self.cfg = ModelConfig(vocab_size=len(listops.VOCAB), n_classes=listops.N_CLASSES,
-                               max_len=max_length + cls, d_model=d_model, n_heads=n_heads,
-                               n_layers=n_layers, d_ff=d_ff, dropout=dropout, positions=positions,
-                               pooling=pooling, pad_id=listops.PAD,
-                               fourier_layers=layers if model == "fourier" else (),
-                               fourier_ratio=fourier_ratio)
-        if model == "fourier" and not layers:
+                               max_len=self.max_length + cls, d_model=self.d_model, n_heads=self.n_heads,
+                               n_layers=self.n_layers, d_ff=self.d_ff, dropout=self.dropout,
+                               positions=self.positions, pooling=self.pooling, pad_id=listops.PAD,
+                               fourier_layers=layers if self.model == "fourier" else (),
+                               fourier_ratio=self.fourier_ratio)
+        if self.model == "fourier" and not layers:
             raise ValueError("--model fourier needs --fourier-layers (e.g. 1)")
         self._splits: dict[str, list[list[int]] | None] = {}
         self._labels: dict[str, np.ndarray] = {}
@@ -92,9 +123,9 @@ class LRA:
             raise ValueError(f"unknown split {split!r}: use one of {', '.join(listops.LRA_FILES)}")
         if split not in self._splits:
             if self.real:
-                folder = common.dataset_dir(self.data_dir, "listops")
+                folder = dataset_dir(self.data_dir, "listops")
             else:
-                folder = listops.generated_files(self.spec, common.cache_dir("lra"))
+                folder = listops.generated_files(self.spec, cache_dir("lra"))
             path = folder / listops.LRA_FILES[split]
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: the listops folder must hold "
@@ -125,12 +156,10 @@ class LRA:
         BUCKET_WINDOW batches, each window sorted by length and cut into batches, and the batches
         are shuffled. At LRA's lengths (500-2,000) a batch of random lengths pads every example
         to ~1,900 tokens, and attention costs T^2."""
-        if not 0 <= learner < learners:
-            raise ValueError(f"learner {learner} out of range for {learners} learners")
+        check_learner(learner, learners)
         seqs, labels = self._load("train")
         rng = np.random.default_rng(seed)
-        shard = np.arange(learner, len(seqs), learners)
-        order = shard[rng.permutation(len(shard))]
+        order = shard(len(seqs), learner, learners, rng)
         batches = []
         for w in range(0, len(order), BUCKET_WINDOW * self.batch):
             window = order[w: w + BUCKET_WINDOW * self.batch]
@@ -157,17 +186,15 @@ class LRA:
     @torch.no_grad()
     def evaluate(self, model, split: str) -> dict[str, float]:
         seqs, labels = self._load(split)
-        was_training = model.training
-        model.eval()
         order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths batch together
         correct, loss_sum = 0, 0.0
-        for start in range(0, len(order), self.eval_batch):
-            idx = order[start: start + self.eval_batch]
-            ids, y = self._collate([seqs[i] for i in idx], labels[idx])
-            logits = model(ids)                                     # (B, 10)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(-1) == y).sum())
-        model.train(was_training)
+        with evaluating(model):
+            for start in range(0, len(order), self.eval_batch):
+                idx = order[start: start + self.eval_batch]
+                ids, y = self._collate([seqs[i] for i in idx], labels[idx])
+                logits = model(ids)                                     # (B, 10)
+                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(-1) == y).sum())
         n = max(len(seqs), 1)
         return {"accuracy": correct / n, "loss": loss_sum / n}
 

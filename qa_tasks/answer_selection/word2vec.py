@@ -20,7 +20,7 @@ import gensim
 import numpy as np
 from gensim.models import Word2Vec
 
-from qa_tasks.common import cache_dir, replacing
+from ..common import cache_dir, replacing
 
 # bump when the training recipe changes: old caches are then ignored
 CACHE_VERSION = 1

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qa_tasks.common import cache_dir, reading, replacing
+from ..common import cache_dir, reading, replacing
 
 SAMPLE_RATE = 8000
 WIN = 200          # 25 ms at 8 kHz

@@ -43,9 +43,7 @@ class ConvSubsampling(nn.Module):
     """Two 1-D convolutions over time (kernel 3, stride 2; mel bins as input channels): 4x fewer
     frames, 40 ms apart, each seeing 7 feature frames (85 ms of audio); then a residual
     depthwise-separable convolution over `context` frames, since 85 ms is little of a digit.
-    (It replaced a 2-D conv front end over (time, mel) while training sat on CTC's all-blank
-    plateau; the cause turned out to be the heads' LayerNorm, see CTCSkipEncoder, and the 2-D
-    front end was not tried again.)"""
+    (Why not a 2-D front end over (time, mel): docs/results/asr.md, "Model".)"""
 
     def __init__(self, n_mels: int, d_model: int, channels: int, context: int = 7):
         super().__init__()
@@ -121,9 +119,9 @@ class CTCSkipEncoder(nn.Module):
     """Conv subsampling + `layers` pre-norm Transformer layers, a final CTC head and an
     intermediate one after layer `inter_layer` (1-based).
 
-    Note (no LayerNorm before the heads): with one, training sat on CTC's all-blank plateau
-    (loss 2.9 after 120 steps on generated digits, where it reached 0.05 without): a frame's
-    norm tells speech from pause, and normalising it away hid exactly that from the heads."""
+    No LayerNorm before the heads: a frame's norm tells speech from pause, and normalising it
+    away hides exactly that from them (with one, training stayed on CTC's all-blank plateau:
+    docs/results/asr.md, "Model")."""
 
     def __init__(self, *, n_mels: int = 40, d_model: int = 144, heads: int = 4, layers: int = 6,
                  inter_layer: int = 3, ff_dim: int = 576, conv_channels: int = 32, dropout: float = 0.1,

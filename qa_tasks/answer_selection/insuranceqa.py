@@ -23,9 +23,12 @@ no valid/test question text is used).
 Reading the gzip/JSON files and tokenizing 27k answers takes seconds, so the result is cached
 as one ``.npz`` of integer arrays under ``cache_dir("qa")`` (never beside the data), keyed by
 the source files' names, sizes and mtimes; it is read back with ``allow_pickle=False``.
+
+`generated_corpus` makes a small synthetic corpus of the same shape, for tests and demos.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -292,3 +295,42 @@ def load(data_dir=None, *, pool: int = 500, min_count: int = 2) -> Corpus:
     corpus = build_corpus(root, pool=pool, min_count=min_count)
     _save(corpus, path)
     return corpus
+
+
+# -- the generated variant ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)   # deterministic and never modified: build each seed once
+def generated_corpus(seed: int = 0, *, topics: int = 120, answers: int = 300, train: int = 1500,
+                     valid: int = 200, pool: int = 20) -> Corpus:
+    """A small synthetic corpus where the right answer shares content with the question.
+
+    Each answer is about 3 content words (repeated among filler words). A question about it
+    names 2 of them, each replaced half the time by a question-only synonym ("q:<word>") that
+    no answer contains: bag-of-words overlap finds part of the signal, a trained model can
+    learn the synonyms. Pools: the truth plus `pool - 1` other answers. Deterministic in `seed`.
+    """
+    rng = np.random.default_rng(seed)
+    filler = [f"f{i}" for i in range(20)]
+    content = [f"w{i}" for i in range(topics)]
+    vocab = ["<pad>", "<unk>"] + filler + content + [f"q:{w}" for w in content]
+    fid = {w: i for i, w in enumerate(vocab)}
+    topic = [rng.choice(topics, 3, replace=False) for _ in range(answers)]
+
+    def answer_text(t):
+        words = [fid[content[k]] for k in t for _ in range(3)] + list(rng.choice(20, 20) + 2)
+        return rng.permutation(words)
+
+    def question(t):
+        words = [fid[("q:" if rng.random() < 0.5 else "") + content[k]] for k in rng.choice(t, 2, replace=False)]
+        return rng.permutation(words + list(rng.choice(20, 4) + 2))
+
+    def split(n):
+        truth = rng.integers(0, answers, n)
+        pools = [rng.permutation(np.concatenate([[a], rng.choice(np.delete(np.arange(answers), a), pool - 1, replace=False)]))
+                 for a in truth]
+        return Split(questions=Ragged.from_rows([question(topic[a]) for a in truth]),
+                     truth=Ragged.from_rows([[a] for a in truth]), pool=Ragged.from_rows(pools))
+
+    return Corpus(vocab=vocab, answers=Ragged.from_rows([answer_text(t) for t in topic]),
+                  answer_labels=np.arange(1, answers + 1, dtype=np.int64),
+                  splits={"train": split(train), "valid": split(valid), "test": split(valid)})

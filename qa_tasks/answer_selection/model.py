@@ -1,0 +1,113 @@
+"""The answer-selection model of Feng, Xiang, Glass, Wang, Zhou, "Applying deep learning to answer
+selection: a study and an open task", ASRU 2015 (arXiv:1508.01585), architecture II: the question
+and the answer go through the same tower
+
+    embedding -> hidden layer, tanh -> convolution (one or more widths) -> max over time -> tanh
+
+and the two encodings are compared with cosine or GESD (Feng et al.'s best),
+
+    GESD(x, y) = 1 / (1 + ||x - y||) * 1 / (1 + exp(-gamma (x.y + c)))     (gamma = 1, c = 1);
+
+training minimises the margin ranking loss L = max(0, m - s(q, a+) + s(q, a-)).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .insuranceqa import PAD
+
+# -- similarities and loss (pure functions: tests call them on hand-computed examples) -----------
+
+def gesd(x: torch.Tensor, y: torch.Tensor, *, gamma: float = 1.0, c: float = 1.0) -> torch.Tensor:
+    """Geometric mean of Euclidean and Sigmoid Dot product, over the last dimension (broadcasts).
+
+    GESD(x, y) = 1 / (1 + ||x - y||) * 1 / (1 + exp(-gamma (x.y + c)))   (Feng et al. 2015)
+    """
+    # clamp before the square root: its gradient at 0 is infinite (x == y happens at init)
+    dist = (x - y).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    return 1.0 / (1.0 + dist) * torch.sigmoid(gamma * ((x * y).sum(-1) + c))
+
+
+def cosine(x: torch.Tensor, y: torch.Tensor, *, eps: float = 1e-8) -> torch.Tensor:
+    """x.y / (||x|| ||y||) over the last dimension (broadcasts); 0 when either vector is 0."""
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(eps)
+
+
+SIMILARITIES = ("gesd", "cosine")
+
+
+def ranking_loss(pos: torch.Tensor, neg: torch.Tensor, neg_ok: torch.Tensor, margin: float,
+                 order: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over questions of max(0, m - s(q, a+) + s(q, a-)), a- chosen among K sampled answers.
+
+    pos: (B,) scores of the ground-truth answers; neg: (B, K) scores of the sampled answers;
+    neg_ok: (B, K) bool, False where the sampled answer is one of that question's ground truths
+    (then it is no negative). A question with no usable negative contributes 0.
+
+    order None: a- is the hardest negative (highest score). order (B, K) int, a permutation of
+    0..K-1 per question: a- is the first negative in that order that violates the margin, as the
+    reference implementation's "sample until one violates" would find; when none violates the
+    loss is 0 for that question, as it is for the hardest.
+    """
+    if order is None:
+        chosen = neg.masked_fill(~neg_ok, -math.inf).max(dim=1).values          # (B,)
+    else:
+        violates = neg_ok & (margin - pos[:, None] + neg > 0)                   # (B, K)
+        # the violator with the smallest position in the search order (K where none violates)
+        first = torch.where(violates, order, neg.shape[1]).argmin(dim=1)        # (B,)
+        chosen = neg.gather(1, first[:, None]).squeeze(1)
+        chosen = chosen.masked_fill(~violates.any(dim=1), -math.inf)
+    return torch.clamp(margin - pos + chosen, min=0.0).mean()
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+class Tower(nn.Module):
+    """embedding -> hidden (tanh) -> conv per width -> max over time -> tanh; one for Q and A."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden: int, filters: int, widths: tuple[int, ...]):
+        super().__init__()
+        self.widths = widths
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+        self.hidden = nn.Linear(embed_dim, hidden)
+        self.convs = nn.ModuleList(nn.Conv1d(hidden, filters, w) for w in widths)
+
+    @property
+    def dim(self) -> int:
+        return sum(conv.out_channels for conv in self.convs)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids, right-padded with PAD, L >= max(widths) -> (B, filters * len(widths))."""
+        lengths = (tokens != PAD).sum(1)                              # (B,)
+        h = torch.tanh(self.hidden(self.embed(tokens)))               # (B, L, H)
+        h = h.transpose(1, 2)                                         # (B, H, L)
+        pooled = []
+        for w, conv in zip(self.widths, self.convs):
+            c = conv(h)                                               # (B, F, L - w + 1)
+            # max only over windows that start inside the text (at least one, for short texts),
+            # so padding never wins the max and the length of the batch's padding is irrelevant
+            starts = torch.arange(c.shape[2], device=c.device)
+            valid = starts[None, :] < (lengths - w + 1).clamp_min(1)[:, None]   # (B, L - w + 1)
+            pooled.append(c.masked_fill(~valid[:, None, :], -math.inf).max(dim=2).values)
+        return torch.tanh(torch.cat(pooled, dim=1))
+
+
+class AnswerSelector(nn.Module):
+    """The shared tower plus the similarity; `forward(q, a)` scores rows pairwise."""
+
+    def __init__(self, tower: Tower, similarity: str, gamma: float, c: float):
+        super().__init__()
+        self.tower = tower
+        self.similarity, self.gamma, self.c = similarity, gamma, c
+
+    def score(self, q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Similarity of encoded vectors over the last dimension (broadcasts)."""
+        if self.similarity == "gesd":
+            return gesd(q, a, gamma=self.gamma, c=self.c)
+        return cosine(q, a)
+
+    def forward(self, q_tokens: torch.Tensor, a_tokens: torch.Tensor) -> torch.Tensor:
+        return self.score(self.tower(q_tokens), self.tower(a_tokens))

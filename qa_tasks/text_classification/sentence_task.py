@@ -1,0 +1,102 @@
+"""What qc and nlc share as tasks: data loaded, tokenized and encoded once; batches; logits of a split."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..common import evaluating
+from .text import Vocab, pad_batch, shard_batches, tokenize
+
+
+class SentenceTask:
+    """The parts of a sentence-classification task that qc and nlc share.
+
+    A subclass has the options `batch` (sentences per batch) and `min_count` (vocabulary cut-off)
+    and implements `_load() -> ({split: (texts, label names)}, label_names)`, the splits including
+    "train" and label_names fixing the class ids (index = id). The data is loaded, tokenized and
+    encoded on first use, once per process; the vocabulary comes from the training split alone.
+
+    Batches are dicts of tensors: "tokens" (B, T) int64 ids, "lengths" (B,), "labels" (B,).
+    """
+
+    batch: int
+    min_count: int
+    eval_split = "valid"
+
+    def _load(self):  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    # -- data, encoded once ------------------------------------------------------------------
+    def _ensure_loaded(self) -> None:
+        if getattr(self, "_splits", None) is not None:
+            return
+        splits, label_names = self._load()
+        label_id = {name: i for i, name in enumerate(label_names)}
+        tokenized = {name: [tokenize(t) for t in texts] for name, (texts, _) in splits.items()}
+        vocab = Vocab.build(tokenized["train"], min_count=self.min_count)
+        encoded = {}
+        for name, (_, labels) in splits.items():
+            unknown = sorted(set(labels) - set(label_id))
+            if unknown:
+                raise ValueError(f"split {name!r} has labels the training split lacks: {unknown[:10]}; "
+                                 "the classifier can only predict labels it was trained on")
+            encoded[name] = ([vocab.encode(t) for t in tokenized[name]],
+                             torch.tensor([label_id[y] for y in labels], dtype=torch.int64))
+        # set only once everything has succeeded: a failed load leaves the task unloaded
+        self._vocab, self._label_names = vocab, list(label_names)
+        self._texts = {name: list(texts) for name, (texts, _) in splits.items()}
+        self._splits = encoded
+
+    @property
+    def vocab(self) -> Vocab:
+        """The vocabulary, built from the training split."""
+        self._ensure_loaded()
+        return self._vocab
+
+    @property
+    def label_names(self) -> list[str]:
+        """Class names; a class's id is its index."""
+        self._ensure_loaded()
+        return self._label_names
+
+    def split_names(self) -> list[str]:
+        self._ensure_loaded()
+        return list(self._splits)
+
+    def texts(self, split: str) -> list[str]:
+        self._ensure_loaded()
+        self._check_split(split)
+        return self._texts[split]
+
+    def _check_split(self, split: str) -> None:
+        if split not in self._splits:
+            raise ValueError(f"{type(self).__name__} has no split {split!r}; it has "
+                             f"{', '.join(self._splits)}")
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw sentences -> (B, T) ids and (B,) lengths with this task's tokenizer and vocabulary."""
+        self._ensure_loaded()
+        return pad_batch([self.vocab.encode(tokenize(t)) for t in texts])
+
+    # -- the task interface ------------------------------------------------------------------
+    def batches(self, learner: int, learners: int, seed: int):
+        self._ensure_loaded()
+        ids, labels = self._splits["train"]
+        for index in shard_batches(len(ids), learner, learners, seed, self.batch):
+            tokens, lengths = pad_batch([ids[i] for i in index])
+            yield {"tokens": tokens, "lengths": lengths, "labels": labels[torch.from_numpy(index)]}
+
+    def batch_size(self, batch) -> int:
+        return len(batch["labels"])
+
+    @torch.no_grad()
+    def split_logits(self, model: nn.Module, split: str, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, classes) logits of `model` in eval mode on a whole split, and the (N,) labels."""
+        self._ensure_loaded()
+        self._check_split(split)
+        ids, labels = self._splits[split]
+        with evaluating(model):
+            out = [model(*pad_batch(ids[i:i + chunk])) for i in range(0, len(ids), chunk)]
+        return torch.cat(out) if out else torch.empty(0, len(self.label_names)), labels

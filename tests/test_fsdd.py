@@ -1,0 +1,167 @@
+"""qa_tasks/speech/fsdd.py: FSDD folders and tars, the cache, damaged files, splits and joins, log-mel features."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.signal
+
+from qa_tasks.speech import fsdd
+from qa_tasks.speech.asr import ASR
+from tests.speech_files import TINY, make_tar, wav_bytes, write_recordings
+
+
+@pytest.fixture
+def recordings_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GADEI_CACHE", str(tmp_path / "cache"))
+    return write_recordings(tmp_path / "recordings")
+
+
+# -- loader ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_folder_and_tar_load_the_same_recordings(recordings_dir, tmp_path):
+    from_dir = fsdd.load_recordings(recordings_dir)
+    from_tar = fsdd.load_recordings(make_tar(recordings_dir, tmp_path / "r.tar.gz"))
+    assert len(from_dir) == len(from_tar) == 2 * 10 * 12
+    for a, b in zip(from_dir, from_tar):
+        assert (a.digit, a.speaker, a.index) == (b.digit, b.speaker, b.index)
+        np.testing.assert_array_equal(a.audio, b.audio)
+    raw = wav_bytes(fsdd.synth_digit(3, np.random.default_rng([1, 3, 7]), pitch=1.1))
+    rec = next(r for r in from_dir if (r.digit, r.speaker, r.index) == (3, "bob", 7))
+    np.testing.assert_array_equal(rec.audio, np.frombuffer(raw[44:], "<i2"))
+    # the second load comes from the .npy cache and is identical; no temporary file is left
+    again = fsdd.load_recordings(recordings_dir)
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(from_dir, again))
+    cached = list((tmp_path / "cache").rglob("*"))
+    assert {f.name for f in cached if f.is_file()} >= {"audio.npy", "table.npy", "speakers.json"}
+    assert not [f for f in cached if ".tmp" in f.name]
+
+
+@pytest.mark.timeout(60)
+def test_a_cache_cut_short_before_its_marker_is_decoded_again(recordings_dir, tmp_path):
+    fsdd.load_recordings(recordings_dir)
+    (marker,) = (tmp_path / "cache").rglob("speakers.json")
+    marker.unlink()                                    # as if the decoder died before the marker
+    (marker.parent / "audio.npy").write_bytes(b"half")  # and left a damaged audio file
+    again = fsdd.load_recordings(recordings_dir)
+    assert len(again) == 2 * 10 * 12 and marker.exists()
+
+
+@pytest.mark.timeout(60)
+def test_speaker_subset_and_data_dir_layouts(recordings_dir, tmp_path):
+    only_bob = fsdd.load_recordings(recordings_dir, ["bob"])
+    assert {r.speaker for r in only_bob} == {"bob"} and len(only_bob) == 120
+    with pytest.raises(ValueError, match="george.*holds ann, bob"):
+        fsdd.load_recordings(recordings_dir, ["george"])
+    # a data root holding fsdd/recordings.tar.gz, as /work/shared/data does
+    (tmp_path / "root" / "fsdd").mkdir(parents=True)
+    tar = make_tar(recordings_dir, tmp_path / "root" / "fsdd" / "recordings.tar.gz")
+    assert fsdd.find_source(tmp_path / "root") == tar
+    assert fsdd.find_source(recordings_dir) == recordings_dir
+    task = ASR(data="real", data_dir=str(tmp_path / "root"), speakers="ann", **TINY)
+    assert {r.speaker for r in task.recordings} == {"ann"}
+    with pytest.raises(FileNotFoundError, match="no FSDD recordings"):
+        fsdd.find_source(tmp_path / "cache")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name, data, message", [
+    ("3_ann_x.wav", wav_bytes(np.zeros(400)), r"must be named \{digit\}_\{speaker\}_\{index\}"),
+    ("3_ann_1.wav", wav_bytes(np.zeros(400), rate=16000), "expected 8000 Hz mono 16-bit"),
+    ("3_ann_1.wav", wav_bytes(np.zeros(400), channels=2), "expected 8000 Hz mono 16-bit"),
+    ("3_ann_1.wav", b"RIFF\x00\x00garbage", "not a readable PCM WAV"),
+    ("3_ann_1.wav", wav_bytes(np.zeros(400))[:-100], "truncated"),
+])
+def test_malformed_files_are_named_in_the_error(tmp_path, monkeypatch, name, data, message):
+    monkeypatch.setenv("GADEI_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / name).write_bytes(data)
+    with pytest.raises(ValueError, match=message) as e:
+        fsdd.load_recordings(folder)
+    assert name in str(e.value)
+
+
+@pytest.mark.timeout(60)
+def test_missing_and_empty_sources(tmp_path, monkeypatch):
+    monkeypatch.setenv("GADEI_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fsdd.load_recordings(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no .wav"):
+        fsdd.load_recordings(tmp_path / "empty")
+    (tmp_path / "junk.tar").write_bytes(b"not a tar")
+    with pytest.raises(ValueError, match="not a readable tar"):
+        fsdd.load_recordings(tmp_path / "junk.tar")
+
+
+@pytest.mark.timeout(60)
+def test_splits_are_disjoint_and_joins_are_deterministic(recordings_dir):
+    recs = fsdd.load_recordings(recordings_dir)
+    split = {s: fsdd.select(recs, s) for s in ("train", "valid", "test")}
+    assert {r.index for r in split["test"]} == set(range(5))
+    assert {r.index for r in split["valid"]} == set(range(5, 10))
+    assert {r.index for r in split["train"]} == {10, 11}
+    assert sum(map(len, split.values())) == len(recs) == len(fsdd.select(recs, "all"))
+    a, b, c = (fsdd.join(split["test"], seed) for seed in (7, 7, 8))
+    assert [u.digits for u in a] == [u.digits for u in b] and all(np.array_equal(x.audio, y.audio) for x, y in zip(a, b))
+    assert [u.digits for u in a] != [u.digits for u in c]
+    # every recording exactly once, one speaker per utterance, 1..7 digits
+    assert sorted(d for u in a for d in u.digits) == sorted(r.digit for r in split["test"])
+    assert all(1 <= len(u.digits) <= 7 for u in a)
+    per_speaker = {s: sum(len(u.digits) for u in a if u.speaker == s) for s in ("ann", "bob")}
+    assert per_speaker == {"ann": 50, "bob": 50}
+    with pytest.raises(ValueError, match="unknown split"):
+        fsdd.select(recs, "dev")
+
+
+# -- features ----------------------------------------------------------------------------------
+
+
+def reference_filterbank(n_mels, n_fft=200, rate=8000):
+    """Triangular HTK-mel filters written out one bin at a time."""
+    mel = lambda f: 2595 * math.log10(1 + f / 700)
+    inv = lambda m: 700 * (10 ** (m / 2595) - 1)
+    top = mel(rate / 2)
+    edges = [inv(top * i / (n_mels + 1)) for i in range(n_mels + 2)]
+    fb = np.zeros((n_mels, n_fft // 2 + 1))
+    for m in range(n_mels):
+        lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
+        for k in range(n_fft // 2 + 1):
+            f = k * rate / n_fft
+            if lo <= f <= mid:
+                fb[m, k] = (f - lo) / (mid - lo)
+            elif mid < f <= hi:
+                fb[m, k] = (hi - f) / (hi - mid)
+    return fb
+
+
+@pytest.mark.timeout(60)
+def test_mel_filterbank_matches_reference():
+    fb = fsdd.mel_filterbank(40).numpy()
+    np.testing.assert_allclose(fb, reference_filterbank(40), atol=1e-6)
+    assert fb.shape == (40, 101) and (fb.max(1) > 0.5).all()
+    with pytest.raises(ValueError, match="use fewer mels"):
+        fsdd.mel_filterbank(120)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("n", [200, 279, 280, 8000, 12345])
+def test_log_mel_frames_and_values(n):
+    x = np.random.default_rng(n).normal(0, 0.1, n).astype(np.float32)
+    fb = fsdd.mel_filterbank(40)
+    feats = fsdd.log_mel(x, fb, normalize=False)
+    assert feats.shape == (1 + (n - 200) // 80, 40) == (fsdd.n_frames(n), 40)
+    # reference: frame by hand, periodic Hann, |rfft|^2, filterbank, log
+    frames = np.stack([x[i * 80:i * 80 + 200] for i in range(feats.shape[0])]).astype(np.float64)
+    power = np.abs(np.fft.rfft(frames * scipy.signal.get_window("hann", 200), axis=1)) ** 2
+    ref = np.log(np.maximum(power @ reference_filterbank(40).T, 1e-10))
+    np.testing.assert_allclose(feats.numpy(), ref, rtol=1e-4, atol=1e-3)
+    normed = fsdd.log_mel(x, fb).numpy()
+    if len(normed) > 1:
+        np.testing.assert_allclose(normed.mean(0), 0, atol=1e-4)
+    with pytest.raises(ValueError, match="shorter than one 25 ms window"):
+        fsdd.log_mel(x[:199], fb)

@@ -1,0 +1,63 @@
+"""qa_tasks/answer_selection/model.py: the similarities and the ranking loss on hand-computed examples."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from qa_tasks.answer_selection.model import cosine, gesd, ranking_loss
+
+
+# -- similarities and loss -------------------------------------------------------------------------
+
+def test_gesd_and_cosine_on_hand_computed_examples():
+    x, y = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # ||x - y|| = sqrt(2), x.y = 0: 1 / (1 + 1.41421) * sigmoid(1) = 0.41421 * 0.73106
+    assert gesd(x, y).item() == pytest.approx(0.3028144, abs=1e-6)
+    # gamma and c enter as sigmoid(gamma (x.y + c)): sigmoid(0.5 * (0 - 1)) = 0.37754
+    assert gesd(x, y, gamma=0.5, c=-1.0).item() == pytest.approx(0.1563825, abs=1e-6)
+    a, b = torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])
+    # ||a - b|| = sqrt(5), a.b = 10: 1 / 3.23607 * sigmoid(11)
+    assert gesd(a, b).item() == pytest.approx(0.3090118, abs=1e-6)
+    assert gesd(a, a).item() == pytest.approx(1 / (1 + math.exp(-6)), abs=1e-5)
+    assert cosine(x, y).item() == pytest.approx(0.0)
+    assert cosine(a, b).item() == pytest.approx(1.0)
+    assert cosine(a, -b).item() == pytest.approx(-1.0)
+    assert cosine(torch.zeros(2), a).item() == 0.0
+    # broadcasting (B, 1, D) x (1, K, D) -> (B, K) equals the pairwise loop
+    q, n = torch.randn(3, 5), torch.randn(4, 5)
+    for f in (gesd, cosine):
+        grid = f(q[:, None, :], n[None, :, :])
+        assert grid.shape == (3, 4)
+        assert torch.allclose(grid[2, 1], f(q[2], n[1]))
+
+
+def test_gesd_gradient_is_finite_for_identical_vectors():
+    x = torch.ones(4, requires_grad=True)
+    gesd(x, x.detach().clone()).backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_ranking_loss_hardest_and_first_violator():
+    pos = torch.tensor([0.5, 0.9])
+    neg = torch.tensor([[0.45, 0.6], [0.1, 0.95]])
+    ok = torch.ones(2, 2, dtype=torch.bool)
+    # hardest: (0.1 - 0.5 + 0.6) and (0.1 - 0.9 + 0.95) -> mean(0.2, 0.15)
+    assert ranking_loss(pos, neg, ok, 0.1).item() == pytest.approx(0.175)
+    # the 0.95 answer is a ground truth of question 1: its next candidate does not violate
+    ok_masked = torch.tensor([[True, True], [True, False]])
+    assert ranking_loss(pos, neg, ok_masked, 0.1).item() == pytest.approx(0.1)
+    # first violator in each question's order: q0 tries 0.45 first (0.05), q1 tries 0.95 (0.15)
+    order = torch.tensor([[0, 1], [1, 0]])
+    assert ranking_loss(pos, neg, ok, 0.1, order).item() == pytest.approx(0.1)
+    # q0 in the other order meets 0.6 first: 0.2
+    assert ranking_loss(pos, neg, ok, 0.1, torch.tensor([[1, 0], [1, 0]])).item() == pytest.approx(0.175)
+    # no negative violates: the loss is 0 either way
+    far = torch.tensor([[0.0, 0.1], [0.2, 0.3]])
+    assert ranking_loss(pos, far, ok, 0.1).item() == 0.0
+    assert ranking_loss(pos, far, ok, 0.1, order).item() == 0.0
+    # gradient pushes the positive up and the chosen negative down
+    p, n = pos.clone().requires_grad_(), neg.clone().requires_grad_()
+    ranking_loss(p, n, ok, 0.1).backward()
+    assert (p.grad < 0).all() and n.grad[0, 1] > 0 and n.grad[0, 0] == 0

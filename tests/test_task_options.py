@@ -1,0 +1,32 @@
+"""Every built-in workload's options are typed dataclass fields, each with a line of help, and an
+instance tells its options back (the runtime rebuilds a task in each learner from them)."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gadei import task as T
+
+WORKLOADS = ["qc", "nlc", "qa", "asr", "lra"]
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_options_are_the_dataclass_fields_each_with_help(name):
+    cls = T.task_class(name)
+    assert dataclasses.is_dataclass(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    assert list(T.options(name)) == fields
+    helps = T.option_help(name)
+    assert [f for f in fields if not helps[f].strip()] == []
+    assert {"data", "data_dir"} <= set(fields)
+    with pytest.raises(TypeError):          # keyword-only, as the constructors always were
+        cls("generated")
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_an_instance_gives_back_its_options(name):
+    task = T.build(name, {"data": "generated"})
+    spec_name, options = T.spec(task, None)
+    assert spec_name == T.registered()[name]
+    assert options == {k: p.default for k, p in T.options(name).items()} | {"data": "generated"}

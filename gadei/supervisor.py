@@ -22,7 +22,7 @@ import torch
 
 import algorithms
 from gadei import arena as A
-from gadei import checkpoint, proc, shm
+from gadei import checkpoint, shm
 from gadei import ledger as L
 from gadei import task as T
 from gadei.job import JobConfig, JobError
@@ -48,28 +48,25 @@ def lock_dir() -> Path:
 def sweep_stale(log=print) -> list[str]:
     """Unlink this user's arenas whose supervisor is gone (killed together with everything).
 
-    An arena whose owner is not yet written is being created right now, unless it is old.
+    An arena is live while its creator holds its lock (`shm.owned`): that holds in any PID
+    namespace that shares /dev/shm, where a pid would not. What the sweep cannot read (another
+    format, a damaged header) it leaves alone, but for a segment whose header was never written
+    (a creation that died half way) once it is a minute old.
     """
     removed = []
     for name in shm.segments():
+        if shm.owned(name):
+            continue
         try:
-            young = time.time() - os.stat(shm.SHM_DIR / name).st_ctime < 60
-            a = A.Arena.attach(name)
+            A.Arena.attach(name).close()
         except FileNotFoundError:
             continue
         except Exception:
-            if not young:        # unreadable and old: a creation that died half way
-                shm.unlink(name)
-                removed.append(name)
-            continue
-        owner = (a.job.owner_pid, a.job.owner_start)
-        a.close()
-        if owner[0] == 0 and young:
-            continue
-        if not proc.alive(*owner):
-            shm.unlink(name)
+            if not shm.never_written(name, age=60):
+                continue
+        if shm.unlink(name):
             removed.append(name)
-            log(f"gadei: removed stale arena {name} (its supervisor, pid {owner[0]}, is gone)")
+            log(f"gadei: removed stale arena {name} (its supervisor is gone)")
     return removed
 
 
@@ -177,7 +174,10 @@ class Supervisor:
         if cfg.resume:
             version, flat, state, ledger = self.resume_point(layout, state)
         sweep_stale(self.log)
-        self.arena = a = A.Arena.create(cfg.job, layout, {"config": cfg.to_dict()})   # owned by us
+        try:
+            self.arena = a = A.Arena.create(cfg.job, layout, {"config": cfg.to_dict()})   # owned by us
+        except shm.NoSpace as e:
+            raise JobError(str(e)) from None
         b = version % A.BUFFERS
         np.copyto(a.weights(b), flat)
         for k, v in state.items():

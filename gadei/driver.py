@@ -25,11 +25,10 @@ from gadei.supervisor import Outcome, Supervisor
 def run_local(cfg: JobConfig, evaluate: bool = True) -> dict:
     """Run `cfg` with local processes; return its summary."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sup = Supervisor(cfg)
-    sup.acquire()
-    with interruptible(signal.SIGINT, signal.SIGTERM):
+    with private_files(), interruptible(signal.SIGINT, signal.SIGTERM):
+        sup = Supervisor(cfg)
         try:
+            sup.acquire()
             sup.build()
         except BaseException:
             sup.close()
@@ -88,6 +87,17 @@ def job_summary(cfg: JobConfig, interrupted: bool, outcome: Outcome, train_s: fl
         "sync_rounds_missed": [r.dropped for r in led.ordered()],
         "ledger": led.summary(), **outcome.extra,
     }
+
+
+@contextmanager
+def private_files():
+    """Inside, what the job writes (checkpoint, summary, metrics, logs, folders) is readable by
+    this user alone, as its shared memory is (0600)."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @contextmanager

@@ -8,7 +8,6 @@ learner, so no process can still be writing there.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import torch
 
 import algorithms
 from gadei import arena as A
-from gadei import checkpoint, shm
+from gadei import checkpoint, locks, shm
 from gadei import ledger as L
 from gadei import task as T
 from gadei.job import JobConfig, JobError
@@ -37,12 +36,6 @@ class Outcome:
     ledger: L.Ledger
     extra: dict = field(default_factory=dict)
     rates: tuple[float, float] | None = None     # (updates/s, samples/s) where the meter's do not apply
-
-
-def lock_dir() -> Path:
-    d = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/gadei-{os.getuid()}") / "gadei-locks"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return d
 
 
 def sweep_stale(log=print) -> list[str]:
@@ -132,26 +125,19 @@ class Supervisor:
         self.failures: dict = {}
         self.interrupted = False
         self.last_ckpt_version = -1
-        self._lock = None
+        self._locks = []
 
     # ---- setup -------------------------------------------------------------------------
-    def acquire(self) -> None:
-        """Refuse a second live job of the same name (the lock dies with its holder)."""
-        path = lock_dir() / f"{self.cfg.job}.lock"
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise JobError(f"job {self.cfg.job!r} is already running ({holder}); wait for it, stop it, "
-                           "or choose another --out or --job") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}, output {self.out.resolve()}")
-        f.flush()
-        self._lock = f
+    def acquire(self, outs: tuple[Path, ...] = ()) -> None:
+        """Refuse a second live job of the same name, or writing the same output folder (its
+        own or one of `outs`); the locks die with their holder."""
+        job = locks.hold(locks.job_lock_dir() / f"{self.cfg.job}.lock",
+                         f"job {self.cfg.job!r} is already running; wait for it, stop it, or choose another --job")
+        self._locks = [job]
+        for out in (self.out, *outs):
+            out.mkdir(parents=True, exist_ok=True)
+            self._locks.append(locks.hold(out / ".gadei.lock", f"another job writes {out}; wait for it, "
+                                          "stop it, or choose another --out"))
 
     def build(self) -> None:
         """Build the model, create the arena and fill it: fresh, or from `cfg.resume`."""
@@ -417,6 +403,6 @@ class Supervisor:
             self.arena.unlink()
             self.arena.close()
             self.arena = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        for f in self._locks:
+            f.close()
+        self._locks = []

@@ -3,14 +3,19 @@ reproduces one finding. Those about /dev/shm run in a private mount namespace wi
 tmpfs on /dev/shm (as root), never on the machine's own."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_gadei, start_gadei, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[1]
 UNSHARE = shutil.which("unshare")
@@ -23,6 +28,11 @@ def _namespaces_work() -> str | None:
     r = subprocess.run([UNSHARE, "--mount", "--propagation", "private", "sh", "-c",
                         "mount -t tmpfs -o size=1M tmpfs /dev/shm"], capture_output=True, text=True)
     return None if r.returncode == 0 else f"no private mount namespace here: {r.stderr.strip()}"
+
+
+def probe(out, steps, *more) -> list:
+    return ["train", "--task", "probe", "--learners", 2, "--steps", steps, "--lr", 1, "--out", out,
+            "--no-progress", *more]
 
 
 needs_namespaces = pytest.mark.skipif(_namespaces_work() is not None, reason=str(_namespaces_work()))
@@ -76,3 +86,66 @@ def test_clean_from_another_pid_namespace_leaves_a_live_arena(tmp_path):
     assert "after-clean=1" in r.stdout, r.stdout + r.stderr
     assert "other=1" in r.stdout
     assert "job-exit=0" in r.stdout and "left=0" in r.stdout, r.stdout + (tmp_path / "job.err").read_text()
+
+
+# ---- locks: the lock folder, symlinks, one job per output folder ------------------------------
+def test_a_lock_folder_of_another_user_or_writable_by_others_is_refused(tmp_path):
+    """Finding 1: without XDG_RUNTIME_DIR the lock folder was created with exist_ok and its
+    owner never checked; a symlink planted at the lock's name made the job overwrite its target."""
+    from gadei import locks
+    from gadei.job import JobError
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(JobError, match="belongs to uid 65534"):
+        locks.private_dir(theirs)
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(JobError, match="writable by others"):
+        locks.private_dir(open_dir)
+    mine = locks.private_dir(tmp_path / "mine")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (mine / "job.lock").symlink_to(victim)
+    with pytest.raises(JobError, match="symlink"):
+        locks.hold(mine / "job.lock", "busy")
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.timeout(120)
+def test_the_cli_refuses_a_planted_lock_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "gadei-locks").mkdir(parents=True)
+    os.chown(run / "gadei-locks", 65534, 65534)
+    r = run_gadei(*probe(tmp_path / "out", 20), env={"XDG_RUNTIME_DIR": str(run)}, timeout=100)
+    assert r.returncode == 2 and "refusing the lock folder" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_two_jobs_cannot_write_one_output_folder(tmp_path):
+    """Finding 8: the lock was the job's name, so a second job with another --job (or another
+    XDG_RUNTIME_DIR) wrote the same folder. Now the output folder itself is locked."""
+    out = tmp_path / "shared"
+    first = start_gadei(*probe(out, 10**9, "--job", "first-writer"))   # ends by the SIGINT below
+    try:
+        wait_for_job("first-writer")
+        r = run_gadei(*probe(out, 20, "--job", "second-writer"), env={"XDG_RUNTIME_DIR": str(tmp_path)},
+                      timeout=200)
+        assert r.returncode == 2 and "another job writes" in r.stderr, r.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    assert json.loads((out / "summary.json").read_text())["job"] == "first-writer"
+
+
+@pytest.mark.timeout(200)
+def test_what_a_job_writes_is_private(tmp_path):
+    """Finding 11: checkpoints, summaries and logs were created 0644 while the arena is 0600."""
+    out = tmp_path / "private"
+    r = run_gadei(*probe(out, 20), timeout=180)
+    assert r.returncode == 0, r.stderr
+    paths = [out, out / "summary.json", out / "metrics.jsonl", out / "checkpoint", out / "logs",
+             *(out / "logs").iterdir()]
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert all(mode & 0o077 == 0 for mode in modes.values()), modes

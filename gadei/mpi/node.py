@@ -15,7 +15,7 @@ import torch
 
 from gadei import arena as A
 from gadei import proc
-from gadei.driver import drive, interruptible
+from gadei.driver import drive, interruptible, private_files
 from gadei.job import JobConfig, JobError
 from gadei.ledger import Ledger, Record, count
 from gadei.mpi import wire as W
@@ -232,14 +232,12 @@ def lead(topo: Topology, gcfg: JobConfig, settings: Settings) -> dict | None:
     """A node leader's main: build the node, tell its learners the arena, drive the job."""
     cfg = node_config(gcfg, topo)
     out, node_out = Path(gcfg.out), Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    node_out.mkdir(parents=True, exist_ok=True)
     sup = NodeSupervisor(cfg, topo, gcfg, settings)
     reporting = topo.rank == 0
-    with interruptible(signal.SIGTERM):
+    with private_files(), interruptible(signal.SIGTERM):
         try:
             try:
-                sup.acquire()
+                sup.acquire(outs=(out,) if reporting and sup.multi else ())
                 sup.build()
             except Exception as e:
                 bcast_name(topo, {"op": "arena", "name": "", "error": f"node {topo.node}: {e}"})

@@ -82,9 +82,11 @@ def discard_writing(arena: A.Arena, i: int) -> list[int]:
 class Child:
     """A role process: the PS (i = None) or learner i, with its log file."""
 
-    def __init__(self, cmd: list[str], log: Path, i: int | None, first: bool):
+    def __init__(self, cmd: list[str], log: Path, i: int | None, first: bool, progress: int):
         self.i = i
         self.log = log
+        self.progress = progress        # its step (the PS: the published version) when started
+        self.lease_missed = False
         env = dict(os.environ)
         if not first:
             env.pop("GADEI_FAULTS", None)   # an injected fault fires in the first incarnation only
@@ -197,7 +199,7 @@ class Supervisor:
         self.arena.job.ps_beat = A.now_ns()
         self.arena.job.ps_pid = 0
         self.ps = Child(self._cmd("ps", self.arena.name), self.out / "logs" / "ps.log", None,
-                        first=self.restarts["ps"] == 0)
+                        first=self.restarts["ps"] == 0, progress=self.arena.job.published)
 
     def start_learner(self, i: int) -> None:
         a = self.arena
@@ -205,7 +207,7 @@ class Supervisor:
         a.learner(i).pid = 0
         self.learners[i] = Child(self._cmd("learner", a.name, str(i)),
                                  self.out / "logs" / f"learner-{i}.log", i,
-                                 first=self.incarnations[i] == 1)
+                                 first=self.incarnations[i] == 1, progress=a.learner(i).step)
 
     def discard(self, i: int, died: bool = True) -> None:
         """Learner i is reaped: its WRITING slots' numbers are discarded and the slots freed."""
@@ -221,14 +223,7 @@ class Supervisor:
         del self.learners[i]
         if a.learner(i).done:
             return
-        if code not in (0, -signal.SIGKILL, -signal.SIGTERM) and not self._progressed(i, child):
-            self.failures[i] = self.failures.get(i, 0) + 1
-            if self.failures[i] >= 3:
-                raise JobError(f"learner {i} failed {self.failures[i]} times in a row without making "
-                               f"progress (exit code {code}); its log ({child.log}) ends with:\n"
-                               f"{child.tail()}")
-        else:
-            self.failures[i] = 0
+        self.count_failure(i, child, code, progressed=a.learner(i).step > child.progress)
         if self.restarts["learners"] >= self.cfg.max_restarts:
             raise JobError(f"learners were restarted {self.restarts['learners']} times; giving up")
         self.restarts["learners"] += 1
@@ -236,18 +231,25 @@ class Supervisor:
         a.learner(i).incarnation = self.incarnations[i] - 1
         self.start_learner(i)
 
-    def _progressed(self, i: int, child: Child) -> bool:
-        return time.monotonic() - child.started > 30 or self.arena.learner(i).pid != 0 \
-            and self.arena.learner(i).step > 0
+    def count_failure(self, who, child: Child, code: int, progressed: bool) -> None:
+        """A role died: a failure of its own (an error exit, or a lease we ended) without progress
+        since it started counts; the third in a row ends the job with the role's own last words.
+        A kill from outside (SIGKILL, SIGTERM: chaos, an operator) is no failure of the role."""
+        own = code not in (0, -signal.SIGKILL, -signal.SIGTERM) or child.lease_missed
+        if progressed or not own:
+            self.failures[who] = 0
+            return
+        self.failures[who] = self.failures.get(who, 0) + 1
+        if self.failures[who] >= 3:
+            what = "the PS" if who == "ps" else f"learner {who}"
+            why = "missed its lease" if child.lease_missed else f"exit code {code}"
+            raise JobError(f"{what} failed {self.failures[who]} times in a row without making progress "
+                           f"({why}); its log ({child.log}) ends with:\n{child.tail()}")
 
     def reap_ps(self, code: int) -> None:
         if self.restarts["ps"] >= self.cfg.max_restarts:
             raise JobError(f"the PS was restarted {self.restarts['ps']} times; giving up")
-        if code not in (-signal.SIGKILL, -signal.SIGTERM) and time.monotonic() - self.ps.started < 30:
-            self.failures["ps"] = self.failures.get("ps", 0) + 1
-            if self.failures["ps"] >= 3:
-                raise JobError(f"the PS failed {self.failures['ps']} times in a row (exit code {code}); "
-                               f"its log ({self.ps.log}) ends with:\n{self.ps.tail()}")
+        self.count_failure("ps", self.ps, code, progressed=self.arena.job.published > self.ps.progress)
         self.restarts["ps"] += 1
         self.log(f"gadei: the PS died (exit code {code}); a new PS resumes from the published state")
         self.start_ps()
@@ -267,6 +269,7 @@ class Supervisor:
         code = self.ps.popen.poll()
         if code is None and self.missed_lease(self.ps, (a.job.ps_pid, a.job.ps_beat), now):
             self.log(f"gadei: the PS (pid {self.ps.popen.pid}) missed its lease; replacing it")
+            self.ps.lease_missed = True
             code = self.ps.kill()
         if code is not None:
             self.ps.kill()
@@ -276,6 +279,7 @@ class Supervisor:
             lw = a.learner(i)
             if code is None and self.missed_lease(child, (lw.pid, lw.beat), now):
                 self.log(f"gadei: learner {i} (pid {child.popen.pid}) missed its lease; replacing it")
+                child.lease_missed = True
                 code = child.kill()
             if code is not None:
                 child.kill()

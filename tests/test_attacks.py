@@ -149,3 +149,78 @@ def test_what_a_job_writes_is_private(tmp_path):
              *(out / "logs").iterdir()]
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in paths}
     assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+
+
+# ---- restart loops, failures that end a job ------------------------------------------------------
+@pytest.mark.timeout(600)
+def test_a_deterministic_failure_ends_the_job_with_its_error_checkpoint_and_summary(tmp_path):
+    """Findings 5 and 7: a loss that raises from step 3 on was restarted forever (31 restarts in
+    60 s, no message); a job ended by such an error left no checkpoint and no summary."""
+    from gadei import checkpoint
+    from gadei import ledger as L
+    out = tmp_path / "fails"
+    r = run_gadei("train", "--task", "tests.tasks:FailsFrom", "--learners", 2, "--steps", 400, "--out", out,
+                  "--no-progress", timeout=500)
+    assert r.returncode == 2, r.stderr
+    assert "learner 1 failed 3 times in a row without making progress" in r.stderr
+    assert "RuntimeError: deterministic failure at step 3" in r.stderr       # its own last words
+    summary = json.loads((out / "summary.json").read_text())
+    # the first incarnation got to step 3 (progress), the next three did not
+    assert "learner 1 failed 3 times" in summary["error"] and summary["restarts"]["learners"] == 3
+    assert checkpoint.load(out)["meta"]["final"] is False
+    assert all(not L.audit(e) for e in summary["ledger"].values()), summary["ledger"]
+
+
+@pytest.mark.timeout(400)
+def test_a_step_longer_than_the_lease_is_not_a_missed_lease(tmp_path):
+    """Finding 5: learners beat only between steps, so a step longer than --lease was killed
+    every time: 0 updates, forever. Now a thread beats while the step runs."""
+    out = tmp_path / "slow"
+    r = run_gadei("train", "--task", "tests.tasks:SlowSteps", "--learners", 1, "--steps", 3, "--lease", 3,
+                  "--out", out, "--no-progress", timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["updates_applied"] == 3 and summary["restarts"] == {"ps": 0, "learners": 0}
+
+
+@pytest.mark.parametrize("lease", ["0", "-1"])
+def test_a_lease_that_is_not_positive_is_refused(tmp_path, lease):
+    r = run_gadei(*probe(tmp_path / "x", 10, "--lease", lease), timeout=100)
+    assert r.returncode == 2 and "--lease must be a positive number of seconds" in r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_an_easgd_learner_recovers_from_a_non_finite_state(tmp_path):
+    """Finding 10: EASGD never re-pulls, so one NaN stayed in a learner's weights and 98 of its
+    next 100 pushes were rejected. Now it starts again from the centre, and says so."""
+    import gadei
+    s = gadei.train("tests.tasks:Poisoned", optimizer="easgd", lr=0.05, tau=4, learners=2, steps=400,
+                    out=tmp_path / "easgd", progress=False)
+    rejected = sum(len(e["rejected"]) for e in s["ledger"].values())
+    committed = sum(b - a + 1 for e in s["ledger"].values() for a, b in e["committed"])
+    assert committed == 100 and rejected <= 30, (rejected, committed)     # 1 window in 5 is poisoned
+    assert s["final_metrics"]["accuracy"] > 0.8
+    logs = "".join(p.read_text() for p in (tmp_path / "easgd" / "logs").glob("learner-*.log"))
+    assert "it starts again from the centre" in logs
+
+
+@pytest.mark.timeout(200)
+def test_an_evaluate_that_raises_still_leaves_the_summary(tmp_path):
+    """Finding 11: a task's evaluate() raising left no summary.json, only a traceback."""
+    out = tmp_path / "badeval"
+    r = run_gadei("train", "--task", "tests.tasks:BadEvaluate", "--steps", 20, "--out", out, "--no-progress",
+                  timeout=180)
+    assert r.returncode == 2 and "evaluate() raised KeyError" in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["updates_applied"] == 20 and "evaluate() raised" in summary["error"]
+
+
+def test_a_checkpoint_without_a_ledger_is_a_clear_error(tmp_path):
+    """Finding 11: a checkpoint with a valid checksum but no ledger ended `--resume` in a bare
+    KeyError."""
+    import numpy as np
+    from gadei import checkpoint
+    checkpoint.save(tmp_path / "ck", {"w": np.zeros(1024, np.float32)}, {},
+                    {"optimizer": "sgd", "learners": 2, "version": 3})
+    r = run_gadei(*probe(tmp_path / "out", 10, "--resume", tmp_path / "ck"), timeout=100)
+    assert r.returncode == 2 and "holds no readable ledger" in r.stderr and "Traceback" not in r.stderr

@@ -66,6 +66,7 @@ class RankChild:
         self.popen = RankProcess(arena, i, pid, started)
         self.log = Path(f"(world rank {rank}: see mpiexec's output)")
         self.started = time.monotonic()
+        self.lease_missed = False
 
     def kill(self) -> int:
         self.popen.kill()

@@ -151,7 +151,7 @@ class NodeSupervisor(Supervisor):
                                 self.log)
             link = LocalLink(self.gps, 0)
         else:
-            link = MPILink(self.topo.world, self.arena.layout.n, self.settings.timeout)
+            link = MPILink(self.topo.world, self.arena.layout.n, self.settings.timeout, self.topo.where(0))
         self.uplink = Uplink(self, link, self.settings)
 
     poll_s = 0.02
@@ -172,6 +172,12 @@ class NodeSupervisor(Supervisor):
             while len(self.gps.final) < self.topo.nodes:
                 self.gps.serve()
                 time.sleep(0.005)
+            # and for our answers to leave: an Isend still pending at MPI_Finalize is lost (over
+            # TCP the reply's tensor goes by rendezvous, which needs this rank alive), and the
+            # node waiting for it would time out after our summary was written
+            while self.gps.sends:
+                self.gps.serve()
+                time.sleep(0.001)
         return train_s
 
     def conclude(self, final: bool, train_s: float) -> Outcome:

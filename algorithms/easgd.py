@@ -13,6 +13,8 @@ Local steps: EASGD   x_i <- x_i - lr * g(x_i)
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from algorithms.protocols import LocalSteps, check_positive
@@ -32,6 +34,9 @@ class EASGD(LocalSteps):
         self.rule = SGD(lr=lr)
         self._centre = None
 
+    def restart(self) -> None:
+        """Forget the local state beyond the weights (EAMSGD: the momentum)."""
+
     def local_step(self, worker, closure):
         loss = closure()
         worker.flat.add_(worker.gradient(), alpha=-self.lr)
@@ -48,8 +53,14 @@ class EASGD(LocalSteps):
             d = self.scratch(worker)
             alpha = self.beta / worker.learners
             d.copy_(worker.flat).sub_(torch_from(self._centre)).mul_(alpha)
-            worker.push_delta(d, steps=self._pending)
-            worker.flat.sub_(d)
+            worker.push_delta(d, steps=self._pending)      # the PS rejects a non-finite one
+            if bool(d.isfinite().all()):
+                worker.flat.sub_(d)
+            else:                      # a NaN or Inf stays in local weights: start again from the centre
+                print(f"gadei: learner {worker.i}: its local weights are not finite after step {worker.step}; "
+                      "it starts again from the centre", file=sys.stderr, flush=True)
+                worker.pull()
+                self.restart()
             self._pending = 0
         return float(loss.detach())
 
@@ -62,6 +73,9 @@ class EAMSGD(EASGD):
         if not 0.0 <= delta < 1.0:
             raise ValueError(f"Invalid momentum delta: {delta} (needs 0 <= delta < 1)")
         self.delta = delta
+        self._v = None
+
+    def restart(self) -> None:
         self._v = None
 
     def local_step(self, worker, closure):

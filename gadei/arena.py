@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from gadei import proc, shm
 from gadei.atomic import AtomicWords
 
 MAGIC = b"GADEIPS\x01"
-FORMAT = 1
+FORMAT = 2   # 2: the owner holds a flock on the segment (shm.owned)
 PAGE = mmap.PAGESIZE
 META_MAX = 64 * 1024 - 64
 LEDGER_MAX = 256 * 1024
@@ -227,6 +228,7 @@ class Arena:
 
     def __init__(self, name: str, mm: mmap.mmap, layout: Layout, meta: dict, owner: bool):
         self.name, self.layout, self.meta, self.owner = name, layout, meta, owner
+        self._lock = None
         self._mm = mm
         self._off = _offsets(layout)
         raw = np.frombuffer(mm, np.uint8)
@@ -255,14 +257,16 @@ class Arena:
         blob = msgpack.packb({"job": job, "layout": layout.to_dict(), **meta})
         if len(blob) > META_MAX:
             raise ValueError(f"job configuration too large for the arena header ({len(blob)} bytes)")
-        mm = shm.create(name, size)
+        mm, lock = shm.create(name, size)
         try:
             mm[0:64] = MAGIC + struct.pack("<II", FORMAT, len(blob)) + layout.digest() + bytes(16)
             mm[64:64 + len(blob)] = blob
             arena = cls(name, mm, layout, msgpack.unpackb(blob), owner=True)
+            arena._lock = lock              # held until close(): the owner is alive (shm.owned)
             pid, started = proc.me()        # the owner until someone says otherwise
             arena.job.owner_pid, arena.job.owner_start = pid, started
         except BaseException:
+            os.close(lock)
             shm.unlink(name)
             raise
         return arena
@@ -319,6 +323,9 @@ class Arena:
         except BufferError:
             pass  # a caller still holds a view; the mapping goes when that view goes
         self._mm = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def unlink(self) -> None:
         shm.unlink(self.name)

@@ -12,12 +12,13 @@ import json
 import os
 import signal
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
 from gadei import ledger as L
 from gadei.evaluate import Evaluator
-from gadei.job import JobConfig
+from gadei.job import JobConfig, JobError
 from gadei.meter import Meter
 from gadei.supervisor import Outcome, Supervisor
 
@@ -25,11 +26,10 @@ from gadei.supervisor import Outcome, Supervisor
 def run_local(cfg: JobConfig, evaluate: bool = True) -> dict:
     """Run `cfg` with local processes; return its summary."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sup = Supervisor(cfg)
-    sup.acquire()
-    with interruptible(signal.SIGINT, signal.SIGTERM):
+    with private_files(), interruptible(signal.SIGINT, signal.SIGTERM):
+        sup = Supervisor(cfg)
         try:
+            sup.acquire()
             sup.build()
         except BaseException:
             sup.close()
@@ -49,6 +49,7 @@ def drive(sup, cfg: JobConfig, out: Path, metrics: Path, *, evaluate: bool = Tru
         meter(s)
         if on_tick:
             on_tick(s)
+    error = None
     try:
         try:
             train_s = sup.run(on_tick=tick)
@@ -56,16 +57,31 @@ def drive(sup, cfg: JobConfig, out: Path, metrics: Path, *, evaluate: bool = Tru
             sup.interrupted = True
             sup.log("gadei: interrupted; stopping the learners and the PS, saving a checkpoint")
             train_s = time.monotonic() - t_start
-        meter.record(time.monotonic(), final=True)
+        except JobError as e:           # the job cannot go on: it still ends with its checkpoint
+            error = e
+            sup.log(f"gadei: {e}\ngadei: the job stops; saving a checkpoint and the summary")
+            train_s = time.monotonic() - t_start
+        meter.record(time.monotonic(), final=error is None)
         sup.stop_children()
         if not reporting:
+            if error:
+                raise error
             return None
-        outcome = sup.conclude(final=not sup.interrupted, train_s=train_s)
+        outcome = sup.conclude(final=not sup.interrupted and error is None, train_s=train_s)
         summary = job_summary(cfg, sup.interrupted, outcome, train_s, outcome.rates or meter.rates())
         sup.close()
-        summary["final_metrics"] = Evaluator(cfg)(outcome.weights) if evaluate and not sup.interrupted else {}
+        if evaluate and not sup.interrupted and error is None:
+            try:
+                summary["final_metrics"] = Evaluator(cfg)(outcome.weights)
+            except Exception as e:      # noqa: BLE001 - the task's own code: any error is its
+                error = JobError(f"the job finished and its checkpoint is written, but task {cfg.task!r}'s "
+                                 f"evaluate() raised {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        if error:
+            summary["error"] = str(error)
         summary["wall_time_s"] = round(time.monotonic() - t_start, 3)
         write_json(out / "summary.json", summary)
+        if error:
+            raise error
         return summary
     finally:
         meter.close()
@@ -74,7 +90,8 @@ def drive(sup, cfg: JobConfig, out: Path, metrics: Path, *, evaluate: bool = Tru
 
 def job_summary(cfg: JobConfig, interrupted: bool, outcome: Outcome, train_s: float,
                 rates: tuple[float, float]) -> dict:
-    """summary.json (docs/protocol.md, "The summary"), less the final metrics and wall time."""
+    """summary.json (docs/protocol.md, "The summary"), less the final metrics, the wall time and
+    the error that ended the job, if one did."""
     led = outcome.ledger
     applied = sum(L.count(r.applied) for r in led.records.values())
     return {
@@ -84,10 +101,21 @@ def job_summary(cfg: JobConfig, interrupted: bool, outcome: Outcome, train_s: fl
         "updates_per_s": round(rates[0], 2), "samples": led.samples, "samples_per_s": round(rates[1], 2),
         "version": outcome.version,
         "staleness": {"mean": led.stale_sum / max(1, applied), "max": led.stale_max},
-        "checkpoint": str(Path(cfg.out) / "checkpoint"),
+        "checkpoint": str(Path(cfg.out) / "checkpoint"), "final_metrics": {},
         "sync_rounds_missed": [r.dropped for r in led.ordered()],
         "ledger": led.summary(), **outcome.extra,
     }
+
+
+@contextmanager
+def private_files():
+    """Inside, what the job writes (checkpoint, summary, metrics, logs, folders) is readable by
+    this user alone, as its shared memory is (0600)."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -16,6 +17,7 @@ import torch  # noqa: E402
 
 import algorithms  # noqa: E402
 from gadei import arena as A  # noqa: E402
+from gadei.atomic import AtomicWords  # noqa: E402
 from gadei import proc  # noqa: E402
 from gadei.job import JobConfig  # noqa: E402
 from gadei.server import Server  # noqa: E402
@@ -51,6 +53,7 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
     arena.learner(i).beat = A.now_ns()
     arena.learner(i).start = started
     arena.learner(i).pid = pid
+    stop_beating = heartbeat(arena, i, every=min(1.0, cfg.lease / 4))
 
     quota = cfg.quota(gid) if cfg.steps is not None else None
     worker.quota = quota
@@ -93,6 +96,28 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
     except PSGone as e:
         print(f"gadei: {e}", file=sys.stderr)
         return 3
+    finally:
+        stop_beating()
+
+
+def heartbeat(arena: A.Arena, i: int, every: float):
+    """Beat learner i's lease every `every` seconds from a thread of its own, until the returned
+    function is called: a step longer than the lease is no missed lease, while a stopped or
+    frozen process (all its threads) still misses it. The thread has atomics of its own (their
+    operand buffer is per object)."""
+    words = A.LearnerWords(AtomicWords(arena.words), arena.lw(i, 0))
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(every):
+            words.beat = A.now_ns()
+    thread = threading.Thread(target=beat, name=f"gadei-heartbeat-{i}", daemon=True)
+    thread.start()
+
+    def stop():
+        done.set()
+        thread.join()
+    return stop
 
 
 def main(argv: list[str]) -> int:

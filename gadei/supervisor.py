@@ -8,7 +8,6 @@ learner, so no process can still be writing there.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import torch
 
 import algorithms
 from gadei import arena as A
-from gadei import checkpoint, proc, shm
+from gadei import checkpoint, locks, shm
 from gadei import ledger as L
 from gadei import task as T
 from gadei.job import JobConfig, JobError
@@ -39,37 +38,28 @@ class Outcome:
     rates: tuple[float, float] | None = None     # (updates/s, samples/s) where the meter's do not apply
 
 
-def lock_dir() -> Path:
-    d = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/gadei-{os.getuid()}") / "gadei-locks"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return d
-
-
 def sweep_stale(log=print) -> list[str]:
     """Unlink this user's arenas whose supervisor is gone (killed together with everything).
 
-    An arena whose owner is not yet written is being created right now, unless it is old.
+    An arena is live while its creator holds its lock (`shm.owned`): that holds in any PID
+    namespace that shares /dev/shm, where a pid would not. What the sweep cannot read (another
+    format, a damaged header) it leaves alone, but for a segment whose header was never written
+    (a creation that died half way) once it is a minute old.
     """
     removed = []
     for name in shm.segments():
+        if shm.owned(name):
+            continue
         try:
-            young = time.time() - os.stat(shm.SHM_DIR / name).st_ctime < 60
-            a = A.Arena.attach(name)
+            A.Arena.attach(name).close()
         except FileNotFoundError:
             continue
         except Exception:
-            if not young:        # unreadable and old: a creation that died half way
-                shm.unlink(name)
-                removed.append(name)
-            continue
-        owner = (a.job.owner_pid, a.job.owner_start)
-        a.close()
-        if owner[0] == 0 and young:
-            continue
-        if not proc.alive(*owner):
-            shm.unlink(name)
+            if not shm.never_written(name, age=60):
+                continue
+        if shm.unlink(name):
             removed.append(name)
-            log(f"gadei: removed stale arena {name} (its supervisor, pid {owner[0]}, is gone)")
+            log(f"gadei: removed stale arena {name} (its supervisor is gone)")
     return removed
 
 
@@ -92,9 +82,11 @@ def discard_writing(arena: A.Arena, i: int) -> list[int]:
 class Child:
     """A role process: the PS (i = None) or learner i, with its log file."""
 
-    def __init__(self, cmd: list[str], log: Path, i: int | None, first: bool):
+    def __init__(self, cmd: list[str], log: Path, i: int | None, first: bool, progress: int):
         self.i = i
         self.log = log
+        self.progress = progress        # its step (the PS: the published version) when started
+        self.lease_missed = False
         env = dict(os.environ)
         if not first:
             env.pop("GADEI_FAULTS", None)   # an injected fault fires in the first incarnation only
@@ -135,26 +127,19 @@ class Supervisor:
         self.failures: dict = {}
         self.interrupted = False
         self.last_ckpt_version = -1
-        self._lock = None
+        self._locks = []
 
     # ---- setup -------------------------------------------------------------------------
-    def acquire(self) -> None:
-        """Refuse a second live job of the same name (the lock dies with its holder)."""
-        path = lock_dir() / f"{self.cfg.job}.lock"
-        f = open(path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise JobError(f"job {self.cfg.job!r} is already running ({holder}); wait for it, stop it, "
-                           "or choose another --out or --job") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}, output {self.out.resolve()}")
-        f.flush()
-        self._lock = f
+    def acquire(self, outs: tuple[Path, ...] = ()) -> None:
+        """Refuse a second live job of the same name, or writing the same output folder (its
+        own or one of `outs`); the locks die with their holder."""
+        job = locks.hold(locks.job_lock_dir() / f"{self.cfg.job}.lock",
+                         f"job {self.cfg.job!r} is already running; wait for it, stop it, or choose another --job")
+        self._locks = [job]
+        for out in (self.out, *outs):
+            out.mkdir(parents=True, exist_ok=True)
+            self._locks.append(locks.hold(out / ".gadei.lock", f"another job writes {out}; wait for it, "
+                                          "stop it, or choose another --out"))
 
     def build(self) -> None:
         """Build the model, create the arena and fill it: fresh, or from `cfg.resume`."""
@@ -177,7 +162,10 @@ class Supervisor:
         if cfg.resume:
             version, flat, state, ledger = self.resume_point(layout, state)
         sweep_stale(self.log)
-        self.arena = a = A.Arena.create(cfg.job, layout, {"config": cfg.to_dict()})   # owned by us
+        try:
+            self.arena = a = A.Arena.create(cfg.job, layout, {"config": cfg.to_dict()})   # owned by us
+        except shm.NoSpace as e:
+            raise JobError(str(e)) from None
         b = version % A.BUFFERS
         np.copyto(a.weights(b), flat)
         for k, v in state.items():
@@ -211,7 +199,7 @@ class Supervisor:
         self.arena.job.ps_beat = A.now_ns()
         self.arena.job.ps_pid = 0
         self.ps = Child(self._cmd("ps", self.arena.name), self.out / "logs" / "ps.log", None,
-                        first=self.restarts["ps"] == 0)
+                        first=self.restarts["ps"] == 0, progress=self.arena.job.published)
 
     def start_learner(self, i: int) -> None:
         a = self.arena
@@ -219,7 +207,7 @@ class Supervisor:
         a.learner(i).pid = 0
         self.learners[i] = Child(self._cmd("learner", a.name, str(i)),
                                  self.out / "logs" / f"learner-{i}.log", i,
-                                 first=self.incarnations[i] == 1)
+                                 first=self.incarnations[i] == 1, progress=a.learner(i).step)
 
     def discard(self, i: int, died: bool = True) -> None:
         """Learner i is reaped: its WRITING slots' numbers are discarded and the slots freed."""
@@ -235,14 +223,7 @@ class Supervisor:
         del self.learners[i]
         if a.learner(i).done:
             return
-        if code not in (0, -signal.SIGKILL, -signal.SIGTERM) and not self._progressed(i, child):
-            self.failures[i] = self.failures.get(i, 0) + 1
-            if self.failures[i] >= 3:
-                raise JobError(f"learner {i} failed {self.failures[i]} times in a row without making "
-                               f"progress (exit code {code}); its log ({child.log}) ends with:\n"
-                               f"{child.tail()}")
-        else:
-            self.failures[i] = 0
+        self.count_failure(i, child, code, progressed=a.learner(i).step > child.progress)
         if self.restarts["learners"] >= self.cfg.max_restarts:
             raise JobError(f"learners were restarted {self.restarts['learners']} times; giving up")
         self.restarts["learners"] += 1
@@ -250,18 +231,25 @@ class Supervisor:
         a.learner(i).incarnation = self.incarnations[i] - 1
         self.start_learner(i)
 
-    def _progressed(self, i: int, child: Child) -> bool:
-        return time.monotonic() - child.started > 30 or self.arena.learner(i).pid != 0 \
-            and self.arena.learner(i).step > 0
+    def count_failure(self, who, child: Child, code: int, progressed: bool) -> None:
+        """A role died: a failure of its own (an error exit, or a lease we ended) without progress
+        since it started counts; the third in a row ends the job with the role's own last words.
+        A kill from outside (SIGKILL, SIGTERM: chaos, an operator) is no failure of the role."""
+        own = code not in (0, -signal.SIGKILL, -signal.SIGTERM) or child.lease_missed
+        if progressed or not own:
+            self.failures[who] = 0
+            return
+        self.failures[who] = self.failures.get(who, 0) + 1
+        if self.failures[who] >= 3:
+            what = "the PS" if who == "ps" else f"learner {who}"
+            why = "missed its lease" if child.lease_missed else f"exit code {code}"
+            raise JobError(f"{what} failed {self.failures[who]} times in a row without making progress "
+                           f"({why}); its log ({child.log}) ends with:\n{child.tail()}")
 
     def reap_ps(self, code: int) -> None:
         if self.restarts["ps"] >= self.cfg.max_restarts:
             raise JobError(f"the PS was restarted {self.restarts['ps']} times; giving up")
-        if code not in (-signal.SIGKILL, -signal.SIGTERM) and time.monotonic() - self.ps.started < 30:
-            self.failures["ps"] = self.failures.get("ps", 0) + 1
-            if self.failures["ps"] >= 3:
-                raise JobError(f"the PS failed {self.failures['ps']} times in a row (exit code {code}); "
-                               f"its log ({self.ps.log}) ends with:\n{self.ps.tail()}")
+        self.count_failure("ps", self.ps, code, progressed=self.arena.job.published > self.ps.progress)
         self.restarts["ps"] += 1
         self.log(f"gadei: the PS died (exit code {code}); a new PS resumes from the published state")
         self.start_ps()
@@ -281,6 +269,7 @@ class Supervisor:
         code = self.ps.popen.poll()
         if code is None and self.missed_lease(self.ps, (a.job.ps_pid, a.job.ps_beat), now):
             self.log(f"gadei: the PS (pid {self.ps.popen.pid}) missed its lease; replacing it")
+            self.ps.lease_missed = True
             code = self.ps.kill()
         if code is not None:
             self.ps.kill()
@@ -290,6 +279,7 @@ class Supervisor:
             lw = a.learner(i)
             if code is None and self.missed_lease(child, (lw.pid, lw.beat), now):
                 self.log(f"gadei: learner {i} (pid {child.popen.pid}) missed its lease; replacing it")
+                child.lease_missed = True
                 code = child.kill()
             if code is not None:
                 child.kill()
@@ -417,6 +407,6 @@ class Supervisor:
             self.arena.unlink()
             self.arena.close()
             self.arena = None
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        for f in self._locks:
+            f.close()
+        self._locks = []

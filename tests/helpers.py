@@ -86,11 +86,14 @@ def chaos(p: subprocess.Popen, job_prefix: str, kills: int, rng, ps_share: float
 
 
 def train_under_chaos(args: list, job: str, kills: int, rng, **chaos_args) -> tuple[int, dict]:
-    """Run `gadei <args> --job job`, SIGKILLing its roles meanwhile; (kills made, summary).
-    Fails if the job itself did not end well."""
+    """Run `gadei <args> --job job`, an unbounded job, SIGKILLing its roles `kills` times, then
+    stop it with SIGINT (a clean stop: drained, checkpointed); (kills made, summary). The job
+    outlasts the kills by construction, however slow the machine. Fails if the job itself did
+    not end well."""
     p = start_gadei(*args, "--job", job)
     try:
         made = chaos(p, job, kills, rng, **chaos_args)
+        p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=240)
     finally:
         if p.poll() is None:

@@ -48,3 +48,34 @@ class Poisoned(Blobs):
         from gadei.context import current
         loss = super().loss(model, batch)
         return loss * float("nan") if current().seq % 5 == 3 else loss
+
+
+class FailsFrom(Blobs):
+    """Blobs whose loss raises on learner 1 from its third step on: a deterministic failure."""
+
+    def loss(self, model, batch) -> torch.Tensor:
+        from gadei.context import current
+        ctx = current()
+        if ctx.learner == 1 and ctx.step >= 3:
+            raise RuntimeError(f"deterministic failure at step {ctx.step}")
+        return super().loss(model, batch)
+
+
+class SlowSteps(Blobs):
+    """Blobs whose every step takes `pause` seconds more (longer than a short lease)."""
+
+    def __init__(self, *, pause: float = 6.0):
+        super().__init__()
+        self.pause = pause
+
+    def loss(self, model, batch) -> torch.Tensor:
+        import time
+        time.sleep(self.pause)
+        return super().loss(model, batch)
+
+
+class BadEvaluate(Blobs):
+    """Blobs whose evaluate() raises."""
+
+    def evaluate(self, model, split: str) -> dict[str, float]:
+        raise KeyError("no such metric")

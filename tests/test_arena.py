@@ -114,23 +114,27 @@ def test_control_word_encoding():
 
 
 def test_stale_arenas_of_dead_jobs_are_swept():
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    stale = A.Arena.create("test-stale", layout(), {})
+    """An arena whose creator was killed (its lock gone with it) is swept; a live one is not."""
+    code = ("import time; from gadei import arena as A; from tests.helpers import small_layout; "
+            "a = A.Arena.create('test-stale', small_layout(), {}); print(a.name, flush=True); time.sleep(600)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    stale = child.stdout.readline().strip()
     live = A.Arena.create("test-live", layout(), {})
     try:
-        stale.job.owner_pid = int(dead)
-        from gadei import proc
-        pid, started = proc.me()
-        live.job.owner_pid = pid
-        live.job.owner_start = started
+        assert shm.owned(stale) and shm.owned(live.name)
+        child.kill()
+        child.wait()
+        assert not shm.owned(stale)
         removed = sweep_stale(log=lambda m: None)
-        assert stale.name in removed and live.name not in removed
+        assert stale in removed and live.name not in removed
         assert shm.segments("test-live") == [live.name] and shm.segments("test-stale") == []
     finally:
-        for a in (stale, live):
-            a.unlink()
-            a.close()
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        shm.unlink(stale)
+        live.unlink()
+        live.close()
 
 
 def test_ledger_ranges_and_audit():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from gadei.job import JobConfig
+from gadei.job import JobConfig, JobError
 from gadei.mpi.settings import Settings
 from gadei.mpi.topology import MPI, topology
 
@@ -52,6 +52,16 @@ def run_mpi(cfg: JobConfig) -> dict | None:
               f"{topo.nodes} node(s) (--learners {cfg.learners} ignored)", file=sys.stderr, flush=True)
     gcfg = dataclasses.replace(cfg, learners=topo.learners, backend="mpi",
                                progress=cfg.progress and topo.rank == 0)
-    if topo.leader:
-        return lead(topo, gcfg, settings)
-    return learn(topo, gcfg)
+    try:
+        if topo.leader:
+            return lead(topo, gcfg, settings)
+        return learn(topo, gcfg)
+    except JobError as e:
+        if topo.nodes == 1:
+            raise
+        # Several nodes: a rank that returns with an error would wait in MPI_Finalize for the
+        # ranks of a lost host forever, and mpiexec with it. MPI_Abort makes hydra kill every
+        # rank it can reach, so mpiexec ends; the error (naming the lost host) is printed first,
+        # and the checkpoint was written before the raise (node.lead). docs/mpi.md, "Several hosts".
+        print(f"gadei train: error: {e}", file=sys.stderr, flush=True)
+        world.Abort(2)

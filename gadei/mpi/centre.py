@@ -77,7 +77,7 @@ class GlobalPS:
             if src not in self.topo.leaders[1:]:
                 raise W.ProtocolError(f"world rank {src} is not a node leader but sent a control message")
             node = self.topo.leaders.index(src)
-            who = f"node {node} (world rank {src})"
+            who = f"node {node} ({self.topo.where(src)})"
             if size > W.CTRL_MAX:
                 raise W.ProtocolError(f"control message from {who} of {size} bytes exceeds the "
                                       f"{W.CTRL_MAX}-byte limit")
@@ -111,7 +111,7 @@ class GlobalPS:
         now = time.monotonic()
         for n in range(1, self.topo.nodes):
             if n not in self.final and now - self.heard[n] > self.settings.timeout:
-                raise W.MPITimeout(f"node {n} (leader: world rank {self.topo.leaders[n]}) has been silent "
+                raise W.MPITimeout(f"node {n} (leader: {self.topo.where(self.topo.leaders[n])}) has been silent "
                                    f"for {now - self.heard[n]:.0f} s: its leader died or hangs")
 
     def stop_others(self, reason: str) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from gadei import arena as A
 from gadei import proc
-from gadei.driver import drive, interruptible
+from gadei.driver import drive, interruptible, private_files
 from gadei.job import JobConfig, JobError
 from gadei.ledger import Ledger, Record, count
 from gadei.mpi import wire as W
@@ -66,6 +66,7 @@ class RankChild:
         self.popen = RankProcess(arena, i, pid, started)
         self.log = Path(f"(world rank {rank}: see mpiexec's output)")
         self.started = time.monotonic()
+        self.lease_missed = False
 
     def kill(self) -> int:
         self.popen.kill()
@@ -150,7 +151,7 @@ class NodeSupervisor(Supervisor):
                                 self.log)
             link = LocalLink(self.gps, 0)
         else:
-            link = MPILink(self.topo.world, self.arena.layout.n, self.settings.timeout)
+            link = MPILink(self.topo.world, self.arena.layout.n, self.settings.timeout, self.topo.where(0))
         self.uplink = Uplink(self, link, self.settings)
 
     poll_s = 0.02
@@ -171,6 +172,12 @@ class NodeSupervisor(Supervisor):
             while len(self.gps.final) < self.topo.nodes:
                 self.gps.serve()
                 time.sleep(0.005)
+            # and for our answers to leave: an Isend still pending at MPI_Finalize is lost (over
+            # TCP the reply's tensor goes by rendezvous, which needs this rank alive), and the
+            # node waiting for it would time out after our summary was written
+            while self.gps.sends:
+                self.gps.serve()
+                time.sleep(0.001)
         return train_s
 
     def conclude(self, final: bool, train_s: float) -> Outcome:
@@ -232,14 +239,12 @@ def lead(topo: Topology, gcfg: JobConfig, settings: Settings) -> dict | None:
     """A node leader's main: build the node, tell its learners the arena, drive the job."""
     cfg = node_config(gcfg, topo)
     out, node_out = Path(gcfg.out), Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    node_out.mkdir(parents=True, exist_ok=True)
     sup = NodeSupervisor(cfg, topo, gcfg, settings)
     reporting = topo.rank == 0
-    with interruptible(signal.SIGTERM):
+    with private_files(), interruptible(signal.SIGTERM):
         try:
             try:
-                sup.acquire()
+                sup.acquire(outs=(out,) if reporting and sup.multi else ())
                 sup.build()
             except Exception as e:
                 bcast_name(topo, {"op": "arena", "name": "", "error": f"node {topo.node}: {e}"})

@@ -3,7 +3,7 @@ alone; and the start-up exchanges (every wait bounded)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from gadei.mpi import wire as W
 from gadei.mpi.settings import Settings
 
 NAME_BUF = 4096           # bytes of the arena-name broadcast
+HOST_BUF = 256            # bytes of a rank's host name (MPI_MAX_PROCESSOR_NAME is 128 in MPICH)
 START_TIMEOUT = 300.0     # seconds for start-up exchanges (model building happens before them)
 
 
@@ -33,6 +34,11 @@ class Topology:
     node_gids: list[list[int]]  # per node: its learners' global ids, in node-rank order
     table: np.ndarray           # per world rank: leader's world rank, node rank, pid, start time
     gid: int | None             # this rank's global learner id (None for a leader)
+    hosts: list[str] = field(default_factory=list)   # per world rank: its host's name
+
+    def where(self, rank: int) -> str:
+        """'world rank r on HOST': errors name the machine, the thing an operator can look at."""
+        return f"world rank {rank} on {self.hosts[rank]}" if self.hosts else f"world rank {rank}"
 
     @property
     def nodes(self) -> int:
@@ -70,6 +76,11 @@ def topology(world, settings: Settings) -> Topology:
     mine = np.array([lead[0], node_comm.Get_rank(), pid, started], np.int64)
     table = np.empty((size, 4), np.int64)
     W.wait(world.Iallgather(mine, table), deadline, "every rank's placement")
+    host = np.zeros(HOST_BUF, np.uint8)
+    name = MPI().Get_processor_name().encode()[:HOST_BUF]
+    host[:len(name)] = np.frombuffer(name, np.uint8)
+    hosts = np.empty((size, HOST_BUF), np.uint8)
+    W.wait(world.Iallgather(host, hosts), deadline, "every rank's host name")
     leaders = sorted({int(x) for x in table[:, 0]})
     if leaders[0] != 0:
         raise JobError("world rank 0 must lead its node (it hosts the global PS)")
@@ -85,7 +96,8 @@ def topology(world, settings: Settings) -> Topology:
         raise JobError(f"node(s) {lonely} have a single rank, which would host a PS with no learner: "
                        "start at least two ranks per node (or set GADEI_RANKS_PER_NODE >= 2)")
     return Topology(world, node_comm, rank, size, node_comm.Get_rank(), leaders.index(int(lead[0])),
-                    leaders, node_gids, table, mine_gid)
+                    leaders, node_gids, table, mine_gid,
+                    [bytes(h).rstrip(b"\0").decode(errors="replace") for h in hosts])
 
 
 def bcast_name(topo: Topology, msg: dict | None) -> dict:

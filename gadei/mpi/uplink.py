@@ -36,8 +36,8 @@ class MPILink:
     """A node leader's link to the global PS (world rank 0): one exchange in flight at a time,
     posted without waiting and polled from the supervisor's loop, bounded by the timeout."""
 
-    def __init__(self, world, n: int, timeout: float):
-        self.world, self.n, self.timeout = world, n, timeout
+    def __init__(self, world, n: int, timeout: float, peer: str = "world rank 0"):
+        self.world, self.n, self.timeout, self.peer = world, n, timeout, peer
         self._reqs = None
         self._rbuf = bytearray(W.CTRL_MAX)
         self._down = np.empty(n, np.float32)    # reused: a fresh buffer costs its page faults
@@ -79,7 +79,7 @@ class MPILink:
             return self._ctrl, self._rvec
         if time.monotonic() > self._deadline:
             self._cancel()
-            raise W.MPITimeout(f"the global PS (world rank 0) did not answer {self._what} within "
+            raise W.MPITimeout(f"the global PS ({self.peer}) did not answer {self._what} within "
                                f"{self.timeout:.0f} s: it died, hangs, or the network is down "
                                "(GADEI_MPI_TIMEOUT sets this bound)")
         return None

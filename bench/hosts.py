@@ -347,14 +347,21 @@ _ACCEPT = ("import socket, sys; s = socket.create_server((sys.argv[1], 0)); "
            "print(s.getsockname()[1], flush=True); s.settimeout(30); s.accept()")
 _CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)"
 
-# hydra calls this like ssh: `launch <host> <command words...>`; sshd would run the words joined
-# by spaces with the user's shell, so we do too (hydra quotes its arguments for that shell)
+# hydra calls this like ssh: `launch [ssh options] <host> <command words...>`; sshd would run the
+# words joined by spaces with the user's shell, so we do too (hydra quotes its arguments for
+# that shell). Like ssh, it stays on the launching host while the command runs and says when the
+# connection to the host was lost (hydra itself does not name the host whose proxy vanished).
 LAUNCH = """#!/bin/sh
 while [ "${{1#-}}" != "$1" ]; do shift; done     # ssh options hydra adds (-x: no X forwarding)
 host="$1"; shift
-echo "launch $host: $*" >> "{dir}/launch.log"
-pid=$(cat "{dir}/$host.pid") || {{ echo "gadei hosts: no host named $host" >&2; exit 255; }}
-exec nsenter -t "$pid" --net --mount --uts --ipc -- sh -c "$*"
+pid=$(cat "{dir}/$host.pid" 2>/dev/null) || {{ echo "gadei hosts: no host named $host" >&2; exit 255; }}
+nsenter -t "$pid" --net --mount --uts --ipc -- sh -c "$*"
+code=$?
+if [ $code -gt 128 ]; then
+    echo "gadei hosts: connection to $host lost: its hydra proxy was killed (signal $((code - 128)))" >&2
+    exit 255
+fi
+exit $code
 """
 
 

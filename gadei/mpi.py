@@ -42,6 +42,7 @@ from gadei.server import empty_ledger
 from gadei.supervisor import JobError, Supervisor, discard_writing, interruptible, write_json
 
 NAME_BUF = 4096           # bytes of the arena-name broadcast
+HOST_BUF = 256            # bytes of a rank's host name (MPI_MAX_PROCESSOR_NAME is 128 in MPICH)
 BEAT_S = 2.0              # a leader with nothing to sync says it is alive this often
 START_TIMEOUT = 300.0     # seconds for start-up exchanges (model building happens before them)
 
@@ -95,6 +96,11 @@ class Topology:
     node_gids: list[list[int]]  # per node: its learners' global ids, in node-rank order
     table: np.ndarray           # per world rank: leader's world rank, node rank, pid, start time
     gid: int | None             # this rank's global learner id (None for a leader)
+    hosts: list[str] = dataclasses.field(default_factory=list)   # per world rank: its host's name
+
+    def where(self, rank: int) -> str:
+        """'world rank r on HOST': errors name the machine, the thing an operator can look at."""
+        return f"world rank {rank} on {self.hosts[rank]}" if self.hosts else f"world rank {rank}"
 
     @property
     def nodes(self) -> int:
@@ -133,6 +139,11 @@ def topology(world, settings: Settings) -> Topology:
     mine = np.array([lead[0], node_comm.Get_rank(), pid, started], np.int64)
     table = np.empty((size, 4), np.int64)
     W.wait(world.Iallgather(mine, table), deadline, "every rank's placement")
+    host = np.zeros(HOST_BUF, np.uint8)
+    name = MPI.Get_processor_name().encode()[:HOST_BUF]
+    host[:len(name)] = np.frombuffer(name, np.uint8)
+    hosts = np.empty((size, HOST_BUF), np.uint8)
+    W.wait(world.Iallgather(host, hosts), deadline, "every rank's host name")
     leaders = sorted({int(x) for x in table[:, 0]})
     if leaders[0] != 0:
         raise JobError("world rank 0 must lead its node (it hosts the global PS)")
@@ -148,7 +159,8 @@ def topology(world, settings: Settings) -> Topology:
         raise JobError(f"node(s) {lonely} have a single rank, which would host a PS with no learner: "
                        "start at least two ranks per node (or set GADEI_RANKS_PER_NODE >= 2)")
     return Topology(world, node_comm, rank, size, node_comm.Get_rank(), leaders.index(int(lead[0])),
-                    leaders, node_gids, table, mine_gid)
+                    leaders, node_gids, table, mine_gid,
+                    [bytes(h).rstrip(b"\0").decode(errors="replace") for h in hosts])
 
 
 def _bcast_name(topo: Topology, msg: dict | None) -> dict:
@@ -336,8 +348,8 @@ class MPILink:
     """A node leader's link to the global PS (world rank 0): one exchange in flight at a time,
     posted without waiting and polled from the supervisor's loop, bounded by the timeout."""
 
-    def __init__(self, world, n: int, timeout: float):
-        self.world, self.n, self.timeout = world, n, timeout
+    def __init__(self, world, n: int, timeout: float, peer: str = "world rank 0"):
+        self.world, self.n, self.timeout, self.peer = world, n, timeout, peer
         self._reqs = None
         self._rbuf = bytearray(W.CTRL_MAX)
         self._down = np.empty(n, np.float32)    # reused: a fresh buffer costs its page faults
@@ -380,7 +392,7 @@ class MPILink:
             return self._ctrl, self._rvec
         if time.monotonic() > self._deadline:
             self._cancel()
-            raise W.MPITimeout(f"the global PS (world rank 0) did not answer {self._what} within "
+            raise W.MPITimeout(f"the global PS ({self.peer}) did not answer {self._what} within "
                                f"{self.timeout:.0f} s: it died, hangs, or the network is down "
                                "(GADEI_MPI_TIMEOUT sets this bound)")
         return None
@@ -552,7 +564,7 @@ class GlobalPS:
             if src not in self.topo.leaders[1:]:
                 raise W.ProtocolError(f"world rank {src} is not a node leader but sent a control message")
             node = self.topo.leaders.index(src)
-            who = f"node {node} (world rank {src})"
+            who = f"node {node} ({self.topo.where(src)})"
             if size > W.CTRL_MAX:
                 raise W.ProtocolError(f"control message from {who} of {size} bytes exceeds the "
                                       f"{W.CTRL_MAX}-byte limit")
@@ -586,7 +598,7 @@ class GlobalPS:
         now = time.monotonic()
         for n in range(1, self.topo.nodes):
             if n not in self.final and now - self.heard[n] > self.settings.timeout:
-                raise W.MPITimeout(f"node {n} (leader: world rank {self.topo.leaders[n]}) has been silent "
+                raise W.MPITimeout(f"node {n} (leader: {self.topo.where(self.topo.leaders[n])}) has been silent "
                                    f"for {now - self.heard[n]:.0f} s: its leader died or hangs")
 
     def stop_others(self, reason: str) -> None:
@@ -728,7 +740,7 @@ def _lead(topo: Topology, gcfg: JobConfig, settings: Settings, cfg: JobConfig, s
                 gps = GlobalPS(topo, gcfg, settings, sup.arena.layout.params, w0, resume_meta, sup.log)
                 link = LocalLink(gps, 0)
             else:
-                link = MPILink(topo.world, sup.arena.layout.n, settings.timeout)
+                link = MPILink(topo.world, sup.arena.layout.n, settings.timeout, topo.where(0))
             sup.uplink = Uplink(sup, link, settings)
         meter = _Meter(sup, node_out / "metrics.jsonl", cfg.progress and reporting)
 

@@ -859,6 +859,16 @@ def run_mpi(cfg: JobConfig) -> dict | None:
               f"{topo.nodes} node(s) (--learners {cfg.learners} ignored)", file=sys.stderr, flush=True)
     gcfg = dataclasses.replace(cfg, learners=topo.learners, backend="mpi",
                                progress=cfg.progress and topo.rank == 0)
-    if topo.leader:
-        return _leader_main(topo, gcfg, settings)
-    return _learner_main(topo, gcfg)
+    try:
+        if topo.leader:
+            return _leader_main(topo, gcfg, settings)
+        return _learner_main(topo, gcfg)
+    except JobError as e:
+        if topo.nodes == 1:
+            raise
+        # Several nodes: a rank that returns with an error would wait in MPI_Finalize for the
+        # ranks of a lost host forever, and mpiexec with it. MPI_Abort makes hydra kill every
+        # rank it can reach, so mpiexec ends; the error (naming the lost host) is printed first,
+        # and the checkpoint was written before the raise (_lead). docs/mpi.md, "Several hosts".
+        print(f"gadei train: error: {e}", file=sys.stderr, flush=True)
+        world.Abort(2)

@@ -242,25 +242,28 @@ class Hosts:
                 server.stdout.close()
 
     # -- using
-    def enter(self, host: int = 0) -> list[str]:
-        """The command prefix that runs a command inside `host`'s namespaces."""
+    def enter(self, host: int = 0, cwd: str | Path | None = None) -> list[str]:
+        """The command prefix that runs a command inside `host`'s namespaces, in `cwd`."""
         return ["nsenter", "-t", str(self.hosts[host].pid), "--net", "--mount", "--uts", "--ipc",
-                f"--wd={os.getcwd()}", "--"]
+                f"--wd={cwd or os.getcwd()}", "--"]
 
-    def run(self, cmd: list[str], host: int = 0, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(self.enter(host) + list(map(str, cmd)), **kw)
+    def run(self, cmd: list, host: int = 0, cwd=None, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.enter(host, cwd) + list(map(str, cmd)), **kw)
 
-    def popen(self, cmd: list[str], host: int = 0, **kw) -> subprocess.Popen:
-        return subprocess.Popen(self.enter(host) + list(map(str, cmd)), **kw)
+    def popen(self, cmd: list, host: int = 0, cwd=None, **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.enter(host, cwd) + list(map(str, cmd)), **kw)
 
     def hostfile(self, ranks_per_host: int | list[int]) -> Path:
+        """RUNDIR/hostfile with `ranks_per_host` ranks on each host (a list: per host; hosts
+        given 0 ranks, or beyond the list, are left out)."""
         per = ranks_per_host if isinstance(ranks_per_host, list) else [ranks_per_host] * self.n
         path = self.dir / "hostfile"
-        path.write_text("".join(f"{h.name}:{k}\n" for h, k in zip(self.hosts, per)))
+        path.write_text("".join(f"{h.name}:{k}\n" for h, k in zip(self.hosts, per) if k))
         return path
 
     def mpiexec(self, ranks_per_host: int | list[int], *args) -> list[str]:
-        """`mpiexec` over these hosts with `ranks_per_host` ranks each (`args`: the program)."""
+        """`mpiexec` over these hosts with `ranks_per_host` ranks each (`args`: the program),
+        to run on host 0 (`run`/`popen`)."""
         per = ranks_per_host if isinstance(ranks_per_host, list) else [ranks_per_host] * self.n
         return [shutil.which("mpiexec"), "-f", str(self.hostfile(per)), "-launcher", "ssh",
                 "-launcher-exec", str(self.dir / "launch"), "-n", str(sum(per)), *map(str, args)]

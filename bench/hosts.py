@@ -25,7 +25,8 @@ sees the same /work, like an NFS home.
 kills every process in the hosts' namespaces, deletes the namespaces (with them the veths and the
 bridge) and the run directory; the private /dev/shm goes with its last process. `lose(host)`
 takes a host away mid-run: its processes SIGKILLed (a power cut) or its link set down.
-`shape(rate, delay)` puts a tc netem qdisc on every host's link, where the kernel has one.
+`shape(rate, delay)` puts a tc qdisc on every host's link (tbf for a rate, netem for a delay),
+where the kernel has it.
 """
 from __future__ import annotations
 
@@ -302,14 +303,21 @@ class Hosts:
             raise ValueError(f"how must be 'kill' or 'link', not {how!r}")
 
     def shape(self, rate: str | None = None, delay: str | None = None) -> str | None:
-        """tc netem on every host's eth0 (egress): e.g. rate "1gbit", delay "0.5ms". Returns
-        why not, when the kernel has no netem (then nothing is shaped)."""
-        args = (["delay", delay] if delay else []) + (["rate", rate] if rate else [])
+        """Shape every host's eth0 (egress, so both directions between two hosts): `rate` with
+        tc tbf (e.g. "1gbit"), `delay` (one way, e.g. "0.5ms") with tc netem. Returns why not
+        where the kernel lacks the qdisc (nothing is shaped then)."""
+        if delay:
+            args = ["netem", "delay", delay] + (["rate", rate] if rate else []) + ["limit", "100000"]
+        elif rate:      # burst: a few ms of the rate, so tbf itself is not the bottleneck
+            args = ["tbf", "rate", rate, "burst", "1mb", "latency", "100ms"]
+        else:
+            return None
         for h in self.hosts:
             r = _sh("ip", "netns", "exec", h.netns, "tc", "qdisc", "replace", "dev", "eth0", "root",
-                    "netem", *args, "limit", "100000", check=False)
+                    *args, check=False)
             if r.returncode:
-                return f"tc netem: {r.stderr.strip()}"
+                self.unshape()
+                return f"tc {args[0]}: {r.stderr.strip()}"
         return None
 
     def unshape(self) -> None:
@@ -352,13 +360,24 @@ _CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.a
 
 # hydra calls this like ssh: `launch [ssh options] <host> <command words...>`; sshd would run the
 # words joined by spaces with the user's shell, so we do too (hydra quotes its arguments for
-# that shell). Like ssh, it stays on the launching host while the command runs and says when the
-# connection to the host was lost (hydra itself does not name the host whose proxy vanished).
+# that shell). Like an ssh client it stays on the launching host while the command runs, says
+# when the connection to the host was lost (hydra itself does not name the host whose proxy
+# vanished), and leaves when mpiexec is gone (a partitioned host's processes are out of reach).
 LAUNCH = """#!/bin/sh
 while [ "${{1#-}}" != "$1" ]; do shift; done     # ssh options hydra adds (-x: no X forwarding)
 host="$1"; shift
 pid=$(cat "{dir}/$host.pid" 2>/dev/null) || {{ echo "gadei hosts: no host named $host" >&2; exit 255; }}
-nsenter -t "$pid" --net --mount --uts --ipc -- sh -c "$*"
+mpiexec=$PPID
+nsenter -t "$pid" --net --mount --uts --ipc -- sh -c "$*" 0<&0 &
+child=$!
+while kill -0 $child 2>/dev/null; do
+    if ! kill -0 $mpiexec 2>/dev/null; then
+        echo "gadei hosts: mpiexec is gone; leaving the command on $host, which is out of reach" >&2
+        exit 255
+    fi
+    sleep 0.5
+done
+wait $child
 code=$?
 if [ $code -gt 128 ]; then
     echo "gadei hosts: connection to $host lost: its hydra proxy was killed (signal $((code - 128)))" >&2
@@ -373,7 +392,7 @@ def main() -> None:
                                 "hosts (mpiexec runs on host 0); the hosts are removed afterwards.")
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--ranks", type=int, default=3, help="ranks per host")
-    p.add_argument("--rate", help="tc netem rate on every link, e.g. 1gbit")
+    p.add_argument("--rate", help="tc tbf rate on every link, e.g. 1gbit")
     p.add_argument("--delay", help="tc netem delay on every link (one way), e.g. 0.5ms")
     p.add_argument("program", nargs=argparse.REMAINDER, help="the MPI program and its arguments")
     args = p.parse_args()

@@ -756,6 +756,12 @@ def _lead(topo: Topology, gcfg: JobConfig, settings: Settings, cfg: JobConfig, s
                 while len(gps.final) < topo.nodes:
                     gps.serve()
                     time.sleep(0.005)
+                # and for our answers to leave: an Isend still pending at MPI_Finalize is lost
+                # (over TCP the reply's tensor goes by rendezvous, which needs this rank alive),
+                # and the node waiting for it would time out after our summary was written
+                while gps.sends:
+                    gps.serve()
+                    time.sleep(0.001)
         except KeyboardInterrupt:
             sup.interrupted = True
             sup.log("gadei: interrupted; stopping the learners and the PS, saving a checkpoint")

@@ -191,7 +191,7 @@ class Hosts:
             for h in self.hosts:
                 self._host(h)
             launch = self.dir / "launch"
-            launch.write_text(LAUNCH.format(dir=self.dir))
+            launch.write_text(LAUNCH.format(python=sys.executable, dir=str(self.dir)))
             launch.chmod(0o755)
             self.wait_reachable()
         except BaseException:
@@ -359,31 +359,40 @@ _ACCEPT = ("import socket, sys; s = socket.create_server((sys.argv[1], 0)); "
 _CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)"
 
 # hydra calls this like ssh: `launch [ssh options] <host> <command words...>`; sshd would run the
-# words joined by spaces with the user's shell, so we do too (hydra quotes its arguments for
-# that shell). Like an ssh client it stays on the launching host while the command runs, says
-# when the connection to the host was lost (hydra itself does not name the host whose proxy
-# vanished), and leaves when mpiexec is gone (a partitioned host's processes are out of reach).
-LAUNCH = """#!/bin/sh
-while [ "${{1#-}}" != "$1" ]; do shift; done     # ssh options hydra adds (-x: no X forwarding)
-host="$1"; shift
-pid=$(cat "{dir}/$host.pid" 2>/dev/null) || {{ echo "gadei hosts: no host named $host" >&2; exit 255; }}
-mpiexec=$PPID
-nsenter -t "$pid" --net --mount --uts --ipc -- sh -c "$*" 0<&0 &
-child=$!
-while kill -0 $child 2>/dev/null; do
-    if ! kill -0 $mpiexec 2>/dev/null; then
-        echo "gadei hosts: mpiexec is gone; leaving the command on $host, which is out of reach" >&2
-        exit 255
-    fi
-    sleep 0.5
-done
-wait $child
-code=$?
-if [ $code -gt 128 ]; then
-    echo "gadei hosts: connection to $host lost: its hydra proxy was killed (signal $((code - 128)))" >&2
-    exit 255
-fi
-exit $code
+# words joined by spaces with the user's shell, so we do too (hydra quotes its arguments for that
+# shell). Like an ssh client it stays on the launching host while the command runs, says when the
+# connection to the host was lost (hydra itself does not name the host whose proxy vanished), and
+# leaves when mpiexec is gone (a partitioned host's processes are out of reach, and must not hold
+# a process on the launching host). The loss is written to mpiexec's own stderr, where ssh's
+# messages would reach the user: hydra forwards our stderr only while it lives, and a lost proxy
+# makes it exit at once.
+LAUNCH = """#!{python}
+import os, subprocess, sys
+args = sys.argv[1:]
+while args and args[0].startswith("-"):     # ssh options hydra adds (-x: no X forwarding)
+    args.pop(0)
+host, words = args[0], " ".join(args[1:])
+try:
+    pid = open(os.path.join({dir!r}, host + ".pid")).read().strip()
+except FileNotFoundError:
+    sys.exit(f"gadei hosts: no host named {{host}}")
+mpiexec = os.getppid()
+user = open(f"/proc/{{mpiexec}}/fd/2", "w")
+child = subprocess.Popen(["nsenter", "-t", pid, "--net", "--mount", "--uts", "--ipc", "--", "sh", "-c", words])
+while True:
+    try:
+        code = child.wait(timeout=0.5)
+        break
+    except subprocess.TimeoutExpired:
+        if os.getppid() != mpiexec:
+            print(f"gadei hosts: mpiexec is gone; leaving the command on {{host}}, which is out of reach",
+                  file=user, flush=True)
+            os._exit(255)
+if code < 0:
+    print(f"gadei hosts: connection to {{host}} lost: its hydra proxy was killed (signal {{-code}})",
+          file=user, flush=True)
+    sys.exit(255)
+sys.exit(code)
 """
 
 

@@ -84,9 +84,9 @@ def test_probe_audit_across_hosts(make_hosts, tmp_path, nodes, learners, optimiz
     for h in range(1, nodes):
         rx, tx = (a - b for a, b in zip(hosts.link_bytes(h), before[h]))
         assert rx >= 4 * PROBE and tx >= 4 * PROBE, (h, rx, tx)
-    for h in range(nodes):
+    for h in range(nodes):      # a clean end leaves nothing, MPICH's own segments included
         assert hosts.processes(h) == [], f"host{h} keeps processes after the job"
-        assert gadei_segments(hosts, h) == [], f"host{h}'s /dev/shm: {hosts.shm(h)}"
+        assert hosts.shm(h) == [], f"host{h}'s /dev/shm"
 
 
 @pytest.mark.timeout(600)

@@ -1,9 +1,11 @@
 """Several hosts on one machine: network namespaces joined by TCP, for MPI across real hosts.
 
-    python -m bench.hosts --hosts 2 --ranks 3 -- \\
-        mpiexec -n 6 python -m gadei train --backend mpi --task probe --steps 400 --lr 1 --out runs/h2
+    python -m bench.hosts --hosts 2 --ranks 3 [--rate 1gbit] -- \\
+        python -m gadei train --backend mpi --task probe --steps 400 --lr 1 --out runs/h2
 
-(as root). Every host is
+(as root) runs the program with `mpiexec -n hosts*ranks` across the hosts, then removes them.
+From Python: `with Hosts(2) as hosts: hosts.run(hosts.mpiexec(3, *program), cwd=...)`
+(tests/test_mpi_hosts.py, bench/mpi_path.py --hosts). Every host is
 
     a network namespace   its own `eth0` (a veth pair) with an address from the benchmarking
                           range 198.18.0.0/15, on a bridge that lives in a namespace of its own
@@ -18,15 +20,15 @@
 `mpiexec -f RUNDIR/hostfile -launcher ssh -launcher-exec RUNDIR/launch` runs on the first host
 (the head node, as on a cluster); hydra calls the launcher as `launch <host> <command...>`, the
 way it calls ssh, and the launcher enters that host's namespaces and runs the command with
-`sh -c` (as sshd would). No ssh daemon. Everything else is an ordinary file system: every host
-sees the same /work, like an NFS home.
+`sh -c` (as sshd would). No ssh daemon. The file system is shared, like an NFS home: every host
+sees the worktree, the data and the output directory.
 
 `Hosts.close()` (also on failure, and for stale harnesses of dead processes at the next start)
 kills every process in the hosts' namespaces, deletes the namespaces (with them the veths and the
 bridge) and the run directory; the private /dev/shm goes with its last process. `lose(host)`
-takes a host away mid-run: its processes SIGKILLed (a power cut) or its link set down.
-`shape(rate, delay)` puts a tc qdisc on every host's link (tbf for a rate, netem for a delay),
-where the kernel has it.
+takes a host away mid-run: its processes SIGKILLed (its kernel stays up, so its TCP connections
+close) or its link set down (nothing closes, nothing gets through). `shape(rate, delay)` puts a
+tc qdisc on every host's link (tbf for a rate, netem for a delay), where the kernel has it.
 """
 from __future__ import annotations
 
@@ -110,12 +112,12 @@ def _pids_in(inode: int) -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and _net_inode(int(p)) == inode]
 
 
-def _kill_all_in(inode: int, keep: set[int] = frozenset(), timeout: float = 10.0) -> None:
-    """SIGKILL every process in network namespace `inode` (but `keep`) until none is left;
-    repeated because a dying job may still fork (a PS restart)."""
+def _kill_all_in(inode: int, timeout: float = 10.0) -> None:
+    """SIGKILL every process in network namespace `inode` until none is left; repeated
+    because a dying job may still fork (a PS restart)."""
     deadline = time.monotonic() + timeout
     while True:
-        pids = [p for p in _pids_in(inode) if p not in keep and not _zombie(p)]
+        pids = [p for p in _pids_in(inode) if not _zombie(p)]
         if not pids:
             return
         for p in pids:

@@ -72,7 +72,8 @@ def unavailable() -> str | None:
     if r.returncode:
         return f"cannot create a network namespace: {r.stderr.strip()}"
     try:
-        r = _sh("ip", "-n", probe, "link", "add", "name", "a", "type", "veth", "peer", "name", "b", check=False)
+        r = _sh("ip", "-n", probe, "link", "add", "name", "a", "type", "veth", "peer", "name", "b",
+                check=False)
         if r.returncode:
             return f"cannot create a veth pair: {r.stderr.strip()}"
         r = _sh("unshare", "--mount", "--uts", "--ipc", "--", "true", check=False)
@@ -380,7 +381,8 @@ except FileNotFoundError:
     sys.exit(f"gadei hosts: no host named {{host}}")
 mpiexec = os.getppid()
 user = open(f"/proc/{{mpiexec}}/fd/2", "w")
-child = subprocess.Popen(["nsenter", "-t", pid, "--net", "--mount", "--uts", "--ipc", "--", "sh", "-c", words])
+child = subprocess.Popen(["nsenter", "-t", pid, "--net", "--mount", "--uts", "--ipc", "--",
+                          "sh", "-c", words])
 while True:
     try:
         code = child.wait(timeout=0.5)
@@ -418,7 +420,8 @@ def main() -> None:
             why = hosts.shape(args.rate, args.delay)
             if why:
                 raise SystemExit(f"bench.hosts: cannot shape the links: {why}")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
         code = hosts.run(hosts.mpiexec(args.ranks, *program), env=env).returncode
     sys.exit(code)
 

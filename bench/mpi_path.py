@@ -15,7 +15,8 @@ real network gives; across machines the network's bandwidth bounds it.
 Across hosts (as root; bench/hosts.py makes two namespace hosts joined by TCP over veth, one
 rank on each, and runs the above there once per link setting, in one run):
 
-    python -m bench.mpi_path --hosts [--rate 1gbit,100mbit] [--delay 0.5ms] [--out docs/bench/mpi_path_hosts.json]
+    python -m bench.mpi_path --hosts [--rate 1gbit,100mbit] [--delay 0.5ms] \\
+            [--out docs/bench/mpi_path_hosts.json]
 
 `--rate` shapes every host's link with tc tbf, `--delay` with tc netem (where the kernel has
 them; a setting it lacks is reported and skipped). The record adds per setting the bytes eth0

@@ -114,7 +114,7 @@ def test_lost_host_stops_job_then_resume_on_survivor(make_hosts, tmp_path, how):
             p.communicate()
     text = stdout + stderr
     assert p.returncode != 0, text
-    if how == "kill":       # the connections close: hydra ends the job at once, ssh-like launcher names the host
+    if how == "kill":   # the connections close: hydra ends the job at once, the launcher names the host
         assert "connection to host1 lost" in text, text
     else:   # no packet gets through: one of the global PS's bounded waits on node 1 fires (its
             # silence, the answer it does not take, or a tensor stuck mid-transfer), names host1

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.hosts import PREFIX, Hosts, unavailable
-from gadei import checkpoint
+from bench.hosts import PREFIX, Hosts, sweep_stale, unavailable
+from gadei import checkpoint, proc
 from qa_tasks.probe import audit    # the one import of the auditor here (it moves to gadei.probe)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,3 +188,23 @@ def test_teardown_leaves_nothing_also_on_failure():
     assert not any(n in left for n in names), left
     assert not any(Path(f"/proc/{k}").exists() for k in keepers)
     assert not any(d.name.startswith(PREFIX + str(os.getpid())) for d in Path("/run").iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_hosts_of_a_killed_harness_are_swept():
+    """A harness killed before its teardown leaves its hosts; the next start removes them."""
+    code = ("import time; from bench.hosts import Hosts; h = Hosts(2).start(); "
+            "print(h.hosts[1].netns, h.hosts[1].pid, h.dir, flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        netns, keeper, rundir = p.stdout.readline().split()
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    assert netns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert Path(f"/proc/{keeper}").exists() and Path(rundir).exists()
+    assert netns in sweep_stale()
+    assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not Path(rundir).exists()
+    assert not proc.alive(int(keeper), 0)    # SIGKILLed (a zombie until init reaps it)

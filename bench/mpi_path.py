@@ -11,24 +11,28 @@ and the bytes/s both ways together (2 x 4 x P bytes per round, control messages 
 beside the floor of the same machine: a raw blocking MPI Send/Recv ping-pong of the same bytes.
 On one machine MPICH moves these through shared memory, so this is an upper bound of what a
 real network gives; across machines the network's bandwidth bounds it.
+
+Across hosts (as root; bench/hosts.py makes two namespace hosts joined by TCP over veth, one
+rank on each, and runs the above there once per link setting, in one run):
+
+    python -m bench.mpi_path --hosts [--rate 1gbit,100mbit] [--delay 0.5ms] \\
+            [--out docs/bench/mpi_path_hosts.json]
+
+`--rate` shapes every host's link with tc tbf, `--delay` with tc netem (where the kernel has
+them; a setting it lacks is reported and skipped). The record adds per setting the bytes eth0
+of host1 carried, which shows the bytes crossed TCP and not shared memory.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from mpi4py import MPI
-
-from gadei.job import JobConfig
-from gadei.arena import Layout
-from gadei.mpi.centre import GlobalPS
-from gadei.mpi.settings import Settings
-from gadei.mpi.topology import Topology
-from gadei.mpi.uplink import MPILink
 
 
 def main() -> None:
@@ -37,7 +41,21 @@ def main() -> None:
     p.add_argument("--sizes", default="262144,1048576,4194304,16777216", help="float32 values per sync")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--out")
+    p.add_argument("--hosts", action="store_true", help="run across two namespace hosts (bench/hosts.py)")
+    p.add_argument("--rate", help="with --hosts: also with every link shaped to these rates (tc tbf), "
+                   "comma-separated, e.g. 1gbit,100mbit")
+    p.add_argument("--delay", help="with --hosts: also with this one-way delay on every link (tc netem)")
     args = p.parse_args()
+    if args.hosts:
+        return over_hosts(args)
+    from mpi4py import MPI
+
+    from gadei.arena import Layout
+    from gadei.job import JobConfig
+    from gadei.mpi.centre import GlobalPS
+    from gadei.mpi.settings import Settings
+    from gadei.mpi.topology import Topology
+    from gadei.mpi.uplink import MPILink
     sizes = [262144] if args.quick else [int(s) for s in args.sizes.split(",")]
     rounds = 3 if args.quick else args.rounds
     world = MPI.COMM_WORLD
@@ -101,6 +119,48 @@ def main() -> None:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(record, indent=1))
         print(json.dumps(record))
+
+
+def over_hosts(args) -> None:
+    """This benchmark with its two ranks on two namespace hosts, once per link setting."""
+    from bench.hosts import Hosts, unavailable
+    why = unavailable()
+    if why:
+        raise SystemExit(f"bench.mpi_path --hosts: {why}")
+    root = Path(__file__).resolve().parents[1]
+    settings = [("veth, unshaped", None, None)]
+    settings += [(f"tbf rate {r}", r, None) for r in (args.rate.split(",") if args.rate else [])]
+    if args.delay:
+        settings.append((f"netem delay {args.delay}", None, args.delay))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    runs = []
+    with Hosts(2) as hosts:
+        for label, rate, delay in settings:
+            hosts.unshape()
+            why = hosts.shape(rate, delay)
+            if why:
+                print(f"{label}: skipped ({why})", flush=True)
+                runs.append({"link": label, "skipped": why})
+                continue
+            print(f"-- {label}", flush=True)
+            rec = hosts.dir / "mpi_path.json"
+            before = hosts.link_bytes(1)
+            cmd = [sys.executable, "-m", "bench.mpi_path", "--rounds", str(args.rounds), "--out", str(rec)]
+            cmd += ["--quick"] if args.quick else ["--sizes", args.sizes]
+            r = hosts.run(hosts.mpiexec(1, *cmd), cwd=root, env=env, capture_output=True, text=True)
+            if r.returncode:
+                raise SystemExit(f"{label}: mpiexec failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+            print("\n".join(line for line in r.stdout.splitlines() if line.startswith("P =")), flush=True)
+            got = json.loads(rec.read_text())
+            rx, tx = (a - b for a, b in zip(hosts.link_bytes(1), before))
+            runs.append({"link": label, "rate": rate, "delay": delay, "mpi": got["mpi"],
+                         "results": got["results"], "host1_eth0_bytes": {"rx": rx, "tx": tx}})
+    record = {"bench": "mpi_path --hosts", "hosts": 2, "machine": platform.node(),
+              "quick": args.quick, "runs": runs}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=1))
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

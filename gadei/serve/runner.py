@@ -144,7 +144,8 @@ def training_curve(folder: Path, limit: int = 400) -> list[dict]:
             row = json.loads(line)
         except ValueError:
             continue
-        point = {"updates": row.get("version", 0), "loss": row.get("loss")}
+        # the loss is the learners' last reported one: none before a learner has taken a step
+        point = {"updates": row.get("version", 0), "loss": row.get("loss") if row.get("steps") else None}
         if isinstance(row.get("eval"), dict) and "accuracy" in row["eval"]:
             point["accuracy"] = row["eval"]["accuracy"]
         points.append(point)

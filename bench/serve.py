@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     else:
         rows = generated_rows()
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
+        csv.writer(buf, lineterminator="\r\n").writerows(rows)
         data = buf.getvalue().encode()
     texts = [t for t, _ in rows]
 

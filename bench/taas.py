@@ -77,7 +77,7 @@ def to_csv_bytes(rows) -> bytes:
     import csv
     import io
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
+    csv.writer(buf, lineterminator="\r\n").writerows(rows)
     return buf.getvalue().encode()
 
 

@@ -61,7 +61,7 @@ def insuranceqa(data_dir) -> tuple[list, list]:
 
 def write(rows: list[tuple[str, str]], path: str | Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f, lineterminator="\n").writerows(rows)
+        csv.writer(f, lineterminator="\r\n").writerows(rows)
 
 
 def main(argv=None) -> None:

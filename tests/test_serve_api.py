@@ -206,8 +206,8 @@ def test_kill_9_during_training_then_restart_resumes_with_exactly_once(state):
     # the whole service and its job's supervisor killed at once, as a power cut would
     job = job_pid(state, cid)
     started = proc.start_time(job)
+    os.kill(job, signal.SIGKILL)       # first: so it cannot save a checkpoint on the service's death
     s.popen.kill()
-    os.kill(job, signal.SIGKILL)
     s.popen.wait()
     while proc.alive(job, started):
         time.sleep(0.1)

@@ -23,7 +23,7 @@ class_names = st.text(st.characters(min_codepoint=32, blacklist_characters="\x7f
 
 def to_csv(rows) -> bytes:
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
+    csv.writer(out, lineterminator="\r\n").writerows(rows)
     return out.getvalue().encode("utf-8")
 
 
@@ -95,7 +95,8 @@ def test_exactly_the_limits_are_accepted():
 
 
 def test_bom_blank_lines_and_crlf_are_accepted():
-    data = b"\xef\xbb\xbf" + to_csv(valid_rows(6)).replace(b"\n", b"\r\n\r\n")
+    lines = [f'"{t}",{c}' for t, c in valid_rows(6)]
+    data = b"\xef\xbb\xbf" + ("\r\n\r\n".join(lines) + "\n\n").encode()
     assert parse_training_csv(data).rows == valid_rows(6)
 
 

@@ -35,9 +35,11 @@ class TrainingSet:
         return sorted({c for _, c in self.rows})
 
     def to_csv(self) -> str:
-        """The rows re-written by the csv module: what the training task reads."""
+        """The rows re-written by the csv module: what the training task reads. The line end
+        is \r\n because the writer quotes a field holding a character of its line terminator:
+        with "\n" alone, a text holding "\r" would be written unquoted and read back split."""
         out = io.StringIO()
-        csv.writer(out, lineterminator="\n").writerows(self.rows)
+        csv.writer(out, lineterminator="\r\n").writerows(self.rows)
         return out.getvalue()
 
 

@@ -73,12 +73,14 @@ class Database:
                 con.executescript(f"BEGIN; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;")
 
     @contextmanager
-    def connect(self):
-        """A connection in a transaction: committed when the block ends, rolled back on error."""
+    def connect(self, write: bool = True):
+        """A connection in a transaction: committed when the block ends, rolled back on error.
+        A writing one takes SQLite's write lock at once (IMMEDIATE), so its reads and writes
+        cannot interleave with another writer's; a reading one takes no lock (WAL)."""
         with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as con:
             con.row_factory = sqlite3.Row
             con.execute("PRAGMA foreign_keys = ON")
-            con.execute("BEGIN IMMEDIATE")
+            con.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield con
                 con.execute("COMMIT")
@@ -103,13 +105,13 @@ class Database:
             return ids
 
     def tenants(self) -> list[dict]:
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             return [dict(r) for r in con.execute(
                 "SELECT t.name, t.created, COUNT(c.id) AS classifiers FROM tenants t "
                 "LEFT JOIN classifiers c ON c.tenant = t.name GROUP BY t.name ORDER BY t.name")]
 
     def tenant_by_key_hash(self, key_hash: str) -> str | None:
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             row = con.execute("SELECT name FROM tenants WHERE key_hash = ?", (key_hash,)).fetchone()
             return row[0] if row else None
 
@@ -128,7 +130,7 @@ class Database:
 
     def classifier(self, cid: str, tenant: str | None = None) -> dict | None:
         """The classifier `cid`; with `tenant`, only if that tenant owns it."""
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             row = con.execute("SELECT * FROM classifiers WHERE id = ?", (cid,)).fetchone()
         if row is None or tenant is not None and row["tenant"] != tenant:
             return None
@@ -144,7 +146,7 @@ class Database:
             where.append("status = ?")
             args.append(status)
         sql = "SELECT * FROM classifiers" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY queued"
-        with self.connect() as con:
+        with self.connect(write=False) as con:
             return [_record(r) for r in con.execute(sql, args)]
 
     def update(self, cid: str, **fields) -> None:

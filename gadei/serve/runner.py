@@ -94,13 +94,16 @@ class Recipe:
         return asdict(self)
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)   # bound here: the forked child only calls into it
+PR_SET_PDEATHSIG = 1
+
+
 def _child_setup(parent: int):
     """In the forked child, before exec: lower priority (serving answers first) and get SIGTERM
     when the service dies, even by kill -9, so the job checkpoints and stops with it."""
     def setup():
         os.nice(10)
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)            # PR_SET_PDEATHSIG
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:               # the service died before prctl: no signal will come
             os._exit(1)
     return setup

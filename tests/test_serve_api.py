@@ -225,3 +225,27 @@ def test_kill_9_during_training_then_restart_resumes_with_exactly_once(state):
         assert entry["incarnations"] == 2
     assert got["metrics"]["ledger_audit"] == "ok"
     assert not shm.segments(f"serve-{cid}")
+
+
+@pytest.mark.timeout(600)
+def test_a_crashing_job_fails_alone_and_the_queue_goes_on(state):
+    """A classifier whose job cannot run (its stored CSV is broken behind the service's back)
+    is retried, then marked Failed with its log; the one queued after it still trains."""
+    from gadei.serve.db import Database
+    key = add_tenant(state, "alice")
+    db = Database(state / "gadei-serve.db")
+    bad = "badbadbadbadbad0"
+    folder(state, bad).mkdir(parents=True)
+    (folder(state, bad) / "training.csv").write_text("one,two,three\n")
+    db.add_classifier({"id": bad, "tenant": "alice", "name": "broken", "language": "en", "created": time.time(),
+                       "status": "Training", "rows": 1, "classes": 1, "planned_updates": 40}, limit=8)
+    s = Service(state, FAST, "--max-jobs", "1").start()
+    try:
+        good = s.upload(key, generated_csv()).json()["classifier_id"]
+        failed = s.wait_status(key, bad, "Failed")
+        assert "failed 3 times" in failed["status_description"] and "expected 2 columns" in failed["status_description"]
+        assert s.wait_status(key, good, "Available")["metrics"]["ledger_audit"] == "ok"
+        r = s.call("POST", f"/v1/classifiers/{bad}/classify", key, json={"text": "x"})
+        assert r.status_code == 409
+    finally:
+        s.stop()

@@ -211,7 +211,7 @@ class Runner:
                 self.log(f"gadei serve: stopping the leftover job of classifier {rec['id']} (pid {rec['pid']})")
                 _stop_foreign(rec["pid"], rec["pid_start"])
             if rec["pid"]:
-                self.db.update(rec["id"], pid=0, pid_start=0)
+                self.db.update(rec["id"], pid=0, pid_start=0, status_description="")
         sweep_stale(log=self.log)
 
     def _loop(self, grace: float = 120.0) -> None:
@@ -229,7 +229,7 @@ class Runner:
         for job in jobs:
             _terminate(job.popen, grace)
             job.log.close()
-            self.db.update(job.cid, pid=0, pid_start=0)
+            self.db.update(job.cid, pid=0, pid_start=0, status_description="")   # waiting again
 
     def tick(self) -> None:
         with self.lock:
@@ -280,7 +280,7 @@ class Runner:
         if code == 0 and summary is not None and not summary.get("interrupted"):
             self._available(cid, summary)
         elif self.stopping.is_set() and not timed_out:
-            self.db.update(cid, pid=0, pid_start=0)          # resumes at the next start
+            self.db.update(cid, pid=0, pid_start=0, status_description="")   # resumes at the next start
         elif timed_out or rec["attempts"] + 1 >= MAX_ATTEMPTS:
             why = (f"training took longer than {self.recipe.max_train_s:.0f} s" if timed_out else
                    f"training failed {rec['attempts'] + 1} times (exit code {code})")

@@ -97,6 +97,18 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def every_run(results: list[dict]) -> str:
+    names = [n for n, _ in SEARCH]
+    lines = ["| data set | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+             ]
+    for name in dict.fromkeys(r["set"] for r in results):
+        runs = {r["setting"]: r for r in results if r["set"] == name}
+        cells = [f"{runs[n]['test_accuracy']:.3f} / {runs[n]['valid_accuracy']:.3f} ({runs[n]['wall_s']:.0f} s)"
+                 if n in runs else "" for n in names]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.environ.get("GADEI_DATA"))
@@ -115,6 +127,8 @@ def main(argv=None) -> None:
             print(json.dumps(results[-1]), flush=True)
             out.write_text(json.dumps({"recipe": FIXED.to_dict(), "results": results}, indent=1))
     print(table(results))
+    print()
+    print(every_run(results))
 
 
 if __name__ == "__main__":

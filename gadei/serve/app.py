@@ -82,6 +82,11 @@ def create_app(state: Path, max_jobs: int, max_classifiers: int = 8, cache_size:
     async def http_error(request, e: StarletteHTTPException):
         return _error(e.status_code, str(e.detail), str(e.detail))
 
+    @app.exception_handler(Exception)
+    async def internal(request, e: Exception):
+        # the same JSON shape for a bug or a broken classifier folder as for every other error
+        return _error(500, "Internal error", f"{type(e).__name__}: {e}")
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")

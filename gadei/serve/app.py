@@ -84,8 +84,9 @@ def create_app(state: Path, max_jobs: int, max_classifiers: int = 8, cache_size:
 
     @app.exception_handler(Exception)
     async def internal(request, e: Exception):
-        # the same JSON shape for a bug or a broken classifier folder as for every other error
-        return _error(500, "Internal error", f"{type(e).__name__}: {e}")
+        # the same JSON shape as every other error; the details (paths of the state folder)
+        # stay in the service's log, where uvicorn writes the traceback
+        return _error(500, "Internal error", "the service could not answer; its log has the details")
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):

@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Shared-memory parameter server with exactly-once, deadlock-free updates",
     python_requires=">=3.11",
+    package_data={"gadei.serve": ["static/*"]},
     packages=find_packages(include=["gadei", "gadei.*", "algorithms", "algorithms.*",
                                     "qa_tasks", "qa_tasks.*", "bench", "bench.*"]),
     install_requires=[
@@ -21,9 +22,14 @@ setup(
         "scipy>=1.11",
         # word2vec for the qa towers (qa_tasks/answer_selection/word2vec.py); 4.4 is the first with numpy 2 wheels
         "gensim>=4.4,<5",
+        # gadei serve (gadei/serve): the HTTP API, its server, and multipart uploads
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "python-multipart>=0.0.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "selenium>=4.11",
+                 "requests>=2.28"],
     },
     entry_points={
         "console_scripts": ["gadei = gadei.cli:main"],

@@ -197,6 +197,8 @@ def parser(argv: list[str] = ()) -> argparse.ArgumentParser:
     i.add_argument("job", nargs="?")
     i.add_argument("--json", action="store_true")
     i.set_defaults(fn=cmd_inspect)
+    from gadei.serve.cli import add_commands
+    add_commands(sub)        # serve, tenants (gadei/serve)
     return p
 
 

@@ -41,6 +41,7 @@ setup(
             "qa = qa_tasks.answer_selection.qa:QA",
             "asr = qa_tasks.speech.asr:ASR",
             "lra = qa_tasks.listops.lra:LRA",
+            "csv_text = qa_tasks.text_classification.csv_text:CsvText",
         ],
     },
 )

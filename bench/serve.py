@@ -160,7 +160,7 @@ def main(argv=None) -> None:
         server.terminate()
         server.wait()
 
-    print(f"\n| endpoint | how | clients | requests/s | texts/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|")
+    print("\n| endpoint | how | clients | requests/s | texts/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['endpoint']} | {r['how']} | {r['clients']} | {r['requests_per_s']} | {r['texts_per_s']} | "
               f"{r['p50_ms']} | {r['p99_ms']} |")

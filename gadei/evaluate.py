@@ -34,11 +34,11 @@ class Evaluator:
             model.train()
 
 
-def job_of(path, data_dir: str | None = None, **task_options) -> tuple[JobConfig, dict]:
+def job_of(checkpoint_path, data_dir: str | None = None, **task_options) -> tuple[JobConfig, dict]:
     """(the configuration, the weights) of a checkpoint, its task options updated."""
     from gadei import checkpoint
-    ck = checkpoint.load(path)
-    cfg = JobConfig(**{**ck["meta"]["config"], "resume": None, "out": str(path)})
+    ck = checkpoint.load(checkpoint_path)
+    cfg = JobConfig(**{**ck["meta"]["config"], "resume": None, "out": str(checkpoint_path)})
     cfg.task_options = T.with_data_dir(cfg.task, data_dir, {**cfg.task_options, **task_options})
     return cfg, ck["weights"]
 

@@ -20,17 +20,12 @@ class Loaded:
     """One classifier ready to classify: its task (tokenizer, vocabulary, class names) and model."""
 
     def __init__(self, folder: Path):
-        from gadei import checkpoint
-        from gadei.job import JobConfig
-        from gadei.train import Evaluator
-        ck = checkpoint.load(folder)
-        config = dict(ck["meta"]["config"])
+        from gadei.evaluate import Evaluator, job_of
         # the CSV beside the checkpoint, wherever the state folder lives now
-        options = {**config["task_options"], "path": str(folder / "training.csv"), "test_path": ""}
-        cfg = JobConfig(**{**config, "task_options": options, "resume": None, "out": str(folder)})
+        cfg, weights = job_of(folder, path=str(folder / "training.csv"), test_path="")
         evaluator = Evaluator(cfg)
         self.task = evaluator.task
-        self.model = evaluator.load(ck["weights"]).eval()
+        self.model = evaluator.load(weights).eval()
         self.classes = list(self.task.label_names)
 
     @torch.no_grad()

@@ -39,7 +39,7 @@ from gadei.serve.db import Database
 
 # The task every classifier trains: referred to by its spec, never imported here (the service
 # must not load a workload at import time; `gadei train` and gadei's loader import it).
-TASK_SPEC = "qa_tasks.csv_text:CsvText"
+TASK_SPEC = "csv_text"    # the task by its registered name (setup.py, entry points gadei.tasks)
 TRAINING_CSV = "training.csv"
 MAX_ATTEMPTS = 3               # failed runs of one classifier's job before it is marked Failed
 

@@ -11,13 +11,13 @@ one row), "valid" the held-out rows; with `test_path`, a second CSV of the same 
 "test" split (the robustness benchmark scores TREC_10 and CLINC150's val this way). Classes:
 every class of the file, sorted, so one seen only in "valid" still has an id.
 
-Model: the Kim (2014) CNN of qa_tasks.text (as in `qc`). It is the measured best text model at
-this cost: on TREC it reaches 0.90-0.92 in a few epochs, and on CLINC150 it is within a point of
-the self-attentive model (docs/results/text.md), which takes 4-5x the time per step.
+Model: the Kim (2014) CNN (kim_cnn.py, as in `qc`). It is the measured best text model at this
+cost: docs/results/text.md and docs/results/taas.md.
 """
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import checked_options
-from .text import KimCNN, SentenceTask, accuracy
+from gadei.task import option
+
+from ..common import checked_options
+from .kim_cnn import KimCNN
+from .sentence_task import SentenceTask
+from .text import accuracy
 
 VALID_SEED = 20260101  # fixes which rows are held out; never change it silently
 
@@ -44,30 +48,29 @@ def read_csv(path: str | Path) -> list[tuple[str, str]]:
     return rows
 
 
+@dataclass(kw_only=True, eq=False)
 class CsvText(SentenceTask):
-    """A text classifier on `path`, a `text,class` CSV (see the module docstring). Options:
+    """A text classifier on a `text,class` CSV (the task behind `gadei serve`)."""
 
-    path: the training CSV. test_path: an optional CSV scored as the "test" split.
-    valid_fraction: share of the rows held out as "valid".
-    min_count, embed_dim, filters, widths, dropout: the vocabulary and the CNN, as in `qc`.
-    batch: texts per batch.
-    """
+    path: str = option("", "the training CSV: `text,class` per row, UTF-8, no header")
+    test_path: str = option("", "an optional CSV of the same format, scored as the 'test' split")
+    valid_fraction: float = option(0.1, "share of the rows held out as 'valid'")
+    min_count: int = option(2, "a training word seen fewer times maps to <unk>")
+    embed_dim: int = option(300, "word vector size")
+    filters: int = option(100, "feature maps per convolution width")
+    widths: str = option("3,4,5", "convolution widths, comma-separated")
+    dropout: float = option(0.5, "dropout before the output layer")
+    batch: int = option(32, "texts per batch")
 
     eval_split = "valid"
 
-    def __init__(self, *, path: str = "", test_path: str = "", valid_fraction: float = 0.1,
-                 min_count: int = 2, embed_dim: int = 300, filters: int = 100, widths: str = "3,4,5",
-                 dropout: float = 0.5, batch: int = 32):
-        if not path:
+    def __post_init__(self):
+        if not self.path:
             raise ValueError("csv_text needs path=<a text,class CSV file>")
-        if not 0.0 < valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must be in (0, 1), not {valid_fraction}")
-        self._widths = checked_options(widths, {"dropout": dropout}, embed_dim=embed_dim, filters=filters,
-                                       batch=batch, min_count=min_count)
-        # every option is kept as an attribute of its name: gadei rebuilds the task from them
-        self.path, self.test_path, self.valid_fraction = path, test_path, valid_fraction
-        self.min_count, self.embed_dim, self.filters, self.widths = min_count, embed_dim, filters, widths
-        self.dropout, self.batch = dropout, batch
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in (0, 1), not {self.valid_fraction}")
+        self._widths = checked_options(self.widths, {"dropout": self.dropout}, embed_dim=self.embed_dim,
+                                       filters=self.filters, batch=self.batch, min_count=self.min_count)
         self._splits = None
 
     def _load(self):

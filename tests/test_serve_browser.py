@@ -61,12 +61,13 @@ def test_upload_watch_and_classify_in_the_browser(tmp_path, browser):
         wait.until(lambda d: text_of(d, f"{row} td.status") == "Available")
         assert text_of(browser, f"{row} td:nth-child(4)") == "40 / 40"
 
-        # the curve: the page drew the loss line (its colour) into the canvas
-        wait.until(lambda d: d.execute_script(
-            "const g = document.getElementById('curve').getContext('2d');"
-            "const px = g.getImageData(0, 0, 640, 240).data; let n = 0;"
-            "for (let i = 0; i < px.length; i += 4) if (px[i] === 217 && px[i+1] === 83 && px[i+2] === 79) n++;"
-            "return n;") > 20)
+        # the curve: the page drew the loss (red) and the validation accuracy (blue) of the
+        # final metrics row, which always has both, as dots of 4 x 4 pixels at least
+        count = ("const g = document.getElementById('curve').getContext('2d');"
+                 "const px = g.getImageData(0, 0, 640, 240).data; let n = 0;"
+                 "for (let i = 0; i < px.length; i += 4) if (px[i] === arguments[0] && px[i+1] === arguments[1]"
+                 " && px[i+2] === arguments[2]) n++; return n;")
+        wait.until(lambda d: d.execute_script(count, 217, 83, 79) >= 16 and d.execute_script(count, 42, 111, 219) >= 16)
 
         wait.until(lambda d: d.find_element(By.ID, "classify-submit").is_enabled())
         browser.find_element(By.ID, "classify-text").send_keys("a song on the radio")

@@ -133,6 +133,9 @@ function drawCurve(points, planned) {
     g.beginPath();
     pts.forEach((p, i) => (i ? g.lineTo : g.moveTo).call(g, x(p.updates), y(p[key] / scale)));
     g.stroke();
+    // a dot at every point: a short job may have all its points at one number of updates
+    g.fillStyle = color;
+    pts.forEach((p) => g.fillRect(Math.round(x(p.updates)) - 2, Math.round(y(p[key] / scale)) - 2, 4, 4));
   };
   line("loss", maxLoss, "#d9534f");
   line("accuracy", 1, "#2a6fdb");

@@ -24,8 +24,8 @@ import json
 from pathlib import Path
 
 from qa_tasks.common import dataset_dir
-from qa_tasks.nlc import DATA_FILE, read_clinc
-from qa_tasks.qc import TEST_FILE, TRAIN_FILE, read_trec
+from qa_tasks.text_classification.clinc import DATA_FILE, read_clinc
+from qa_tasks.text_classification.trec import TEST_FILE, TRAIN_FILE, read_trec
 
 
 def trec(data_dir, fine: bool) -> tuple[list, list]:

@@ -19,7 +19,7 @@ MAX_CLASSES = 3_000
 MIN_CLASSES = 2
 MAX_TEXT = 1_024          # characters of one text (training and classify alike)
 MAX_CLASS_NAME = 128      # characters of one class name
-LANGUAGES = ("en",)       # the tokenizer (qa_tasks/text.py) splits on ASCII letters and digits
+LANGUAGES = ("en",)       # the tokenizer (qa_tasks/text_classification/text.py) splits on ASCII letters and digits
 
 
 class CsvError(ValueError):

@@ -74,7 +74,7 @@ def test_clean_from_another_pid_namespace_leaves_a_live_arena(tmp_path):
         printf 'GADEIPS\\001\\143\\000\\000\\000' > /dev/shm/gadei_other_0123456789abcdef0123456789abcdef
         "$PY" -m gadei train --task probe --steps 1000000000 --out {out} --no-progress 2> {tmp_path}/job.err &
         job=$!
-        for i in $(seq 600); do ls /dev/shm | grep -q '^gadei_live' && break; sleep 0.2; done
+        for i in $(seq 1200); do ls /dev/shm | grep -q '^gadei_live' && break; sleep 0.2; done
         ls /dev/shm | grep -q '^gadei_live' || {{ echo "no arena"; kill -9 $job; exit 1; }}
         unshare --pid --fork --mount-proc "$PY" -m gadei clean
         echo "after-clean=$(ls /dev/shm | grep -c '^gadei_live')"

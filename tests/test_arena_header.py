@@ -1,5 +1,6 @@
 """Arena headers from outside: random bytes, bit flips, forged meta are refused or harmless."""
 
+import os
 import struct
 from pathlib import Path
 
@@ -18,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---- arena headers ----------------------------------------------------------------------------
 def _attach_junk(header: bytes, size: int = 256 * 1024, digest=None) -> None:
     name = shm.segment_name("fuzz-arena")
-    mm = shm.create(name, size)
+    mm, lock = shm.create(name, size)
     try:
         mm[0:len(header)] = header
         mm.close()
+        os.close(lock)
         a = A.Arena.attach(name, digest)
         a.close()
         pytest.fail("a damaged arena header was accepted")
@@ -53,10 +55,11 @@ def test_arena_bit_flip_in_header_is_refused_or_harmless(pos, bit):
     pos %= len(hdr)
     hdr[pos] ^= 1 << bit
     name = shm.segment_name("fuzz-arena")
-    mm = shm.create(name, A._offsets(small_layout()).total)
+    mm, lock = shm.create(name, A._offsets(small_layout()).total)
     try:
         mm[0:len(hdr)] = bytes(hdr)
         mm.close()
+        os.close(lock)
         try:
             a = A.Arena.attach(name, small_layout().digest())
         except ValueError as e:

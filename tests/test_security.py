@@ -66,12 +66,13 @@ def test_another_user_cannot_attach_or_list_a_segment():
 
 def test_segment_is_created_exclusively():
     name = shm.segment_name("sec-excl")
-    mm = shm.create(name, 4096)
+    mm, lock = shm.create(name, 4096)
     try:
         with pytest.raises(FileExistsError):
             shm.create(name, 4096)
     finally:
         mm.close()
+        os.close(lock)
         shm.unlink(name)
 
 

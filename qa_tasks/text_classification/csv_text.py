@@ -23,14 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from gadei.task import option
 
 from ..common import checked_options
-from .kim_cnn import KimCNN
-from .sentence_task import SentenceTask
-from .text import accuracy
+from .sentence_task import KimCNNTask
 
 VALID_SEED = 20260101  # fixes which rows are held out; never change it silently
 
@@ -49,7 +46,7 @@ def read_csv(path: str | Path) -> list[tuple[str, str]]:
 
 
 @dataclass(kw_only=True, eq=False)
-class CsvText(SentenceTask):
+class CsvText(KimCNNTask):
     """A text classifier on a `text,class` CSV (the task behind `gadei serve`)."""
 
     path: str = option("", "the training CSV: `text,class` per row, UTF-8, no header")
@@ -84,20 +81,6 @@ class CsvText(SentenceTask):
             split_rows["test"] = read_csv(self.test_path)
         labels = sorted({c for _, c in rows})
         return {name: ([t for t, _ in rs], [c for _, c in rs]) for name, rs in split_rows.items()}, labels
-
-    def build_model(self) -> nn.Module:
-        self._ensure_loaded()
-        return KimCNN(len(self.vocab), len(self.label_names), embed_dim=self.embed_dim,
-                      widths=self._widths, maps=self.filters, dropout=self.dropout)
-
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        model.train()  # dropout on while training, whatever mode the caller left the model in
-        return F.cross_entropy(model(batch["tokens"], batch["lengths"]), batch["labels"])
-
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        logits, labels = self.split_logits(model, split)
-        return {"accuracy": accuracy(logits.argmax(dim=1), labels),
-                "loss": float(F.cross_entropy(logits, labels)) if len(labels) else float("nan")}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, texts: list[str]) -> torch.Tensor:

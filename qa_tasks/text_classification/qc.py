@@ -14,23 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from gadei.task import option
 
 from ..common import checked_options, data_dir_option, data_option, dataset_dir, use_real_data
-from .kim_cnn import KimCNN
-from .sentence_task import SentenceTask
-from .text import accuracy
+from .sentence_task import KimCNNTask
 from .trec import COARSE, TEST_FILE, TRAIN_FILE, generated_questions, read_trec
 
 VALID_SEED = 20140825  # fixes which training questions are held out; never change it silently
 
 
 @dataclass(kw_only=True, eq=False)
-class QC(SentenceTask):
+class QC(KimCNNTask):
     """TREC question classification with Kim's (2014) CNN.
 
     The module docstring has the details; each option's help line says what it sets.
@@ -76,17 +71,3 @@ class QC(SentenceTask):
         splits = {name: ([r[2] for r in rows], [r[column] for r in rows])
                   for name, rows in (("train", train), ("valid", valid), ("test", test_rows))}
         return splits, labels
-
-    def build_model(self) -> nn.Module:
-        self._ensure_loaded()
-        return KimCNN(len(self.vocab), len(self.label_names), embed_dim=self.embed_dim,
-                      widths=self._widths, maps=self.filters, dropout=self.dropout)
-
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        model.train()  # dropout on while training, whatever mode the caller left the model in
-        return F.cross_entropy(model(batch["tokens"], batch["lengths"]), batch["labels"])
-
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        logits, labels = self.split_logits(model, split)
-        return {"accuracy": accuracy(logits.argmax(dim=1), labels),
-                "loss": float(F.cross_entropy(logits, labels)) if len(labels) else float("nan")}

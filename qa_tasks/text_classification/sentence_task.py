@@ -1,13 +1,15 @@
-"""What qc and nlc share as tasks: data loaded, tokenized and encoded once; batches; logits of a split."""
+"""What qc, nlc and csv_text share as tasks: data loaded, tokenized and encoded once; batches; logits of a split."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..common import evaluating
-from .text import Vocab, pad_batch, shard_batches, tokenize
+from .kim_cnn import KimCNN
+from .text import Vocab, accuracy, pad_batch, shard_batches, tokenize
 
 
 class SentenceTask:
@@ -100,3 +102,26 @@ class SentenceTask:
         with evaluating(model):
             out = [model(*pad_batch(ids[i:i + chunk])) for i in range(0, len(ids), chunk)]
         return torch.cat(out) if out else torch.empty(0, len(self.label_names)), labels
+
+
+class KimCNNTask(SentenceTask):
+    """A sentence task classified by the Kim (2014) CNN (qc, csv_text): a subclass has the
+    options `embed_dim`, `filters` and `dropout`, and sets `_widths` (the parsed widths)."""
+
+    embed_dim: int
+    filters: int
+    dropout: float
+
+    def build_model(self) -> nn.Module:
+        self._ensure_loaded()
+        return KimCNN(len(self.vocab), len(self.label_names), embed_dim=self.embed_dim,
+                      widths=self._widths, maps=self.filters, dropout=self.dropout)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        model.train()  # dropout on while training, whatever mode the caller left the model in
+        return F.cross_entropy(model(batch["tokens"], batch["lengths"]), batch["labels"])
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        logits, labels = self.split_logits(model, split)
+        return {"accuracy": accuracy(logits.argmax(dim=1), labels),
+                "loss": float(F.cross_entropy(logits, labels)) if len(labels) else float("nan")}

@@ -125,7 +125,7 @@ function drawCurve(points, planned) {
   const maxLoss = Math.max(...points.map((p) => p.loss || 0), 1e-9);
   const x = (u) => pad + (W - pad - 5) * Math.min(u / Math.max(planned, 1), 1);
   const y = (v) => 5 + (H - pad - 5) * (1 - v);
-  const line = (key, scale, color) => {
+  const line = (key, scale, color, size) => {
     const pts = points.filter((p) => typeof p[key] === "number");
     if (!pts.length) return;
     g.strokeStyle = color;
@@ -133,12 +133,14 @@ function drawCurve(points, planned) {
     g.beginPath();
     pts.forEach((p, i) => (i ? g.lineTo : g.moveTo).call(g, x(p.updates), y(p[key] / scale)));
     g.stroke();
-    // a dot at every point: a short job may have all its points at one number of updates
+    // a dot at every point: a short job may have all its points at one number of updates; the
+    // loss dots are larger, so an accuracy dot drawn on the same spot leaves a red ring
     g.fillStyle = color;
-    pts.forEach((p) => g.fillRect(Math.round(x(p.updates)) - 2, Math.round(y(p[key] / scale)) - 2, 4, 4));
+    const h = size / 2;
+    pts.forEach((p) => g.fillRect(Math.round(x(p.updates)) - h, Math.round(y(p[key] / scale)) - h, size, size));
   };
-  line("loss", maxLoss, "#d9534f");
-  line("accuracy", 1, "#2a6fdb");
+  line("loss", maxLoss, "#d9534f", 6);
+  line("accuracy", 1, "#2a6fdb", 4);
 }
 
 $("classify-form").addEventListener("submit", async (e) => {

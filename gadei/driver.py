@@ -16,7 +16,6 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from gadei import ledger as L
 from gadei.evaluate import Evaluator
 from gadei.job import JobConfig, JobError
 from gadei.meter import Meter
@@ -93,7 +92,7 @@ def job_summary(cfg: JobConfig, interrupted: bool, outcome: Outcome, train_s: fl
     """summary.json (docs/protocol.md, "The summary"), less the final metrics, the wall time and
     the error that ended the job, if one did."""
     led = outcome.ledger
-    applied = sum(L.count(r.applied) for r in led.records.values())
+    applied = led.applied
     return {
         "settings": cfg.to_dict(), "job": cfg.job, "interrupted": interrupted,
         "wall_time_s": None, "train_time_s": round(train_s, 3),

@@ -146,6 +146,11 @@ class Ledger:
         return [self.records[i] for i in sorted(self.records)]
 
     @property
+    def applied(self) -> int:
+        """Sequence numbers applied, over every learner."""
+        return sum(count(r.applied) for r in self.records.values())
+
+    @property
     def samples(self) -> int:
         return sum(r.progress[2] for r in self.records.values())
 

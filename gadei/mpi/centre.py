@@ -134,11 +134,11 @@ class GlobalPS:
         led = self.ledger()
         checkpoint.save_job(out / "checkpoint", self.gcfg.to_dict(), self.layout.named(self.C), {}, self.version,
                             led, final, mpi_nodes=self.topo.node_gids, cross_node=self.settings.cross_node)
-        self.ckpt_updates = sum(L.count(r.applied) for r in led.records.values())
+        self.ckpt_updates = led.applied
 
     def maybe_checkpoint(self, out: Path) -> None:
         every = self.gcfg.checkpoint_every
         if every:
-            updates = sum(L.count(r.applied) for part in self.synced for r in part.records.values())
+            updates = sum(part.applied for part in self.synced)
             if updates - max(self.ckpt_updates, 0) >= every and updates != self.ckpt_updates:
                 self.checkpoint(out, final=False)

@@ -17,7 +17,7 @@ from gadei import arena as A
 from gadei import proc
 from gadei.driver import drive, interruptible, private_files
 from gadei.job import JobConfig, JobError
-from gadei.ledger import Ledger, Record, count
+from gadei.ledger import Ledger, Record
 from gadei.mpi import wire as W
 from gadei.mpi.centre import GlobalPS
 from gadei.mpi.settings import Settings
@@ -192,8 +192,7 @@ class NodeSupervisor(Supervisor):
             stats = [s or {} for s in gps.stats]
             ps_restarts, lost = sum(s.get("ps_restarts", 0) for s in stats), sum(s.get("lost", 0) for s in stats)
             # the meter saw node 0 only: rates over the whole job instead
-            applied = sum(count(r.applied) for r in ledger.records.values())
-            rates = (applied / max(train_s, 1e-9), ledger.samples / max(train_s, 1e-9))
+            rates = (ledger.applied / max(train_s, 1e-9), ledger.samples / max(train_s, 1e-9))
         topo, s = self.topo, self.settings
         nbytes = gps.bytes if gps else 0
         extra = {"restarts": {"ps": ps_restarts, "learners": 0},

@@ -124,6 +124,9 @@ def interruptible(*signals: int):
     SIGINT: Python leaves it ignored in a job started ignoring it (`cmd &` in a script). The
     previous handlers come back on the way out."""
     def interrupt(signum, frame):
+        if _held["depth"]:
+            _held["pending"] = True
+            return
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, interrupt) for s in signals}
@@ -132,6 +135,23 @@ def interruptible(*signals: int):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+_held = {"depth": 0, "pending": False}
+
+
+@contextmanager
+def uninterrupted():
+    """Inside, an interrupt (see `interruptible`) waits and is raised on the way out: for a step
+    that must not be cut in two."""
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+        if not _held["depth"] and _held["pending"]:
+            _held["pending"] = False
+            raise KeyboardInterrupt
 
 
 def write_json(path: Path, obj) -> None:

@@ -369,6 +369,11 @@ class Supervisor:
         So an interrupted job loses no committed gradient either: only one being written
         when its learner was stopped is discarded. Every wait is bounded by `grace`.
         """
+        self.stop_learners(grace)
+        self.stop_ps(grace)
+
+    def stop_learners(self, grace: float = 5.0) -> None:
+        """Stop the learners; a slot one was writing when it stopped is discarded."""
         a = self.arena
         if a is not None:
             a.job.stop = 1
@@ -380,6 +385,10 @@ class Supervisor:
             if a is not None:
                 self.discard(i, died=False)
         self.learners.clear()
+
+    def stop_ps(self, grace: float = 5.0) -> None:
+        """Let the PS apply every committed slot, then stop it and unlink the arena."""
+        a = self.arena
         if self.ps is not None and a is not None:
             a.job.ps_stop = 1                  # it applies what is READY, then waits for the unlink
             for attempt in range(2):           # a PS stuck (stopped, descheduled) is replaced once

@@ -3,7 +3,9 @@ validation of the control messages that cross MPI (docs/mpi.md)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -153,7 +155,7 @@ def test_control_message_validation_rejects(blob, pattern):
 
 
 VALID = [sync_msg(), sync_msg(n=0, kind="none", ledger={}), {"op": "beat", "node": 2, "round": 7},
-         {"op": "reply", "round": 3, "version": 9, "n": 4, "kind": "centre"}, {"op": "stop", "reason": "x"},
+         {"op": "reply", "round": 3, "version": 9, "n": 4, "kind": "centre", "finish": False}, {"op": "stop", "reason": "x"},
          {"op": "arena", "name": "gadei_j_00", "error": ""}]
 _ANY = st.recursive(st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats()
                     | st.text(max_size=6) | st.binary(max_size=6),
@@ -217,3 +219,91 @@ def test_without_mpiexec_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=100)
     assert r.returncode == 2
     assert "at least 2 ranks" in r.stderr and "mpiexec -n 3" in r.stderr
+
+
+def _rank_pid(root: int, rank: int) -> int:
+    """The pid of world rank `rank`'s `gadei train` under mpiexec `root` (not its PS child)."""
+    from gadei import proc
+    for pid in sorted(proc.descendants(root)):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"PMI_RANK={rank}".encode() in env and b"train" in cmd:
+            return pid
+    raise AssertionError(f"no world rank {rank} under mpiexec {root}")
+
+
+def _start_two_nodes(out, job, *extra, timeout_s=None):
+    """A two-virtual-node probe job that cannot end by itself (10**6 updates), once it has
+    checkpointed: progress on both nodes before the test acts, whatever the machine's load."""
+    env = {**os.environ, "GADEI_RANKS_PER_NODE": "2"}
+    if timeout_s:
+        env["GADEI_MPI_TIMEOUT"] = str(timeout_s)
+    p = subprocess.Popen(mpi_cmd(4, "--steps", 10 ** 6, "--out", out, "--job", job, "--sync-every", 10,
+                                 "--checkpoint-every", 40, *extra),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    while not (out / "checkpoint").exists():
+        if p.poll() is not None:
+            raise AssertionError("the job ended before its first checkpoint:\n" + "".join(p.communicate()))
+        time.sleep(0.1)
+    return p
+
+
+@needs_mpi
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("to", ["mpiexec", "rank0"])
+def test_ctrl_c_of_a_multi_node_job_keeps_exactly_once(tmp_path, to):
+    """SIGINT to mpiexec (what Ctrl-C sends; hydra passes it to every rank) or to world rank 0
+    alone (its answers then ask the other nodes to stop): every node makes its final sync
+    before it stops, so what each node applied since its last sync reaches the final weights
+    (#18 finding 9)."""
+    out = tmp_path / "interrupted"
+    p = _start_two_nodes(out, f"mpiint{to}")
+    try:
+        os.kill(p.pid if to == "mpiexec" else _rank_pid(p.pid, 0), signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    s = summary(out)
+    assert s["interrupted"] is True, stdout + stderr
+    assert s["updates_applied"] > 0
+    assert_clean_audit(out)
+
+
+@needs_mpi
+@pytest.mark.timeout(600)
+def test_a_stopped_node_leader_ends_the_whole_job(tmp_path):
+    """SIGSTOP of node 1's leader: the global PS's bounded wait fires, it writes the last
+    consistent checkpoint and aborts the MPI job, so mpiexec ends (#18 finding 2); the
+    checkpoint resumes exactly once."""
+    out, job = tmp_path / "stopped", "mpistop"
+    p = _start_two_nodes(out, job, timeout_s=10)
+    leader = None
+    try:
+        leader = _rank_pid(p.pid, 2)            # world rank 2: node 1's leader
+        os.kill(leader, signal.SIGSTOP)
+        stdout, stderr = p.communicate(timeout=400)
+    finally:
+        if leader:
+            try:
+                os.kill(leader, signal.SIGCONT)
+                os.kill(leader, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    text = stdout + stderr
+    assert p.returncode != 0, text
+    assert re.search(r"MPI job ends on world rank 0 \(node 0\): .*node 1", text), text
+    ck = checkpoint.load(out)
+    assert ck["meta"]["final"] is False
+    out2 = tmp_path / "resumed"
+    r = run_mpi(4, "--steps", ck["meta"]["version"] + 200, "--out", out2, "--resume", out, "--sync-every", 10,
+                env={"GADEI_RANKS_PER_NODE": "2"}, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_clean_audit(out2)

@@ -33,6 +33,7 @@ class GlobalPS:
         self.synced = [resume.only(gids, totals=False) if resume else L.Ledger({}) for gids in topo.node_gids]
         self.stats: list[dict | None] = [None] * topo.nodes
         self.final: set[int] = set()
+        self.finishing = False      # the job stops early: every answer asks for the final sync
         self.heard = [time.monotonic()] * topo.nodes
         self.sends: list = []
         self._up = np.empty(self.C.size, np.float32)                   # reused receive buffer
@@ -45,7 +46,8 @@ class GlobalPS:
         """Apply one message of `node`; return the (reply, tensor) to send back."""
         self.heard[node] = time.monotonic()
         if msg["op"] == "beat":
-            return {"op": "reply", "round": msg["round"], "version": self.version, "n": 0, "kind": "none"}, None
+            return {"op": "reply", "round": msg["round"], "version": self.version, "n": 0, "kind": "none",
+                    "finish": self.finishing}, None
         if vec is None or vec.size != self.C.size:
             raise W.ProtocolError(f"node {node}'s sync carries {None if vec is None else vec.size} "
                                   f"values, the model has {self.C.size}")
@@ -67,7 +69,7 @@ class GlobalPS:
         if msg["final"]:
             self.final.add(node)
         return {"op": "reply", "round": msg["round"], "version": self.version, "n": int(out.size),
-                "kind": kind}, out
+                "kind": kind, "finish": self.finishing}, out
 
     def serve(self) -> None:
         """Answer every leader message waiting now; raise if a node has gone silent."""
@@ -113,6 +115,18 @@ class GlobalPS:
             if n not in self.final and now - self.heard[n] > self.settings.timeout:
                 raise W.MPITimeout(f"node {n} (leader: {self.topo.where(self.topo.leaders[n])}) has been silent "
                                    f"for {now - self.heard[n]:.0f} s: its leader died or hangs")
+
+    def wait_finals(self, bound: float | None = None) -> None:
+        """Serve until every node made its final sync and took our answer (an Isend still
+        pending at MPI_Finalize is lost: over TCP the reply's tensor goes by rendezvous, which
+        needs this rank alive). A node gone silent raises (serve); `bound` seconds at most."""
+        deadline = None if bound is None else time.monotonic() + bound
+        while len(self.final) < self.topo.nodes or self.sends:
+            self.serve()
+            if deadline is not None and time.monotonic() > deadline:
+                missing = sorted(set(range(self.topo.nodes)) - self.final)
+                raise W.MPITimeout(f"node(s) {missing} did not make their final sync within {bound:.0f} s")
+            time.sleep(0.002)
 
     def stop_others(self, reason: str) -> None:
         """Best effort: tell the leaders still running that the job ends (never waits long)."""

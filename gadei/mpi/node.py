@@ -164,21 +164,35 @@ class NodeSupervisor(Supervisor):
             return super().tick()
         self.arena.learner(self.local).beat = A.now_ns()   # the uplink's lease: this process
         self.uplink.tick(self.finished())
+        if self.uplink.finish_asked and not self.interrupted:
+            self.interrupted = True
+            self.log(f"gadei: node {self.topo.node}: the job stops early (the global PS asked); final sync")
+            return True
         return self.uplink.done
 
     def run(self, on_tick=None) -> float:
         train_s = super().run(on_tick)
         if self.gps is not None:                  # every other node's final sync
-            while len(self.gps.final) < self.topo.nodes:
-                self.gps.serve()
-                time.sleep(0.005)
-            # and for our answers to leave: an Isend still pending at MPI_Finalize is lost (over
-            # TCP the reply's tensor goes by rendezvous, which needs this rank alive), and the
-            # node waiting for it would time out after our summary was written
-            while self.gps.sends:
-                self.gps.serve()
-                time.sleep(0.001)
+            self.gps.wait_finals()
         return train_s
+
+    def stop_children(self, grace: float = 5.0) -> None:
+        """With several nodes, a node stopping early (Ctrl-C, SIGTERM, or the global PS asked)
+        makes its final sync between stopping its learners and stopping its PS, and world rank
+        0 waits for every node's: the centre gets every update any node applied, exactly once."""
+        self.stop_learners(grace)
+        if self.interrupted and self.uplink is not None and not self.uplink.stopping:
+            if self.gps is not None:
+                self.gps.finishing = True         # our answers ask the other nodes to stop too
+
+            def serve():
+                if self.gps is not None:
+                    self.gps.serve()
+                self.arena.learner(self.local).beat = A.now_ns()
+            self.uplink.finish(serve)
+            if self.gps is not None:
+                self.gps.wait_finals(bound=3 * self.settings.timeout)
+        self.stop_ps(grace)
 
     def conclude(self, final: bool, train_s: float) -> Outcome:
         gps = self.gps

@@ -9,6 +9,7 @@ import torch
 
 from gadei import arena as A
 from gadei import proc
+from gadei.driver import uninterrupted
 from gadei.job import JobError
 from gadei.mpi import wire as W
 from gadei.mpi.settings import Settings
@@ -118,6 +119,8 @@ class Uplink:
         self.snap_v, _ = a.pull(self.w, state=self.st, timeout=300)
         self.base = self.w.copy()
         self.round, self.injected, self.pending, self.done = 0, None, None, False
+        self.stopping = False           # our learners are out: no more DELTAs, only the final sync
+        self.finish_asked = False       # the global PS said the job stops early
         self.last = time.monotonic()
 
     def _injection_applied(self) -> bool:
@@ -143,6 +146,21 @@ class Uplink:
             self.pending = ("beat", None)
             self.link.post({"op": "beat", "node": self.sup.topo.node, "round": self.round}, None)
 
+    def finish(self, serve) -> None:
+        """The final sync of a node that stops early (Ctrl-C, SIGTERM, or the global PS asked):
+        its learners are out and its PS, still up, applies what they committed, so the final
+        delta carries every update the node applied. `serve()` runs each round (world rank 0
+        serves the global PS from it). Bounded by the MPI timeout."""
+        self.stopping = True
+        deadline = time.monotonic() + 3 * self.settings.timeout
+        while not self.done:
+            serve()
+            self.tick(finishing=True)
+            if time.monotonic() > deadline:
+                raise W.MPITimeout(f"node {self.sup.topo.node}'s final sync did not end within "
+                                   f"{3 * self.settings.timeout:.0f} s")
+            time.sleep(0.002)
+
     def _send(self, final: bool) -> None:
         v, pub = self.arena.pull(self.w, state=self.st, timeout=300)
         if self.settings.cross_node == "downpour":
@@ -157,9 +175,10 @@ class Uplink:
 
     def _receive(self, reply: dict, vec) -> None:
         what, v = self.pending
-        self.pending, self.last = None, time.monotonic()
         if reply["round"] != self.round:
             raise W.ProtocolError(f"the global PS answered round {reply['round']}, not {self.round}")
+        self.finish_asked |= reply["finish"]
+        self.pending, self.last = None, time.monotonic()
         if what == "beat":
             return
         self.round += 1
@@ -168,10 +187,15 @@ class Uplink:
             return
         if vec is None or vec.size != self.w.size:
             raise W.ProtocolError("the global PS's answer to a sync carries no tensor of the model's size")
-        if reply["kind"] == "centre":
-            delta = vec - self.w
-            self.base = vec.copy()
+        if self.stopping:
+            # the node takes no more DELTAs: the centre now holds the snapshot we sent, so the
+            # final delta is what the node applied since (EASGD: its last elastic step is dropped)
+            self.base = self.w.copy()
         else:
-            delta = -vec
-        self.injected = self.worker.push_delta(torch.from_numpy(delta), samples=0, steps=0)
+            # a Ctrl-C here would leave the centre and our base disagreeing: it waits
+            with uninterrupted():
+                delta = vec - self.w if reply["kind"] == "centre" else -vec
+                self.injected = self.worker.push_delta(torch.from_numpy(delta), samples=0, steps=0)
+                if reply["kind"] == "centre":
+                    self.base = vec.copy()
         self.snap_v = v

@@ -39,8 +39,9 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "sync": {"op": "str", "node": "int", "round": "int", "n": "int", "final": "bool",
              "kind": "str", "ledger": "dict", "stats": "dict"},
     "beat": {"op": "str", "node": "int", "round": "int"},
-    # global PS -> leader: the reply to round `round` (n float32 follow), or stop the job
-    "reply": {"op": "str", "round": "int", "version": "int", "n": "int", "kind": "str"},
+    # global PS -> leader: the reply to round `round` (n float32 follow; finish: the job is
+    # stopping, make the final sync now), or stop the job (a fatal error)
+    "reply": {"op": "str", "round": "int", "version": "int", "n": "int", "kind": "str", "finish": "bool"},
     "stop": {"op": "str", "reason": "str"},
 }
 

@@ -13,20 +13,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets
+from algorithms.rule import (Rule, check_ranges, chunks, counter, stage, state_views, step_counter,
+                             step_tensor, targets)
 
 
 def adagrad(w: torch.Tensor, g: torch.Tensor, s: torch.Tensor, w_out: torch.Tensor,
             s_out: torch.Tensor, *, step: float, lr: float, lr_decay: float, eps: float,
             weight_decay: float) -> None:
-    """One Adagrad step; `step` is t (1 on the first update). Outputs may alias inputs."""
-    clr = lr / (1 + (step - 1) * lr_decay)
-    for w_, g_, s_, wo, so, d, std in chunks([w, g, s, w_out, s_out], 2):
-        if weight_decay:
-            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
-        torch.addcmul(s_, g_, g_, value=1, out=so)
-        torch.sqrt(so, out=std).add_(eps)
-        torch.addcdiv(w_, g_, std, value=-clr, out=wo)
+    """One Adagrad step; `step` is t (1 on the first update). Outputs may alias inputs. torch's
+    fused kernel (``torch.optim.Adagrad(fused=True)``), chunk by chunk: see Note [fused
+    kernels]."""
+    t = step_tensor(step)
+    for w_, g_, s_, wo, so in chunks([w, g, s, w_out, s_out]):
+        stage([w_, s_], [wo, so])
+        torch._fused_adagrad_([wo], [g_], [so], [t], lr=lr, lr_decay=lr_decay,
+                              weight_decay=weight_decay, eps=eps, maximize=False)
 
 
 class Adagrad(Rule):

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
+from algorithms.rule import (Rule, check_ranges, chunks, counter, stage, state_views, step_counter,
+                             step_tensor, targets, zeros)
 
 
 def adam(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
@@ -27,24 +28,15 @@ def adam(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
          decoupled_weight_decay: bool = False, amsgrad: bool = False,
          vmax: torch.Tensor | None = None, vmax_out: torch.Tensor | None = None) -> None:
     """One Adam step; `step` is t (1 on the first update); `vmax`/`vmax_out` needed with
-    amsgrad. Outputs may alias inputs."""
-    step_size = lr / (1 - beta1 ** step)
-    bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-    for w_, g_, m_, v_, x_, wo, mo, vo, xo, d, den in chunks(
-            [w, g, m, v, vmax, w_out, m_out, v_out, vmax_out], 2):
-        if weight_decay:
-            if decoupled_weight_decay:
-                w_ = torch.mul(w_, 1 - lr * weight_decay, out=wo)
-            else:
-                g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
-        torch.lerp(m_, g_, 1 - beta1, out=mo)
-        torch.mul(v_, beta2, out=vo).addcmul_(g_, g_, value=1 - beta2)
-        if amsgrad:
-            vo_ = torch.maximum(x_, vo, out=xo)
-        else:
-            vo_ = vo
-        torch.sqrt(vo_, out=den).div_(bias_correction2_sqrt).add_(eps)
-        torch.addcdiv(w_, mo, den, value=-step_size, out=wo)
+    amsgrad. Outputs may alias inputs. torch's fused kernel (``torch.optim.Adam(fused=True)``),
+    chunk by chunk: see Note [fused kernels]."""
+    kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+    t = step_tensor(step)
+    for w_, g_, m_, v_, x_, wo, mo, vo, xo in chunks(
+            [w, g, m, v, vmax, w_out, m_out, v_out, vmax_out]):
+        stage([w_, m_, v_, x_], [wo, mo, vo, xo])
+        kernel([wo], [g_], [mo], [vo], [xo] if amsgrad else [], [t], lr=lr, beta1=beta1,
+               beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=amsgrad, maximize=False)
 
 
 class Adam(Rule):

@@ -7,6 +7,15 @@ the chain runs on a chunk that is still in cache, so each weight, gradient and s
 read from memory once and written once -- the floor ``bytes_per_weight`` counts. Within a chunk
 the ops are the same ops, in the same order, as ``torch.optim``'s single-tensor code, so the
 results agree with torch to float32 rounding (in practice bit for bit).
+
+Note [fused kernels]: even in cache, each eager op costs ~0.2 ns per element on one thread, so a
+rule of five to ten ops stays at 0.2-0.5 of the bandwidth floor. Where torch has a fused CPU
+kernel for a rule (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_adagrad_``, ``_fused_sgd_``:
+the kernels behind ``torch.optim``'s ``fused=True``), the rule calls it chunk by chunk instead:
+one vectorised loop per chunk reads each input once and writes each output once. The kernels
+work in place; out of place (the double-buffered PS), ``stage`` first copies the chunk's inputs
+into the output chunk, where the kernel finds them in cache. They are torch.optim's own
+``fused=True`` code, which torch tests against its single-tensor code to float32 rounding.
 """
 from __future__ import annotations
 
@@ -58,6 +67,22 @@ def chunks(tensors: list[torch.Tensor | None], n_scratch: int = 0
         m = min(size, n - i * size)
         yield (*(p[i] if p is not None else None for p in parts),
                *(s if m == size else s[:m] for s in scratch))
+
+
+def stage(inputs: list[torch.Tensor | None], outputs: list[torch.Tensor | None]) -> None:
+    """Copy each chunk of `inputs` into its chunk of `outputs` unless they are the same memory
+    (in place), so that a fused kernel that works in place (``torch._fused_adam_``, ...) can
+    apply an update out of place. Called chunk by chunk, the kernel then finds the copies in
+    cache: see Note [fused kernels]."""
+    for a, b in zip(inputs, outputs):
+        if a is not None and a.data_ptr() != b.data_ptr():
+            b.copy_(a)
+
+
+def step_tensor(step: float) -> torch.Tensor:
+    """The step count t as torch.optim keeps it for its fused kernels: a float32 scalar tensor
+    (the kernels compute the bias corrections from it; they do not advance it)."""
+    return torch.tensor(step, dtype=torch.float32)
 
 
 # torch.optim's range of each hyper-parameter: (name in the error, upper bound, bound included);

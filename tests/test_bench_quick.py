@@ -59,3 +59,13 @@ def test_asr_layerskip_quick(tmp_path):
     assert [r["threshold"] for r in skipping] == [0.5, 0.8, 0.9, 0.95, 0.99]
     assert all(0 <= r["skipped_fraction"] <= 0.5 and r["cpu_ms_per_utt"] > 0 for r in out["rows"])
     assert out["train_log"][-1]["step"] == 100
+
+
+def test_small_batch_quick(tmp_path):
+    run("bench.small_batch", "--json", tmp_path / "b.json")
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(r["batch"], r["learners"]) for r in rows] == [(4, 2)]
+    for r in rows:
+        assert all(r[s]["samples_per_s"] > 0 for s in ("compute", "gadei", "hogwild"))
+        assert r["gadei"]["updates_applied"] >= 8 and 0 <= r["gadei"]["ps_busy"] <= 1
+        assert abs(sum(r["gadei"]["learner_split"].values()) - 1) < 1e-6

@@ -47,15 +47,19 @@ TORCH_OPTIM = {  # rule name -> (torch.optim class, extra kwargs) for --compare-
 }
 
 
+# what every timing here reads: the wall clock, or with --cpu-time this process's CPU clock
+clock = time.perf_counter
+
+
 def memory_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
     """Bytes per second read + written by a large ``np.copyto`` (the best of `reps`)."""
     src = np.ones(nbytes // 4, np.float32)
     dst = np.zeros_like(src)            # touched: no page faults inside the timing
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return 2 * nbytes / best
 
 
@@ -77,9 +81,9 @@ def measure_rule(rule, P: int, reps: int, in_place: bool = False) -> dict:
     times = []
     for i in range(reps):
         src, dst = ((wa, sa), (wb, sb)) if i % 2 == 0 else ((wb, sb), (wa, sa))
-        t0 = time.perf_counter()
+        t0 = clock()
         rule.apply(src[0], g, src[1], out_weights=dst[0], out_state=dst[1])
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     med = statistics.median(times)
     return {"rule": rule.name, "P": P, "reps": reps, "median_s": med, "min_s": min(times),
             "updates_per_s": 1.0 / med, "bytes_per_weight": rule.bytes_per_weight}
@@ -110,10 +114,10 @@ def measure_ps(name: str, P: int, reps: int) -> dict:
         times = []
         for k in range(reps + 2):
             arena.ctl.store(arena.sw(0, k % 2, A.S_CTRL), A.ctrl(A.READY, k))   # a commit
-            t0 = time.perf_counter()
+            t0 = clock()
             assert server.step()
             if k >= 2:                 # two warm-up updates
-                times.append(time.perf_counter() - t0)
+                times.append(clock() - t0)
         med = statistics.median(times)
         return {"median_s": med, "updates_per_s": 1.0 / med}
     finally:
@@ -131,9 +135,9 @@ def measure_torch_optim(name: str, P: int, reps: int) -> float:
     opt.step()
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         opt.step()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -146,15 +150,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--compare-torch", action="store_true")
     ap.add_argument("--no-ps", action="store_true", help="skip the rows through the real PS")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with this process's CPU clock, the bandwidth too: on a shared "
+                         "machine the time other processes hold the core is left out (their "
+                         "memory traffic is not)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
+    global clock
+    clock = time.process_time if args.cpu_time else time.perf_counter
     sizes = [1_000_000] if args.quick else [int(float(s)) for s in args.sizes.split(",")]
     reps = 5 if args.quick else args.reps
     torch.set_num_threads(args.threads)
 
     bandwidth = memory_bandwidth(reps=3 if args.quick else 5)
     print(f"memory bandwidth (np.copyto, read+write): {bandwidth / 1e9:.1f} GB/s; "
-          f"torch threads {torch.get_num_threads()}, chunk {algorithms.rule.CHUNK} floats")
+          f"torch threads {torch.get_num_threads()}, chunk {algorithms.rule.CHUNK} floats, "
+          f"{'CPU' if args.cpu_time else 'wall'} clock; load average {os.getloadavg()[0]:.2f}")
     print("floor = bytes_per_weight * P / bandwidth; eff = floor / measured (> 1: the vectors "
           "fit in cache)")
     head = (f"{'rule':<9} {'P':>10} {'B/w':>4} {'ms/upd':>9} {'upd/s':>9} {'floor ms':>9} {'eff':>6}"
@@ -180,13 +191,15 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(r)
     # measured again at the end: if it moved, other load on the machine moved the floor too
     bandwidth_end = memory_bandwidth(reps=3 if args.quick else 5)
-    print(f"memory bandwidth at the end: {bandwidth_end / 1e9:.1f} GB/s")
+    print(f"memory bandwidth at the end: {bandwidth_end / 1e9:.1f} GB/s; load average "
+          f"{os.getloadavg()[0]:.2f}")
     result = {"config": {**vars(args), "sizes": sizes, "reps": reps,
                          "chunk": algorithms.rule.CHUNK, "torch": torch.__version__,
                          "numpy": np.__version__, "python": sys.version.split()[0],
                          "machine": platform.machine(), "cpus": os.cpu_count(),
                          "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
-              "bandwidth_Bps": bandwidth, "bandwidth_end_Bps": bandwidth_end, "rows": rows}
+              "bandwidth_Bps": bandwidth, "bandwidth_end_Bps": bandwidth_end,
+              "load_average": os.getloadavg(), "rows": rows}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

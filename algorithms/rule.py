@@ -17,12 +17,13 @@ out of place (the double-buffered PS), ``stage`` first copies the chunk's inputs
 chunk, where the kernel finds them in cache. They are torch.optim's own ``fused=True`` code,
 which torch tests against its single-tensor code to float32 rounding; so do our tests.
 
-What that leaves (CPU clock, 2-core EPYC, 10M weights; docs/performance.md): Adam in place runs
-at the floor (7.9 ms, ~0.95), out of place at ~0.4 (18 ms): the staging copies (~10 ms: the
-output lines are read before they are written, and a plain copy gets ~20 GB/s) and the kernel's
-arithmetic (~6 ms of square roots and divisions) follow one another instead of overlapping. Only
-a single-pass out-of-place kernel would overlap them, and torch has none. For MSGD (two state
-streams, three cheap ops) the staging costs more than the fused kernel saves, so it stays eager.
+What that leaves (CPU clock, 2-core EPYC, 10M weights; docs/performance.md section 5): Adam in
+place runs at the floor (8.1 ms against 7.7), out of place at ~0.4 (18-21 ms): the staging
+copies (10-14 ms: the output lines are read before they are written, and a plain copy gets ~20
+GB/s) and the kernel's arithmetic (6 ms of square roots and divisions, measured in L2) follow
+one another instead of overlapping. Only a single-pass out-of-place kernel would overlap them,
+and torch has none. For MSGD (three cheap ops) the staging costs more than the fused kernel
+saves, so it stays eager.
 """
 from __future__ import annotations
 

@@ -118,6 +118,44 @@ def test_every_rule_has_a_case():
     assert {n for n, _ in CASES} == set(algorithms.RULES)
 
 
+# the rules that call torch's fused kernels chunk by chunk (Note [fused kernels] in rule.py)
+FUSED_CASES = [c for c in CASES if c[0] in ("adam", "adagrad")] + [
+    ("adam", {"weight_decay": 0.1, "beta1": 0.5, "eps": 1e-3}),
+    ("adagrad", {"lr_decay": 0.5, "weight_decay": 0.1})]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name,hyper", FUSED_CASES,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in h.items()) or 'defaults'}"
+                              for n, h in FUSED_CASES])
+@pytest.mark.parametrize("n,chunk_size", [(197, 64), (algorithms.rule.CHUNK + 7, None)],
+                         ids=["3-chunks-and-5", "default-chunk-and-7"])
+def test_fused_every_step(name, hyper, n, chunk_size, monkeypatch):
+    """The fused path against torch.optim after each of the first steps (step 1: the bias
+    corrections are largest), on sizes that end in a partial chunk, in place and out of place."""
+    if chunk_size is not None:
+        monkeypatch.setattr(algorithms.rule, "CHUNK", chunk_size)
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal(n).astype(np.float32)
+    param = torch.nn.Parameter(torch.from_numpy(w.copy()))
+    opt = torch_optimizer(name, hyper, param)
+    rule = algorithms.get(name, **hyper)
+    state = rule.init_state(n)
+    other = (np.empty_like(w), {k: np.empty_like(v) for k, v in state.items()})
+    for step, g in enumerate(gradients(8, n, 4), 1):
+        w_out, s_out = other
+        rule.apply(w, g, state, out_weights=w_out, out_state=s_out)   # out of place ...
+        rule.apply(w, g, state)                                       # ... and in place
+        assert np.array_equal(w, w_out), f"{name} step {step}: out of place differs"
+        param.grad = torch.from_numpy(g.copy())
+        opt.step()
+        assert_close(f"{name}{hyper} step {step}: weights", w, param.detach().numpy())
+        for key, ref in opt.state[param].items():
+            assert_close(f"{name}{hyper} step {step}: state[{key!r}]", state[key],
+                         np.atleast_1d(ref.numpy()))
+            assert np.array_equal(state[key], s_out[key]), f"{name} step {step}: {key} differs"
+
+
 LR = st.floats(1e-4, 0.5)
 WD = st.sampled_from([0.0, 1e-4, 0.1])
 EPS = st.sampled_from([1e-10, 1e-8, 1e-6, 1e-3])

@@ -18,7 +18,11 @@ hogwild   the same N processes on one model in shared memory (torch.multiprocess
           through its own torch.optim twin of the rule (fused where torch has a fused CPU kernel),
           as torch's Hogwild example does: no copy, no PS, updates may race.
 gadei     ``gadei.train`` on the same task, rule and hyper-parameters (the PS is one more
-          process), with enough steps to fill the window at the compute bound's rate.
+          process), with steps enough to fill the window at the compute bound's rate (that of
+          its first round).
+
+With ``--repeats K`` every cell runs K rounds of the three, the order rotated each round, and
+each system's median round is reported (a burst of load then hits each system in turn).
 
 compute and hogwild count the samples of each process for ``--seconds`` after its data is
 loaded and ``--warmup`` seconds of steps, all starting together at a barrier. gadei's rate is
@@ -55,6 +59,7 @@ TORCH_OPTIM = {"sgd": "SGD", "msgd": "SGD", "adagrad": "Adagrad", "adadelta": "A
                "rmsprop": "RMSprop", "adam": "Adam", "adamax": "Adamax"}
 FUSED = {"sgd", "msgd", "adagrad", "adam"}
 RESULT_TIMEOUT_S = 600.0
+SYSTEMS = ("compute", "gadei", "hogwild")
 
 
 def torch_optimizer(name: str, hyper: dict, params) -> torch.optim.Optimizer:
@@ -101,6 +106,10 @@ def timed_samples(step, seconds: float, warmup: float, barrier) -> dict:
 def _learner(i: int, args: argparse.Namespace, opts: dict, shared, barrier, results) -> None:
     """One compute-only (`shared` None) or Hogwild (`shared`: the model in shared memory)
     learner process."""
+    # a session of its own, as gadei's supervisor starts each role: with the kernel's
+    # autogroup scheduling, CPU time is shared out per session, so learners forked into this
+    # one would share one session's time on a busy machine while gadei's get one each
+    os.setsid()
     torch.set_num_threads(1)
     try:
         task = T.build(args.task, opts)
@@ -237,6 +246,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="the PS's rule, and Hogwild's torch.optim twin (default adam)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds per cell, the systems' order rotated each round; each system's "
+                         "median round is reported, every round's rate kept (a noisy machine)")
     ap.add_argument("--json", help="write {config, rows} here")
     ap.add_argument("--quick", action="store_true", help="CI: generated data, batch 4, 2 learners")
     args = ap.parse_args(argv)
@@ -247,6 +259,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.batches, args.learners = int_list(str(args.batches)), int_list(str(args.learners))
     if args.seconds <= 0 or args.warmup < 0:
         ap.error(f"need --seconds > 0 and --warmup >= 0, got {args.seconds} and {args.warmup}")
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
     if "batch" not in T.options(args.task):
         ap.error(f"task {args.task!r} has no `batch` option")
     return args
@@ -265,18 +279,29 @@ def main(argv: list[str] | None = None) -> dict:
         for n in args.learners:
             args.n = n
             opts = T.with_data_dir(args.task, args.data_dir, {"data": args.data, "batch": b})
-            compute = run_processes(args, opts, hogwild=False)
-            gadei = run_gadei(args, opts, compute["steps_per_s"], base / f"b{b}-n{n}")
-            hogwild = run_processes(args, opts, hogwild=True)
-            row = {"batch": b, "learners": n, "compute": compute, "gadei": gadei, "hogwild": hogwild,
-                   "gadei_vs_compute": gadei["samples_per_s"] / compute["samples_per_s"],
-                   "gadei_vs_hogwild": gadei["samples_per_s"] / hogwild["samples_per_s"],
-                   "hogwild_vs_compute": hogwild["samples_per_s"] / compute["samples_per_s"],
-                   "load_average": os.getloadavg()[0]}
+            runs = {s: [] for s in SYSTEMS}
+            for rep in range(args.repeats):
+                # rotated per round, so that a burst of load on the machine hits each in turn
+                for system in SYSTEMS[rep % 3:] + SYSTEMS[:rep % 3]:
+                    if system == "gadei":
+                        steps_per_s = (runs["compute"] or [{"steps_per_s": 1.0}])[0]["steps_per_s"]
+                        r = run_gadei(args, opts, steps_per_s, base / f"b{b}-n{n}-{rep}")
+                    else:
+                        r = run_processes(args, opts, hogwild=system == "hogwild")
+                    r["load_average"] = os.getloadavg()[0]
+                    runs[system].append(r)
+                    print(f"  B={b:<3} N={n} {system:<8} {r['samples_per_s']:8.1f} samples/s "
+                          f"(load {r['load_average']:.2f})", flush=True)
+            row = {"batch": b, "learners": n}
+            for system, rs in runs.items():     # the median round, with every round's rate
+                rs = sorted(rs, key=lambda r: r["samples_per_s"])
+                row[system] = {**rs[(len(rs) - 1) // 2],
+                               "samples_per_s_runs": [r["samples_per_s"] for r in rs]}
+            rate = {system: row[system]["samples_per_s"] for system in SYSTEMS}
+            row["gadei_vs_compute"] = rate["gadei"] / rate["compute"]
+            row["gadei_vs_hogwild"] = rate["gadei"] / rate["hogwild"]
+            row["hogwild_vs_compute"] = rate["hogwild"] / rate["compute"]
             rows.append(row)
-            print(f"  B={b:<3} N={n}: compute {compute['samples_per_s']:.1f}, gadei "
-                  f"{gadei['samples_per_s']:.1f}, hogwild {hogwild['samples_per_s']:.1f} samples/s "
-                  f"(load {row['load_average']:.2f})", flush=True)
     print()
     print(table(rows))
     config = {**{k: v for k, v in vars(args).items() if k != "n"},

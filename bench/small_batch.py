@@ -273,8 +273,25 @@ def main(argv: list[str] | None = None) -> dict:
     load = os.getloadavg()
     print(f"{args.task}, {args.optimizer} lr {args.lr}, data {args.data}; {args.seconds:g} s per "
           f"system and cell after {args.warmup:g} s; load average {load[0]:.2f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="gadei-small-batch-") as d:   # gadei's job folders
+        rows = run_cells(args, Path(d))
+    print()
+    print(table(rows))
+    config = {**{k: v for k, v in vars(args).items() if k != "n"},
+              "load_average_start": load, "load_average_end": os.getloadavg(),
+              "torch": torch.__version__, "python": sys.version.split()[0],
+              "machine": platform.machine(), "cpus": os.cpu_count(),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    result = {"config": config, "rows": rows}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_cells(args: argparse.Namespace, base: Path) -> list[dict]:
+    """Every (batch, learners) cell, each system `--repeats` times; one row per cell."""
     rows = []
-    base = Path(tempfile.mkdtemp(prefix="gadei-small-batch-"))
     for b in args.batches:
         for n in args.learners:
             args.n = n
@@ -283,9 +300,9 @@ def main(argv: list[str] | None = None) -> dict:
             for rep in range(args.repeats):
                 # rotated per round, so that a burst of load on the machine hits each in turn
                 for system in SYSTEMS[rep % 3:] + SYSTEMS[:rep % 3]:
-                    if system == "gadei":
-                        steps_per_s = (runs["compute"] or [{"steps_per_s": 1.0}])[0]["steps_per_s"]
-                        r = run_gadei(args, opts, steps_per_s, base / f"b{b}-n{n}-{rep}")
+                    if system == "gadei":      # round 0 ran compute first: its rate sizes the job
+                        r = run_gadei(args, opts, runs["compute"][0]["steps_per_s"],
+                                      base / f"b{b}-n{n}-{rep}")
                     else:
                         r = run_processes(args, opts, hogwild=system == "hogwild")
                     r["load_average"] = os.getloadavg()[0]
@@ -302,18 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
             row["gadei_vs_hogwild"] = rate["gadei"] / rate["hogwild"]
             row["hogwild_vs_compute"] = rate["hogwild"] / rate["compute"]
             rows.append(row)
-    print()
-    print(table(rows))
-    config = {**{k: v for k, v in vars(args).items() if k != "n"},
-              "load_average_start": load, "load_average_end": os.getloadavg(),
-              "torch": torch.__version__, "python": sys.version.split()[0],
-              "machine": platform.machine(), "cpus": os.cpu_count(),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    result = {"config": config, "rows": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return result
+    return rows
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def _report(summary: dict, out: Path) -> None:
           f"{rejected} rejected, {summary['restarts']['learners']} learner and "
           f"{summary['restarts']['ps']} PS restarts")
     values = {**s, **s["hyper"]}
-    used = {k: values[k] for k, o in s.get("origin", {}).items() if o == "recipe"}
+    used = {k: values[k] for k, o in sorted(s.get("origin", {}).items(), key=lambda kv: kv[0] != "optimizer")
+            if o == "recipe" and values[k] is not None}        # (steps is None when epochs is the budget)
     if used or s.get("recipe_dropped"):
         from gadei.recipe import flags
         print(f"{s['task']}'s recipe: {flags(used) if used else 'nothing applied'}"

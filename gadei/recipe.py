@@ -19,8 +19,9 @@ Where the user's options meet the recipe (`gadei train --help` says the same):
   what the user gives;
 - a recipe's lr schedule decays over the job's steps: with the user's `--epochs` it is dropped.
 
-What was dropped, and where each job option and hyper-parameter came from ("recipe", the
-user's: "command line" or "argument", or "default"), the job keeps in `JobConfig.origin` and
+The job's `hyper` holds every hyper-parameter of its optimizer, defaults included; where each
+job option and hyper-parameter came from ("recipe", the user's: "command line" or "argument",
+or "default") and what of the recipe was dropped, the job keeps in `JobConfig.origin` and
 `JobConfig.recipe_dropped`, and so in summary.json's settings.
 """
 from __future__ import annotations
@@ -93,7 +94,11 @@ def apply(task: str, job: dict, hyper: dict, source: str) -> dict:
     for budget in BUDGET:                   # one budget: the other is None because of it
         if budget in origin:
             origin.setdefault(BUDGET[1 - BUDGET.index(budget)], origin[budget])
-    for key in job_options() | set(algorithms.hyper_parameters(out.get("optimizer", DEFAULT_OPTIMIZER))):
+    # every hyper-parameter's value, in the rule's order, so that summary.json shows them all
+    params = algorithms.hyper_parameters(out.get("optimizer", DEFAULT_OPTIMIZER))
+    hyper_out = {k: hyper_out.get(k, p.default) for k, p in params.items()
+                 if k in hyper_out or p.default is not p.empty}
+    for key in job_options() | set(hyper_out):
         origin.setdefault(key, "default")
     return {**out, "hyper": hyper_out, "origin": dict(sorted(origin.items())), "recipe_dropped": dropped}
 

@@ -40,8 +40,9 @@ RECIPE = "tests.test_recipes:Recipe"
 
 def test_no_option_is_the_recipe():
     cfg = config(RECIPE, {}, {})
-    assert (cfg.optimizer, cfg.hyper, cfg.lr_schedule, cfg.lr_warmup, cfg.steps, cfg.epochs) == \
-        ("adam", {"lr": 0.01, "beta1": 0.8}, "cosine", 5, 60, None)
+    assert (cfg.optimizer, cfg.lr_schedule, cfg.lr_warmup, cfg.steps, cfg.epochs) == ("adam", "cosine", 5, 60, None)
+    assert cfg.hyper == {"lr": 0.01, "beta1": 0.8, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0,
+                         "amsgrad": False, "decoupled_weight_decay": False}     # every value, in the rule's order
     assert {k: cfg.origin[k] for k in ("optimizer", "lr", "beta1", "lr_schedule", "steps", "epochs")} == \
         dict.fromkeys(("optimizer", "lr", "beta1", "lr_schedule", "steps", "epochs"), "recipe")
     assert cfg.origin["seed"] == cfg.origin["beta2"] == cfg.origin["learners"] == "default"
@@ -50,7 +51,7 @@ def test_no_option_is_the_recipe():
 
 def test_an_explicit_option_overrides_its_key_only():
     cfg = config(RECIPE, {}, {"lr": 0.002, "seed": 3, "optimizer": "adam"})
-    assert cfg.hyper == {"lr": 0.002, "beta1": 0.8} and cfg.seed == 3 and cfg.lr_schedule == "cosine"
+    assert (cfg.hyper["lr"], cfg.hyper["beta1"], cfg.seed, cfg.lr_schedule) == (0.002, 0.8, 3, "cosine")
     assert cfg.origin["lr"] == cfg.origin["seed"] == cfg.origin["optimizer"] == "argument"
     assert cfg.origin["beta1"] == "recipe"
 
@@ -67,7 +68,8 @@ def test_the_users_budget_replaces_the_recipes():
 
 def test_another_optimizer_drops_the_recipes_hyper_parameters_and_schedule():
     cfg = config(RECIPE, {}, {"optimizer": "msgd", "momentum": 0.5})
-    assert cfg.optimizer == "msgd" and cfg.hyper == {"momentum": 0.5}
+    assert cfg.optimizer == "msgd" and cfg.hyper == {"lr": 0.001, "momentum": 0.5, "dampening": 0.0,
+                                                     "nesterov": False, "weight_decay": 0.0}
     assert (cfg.lr_schedule, cfg.lr_warmup, cfg.steps) == ("constant", 0, 60)    # the budget stays
     assert set(cfg.recipe_dropped) == {"lr", "beta1", "lr_schedule", "lr_warmup"}
     assert cfg.origin["lr"] == "default" and cfg.origin["momentum"] == "argument"
@@ -84,7 +86,7 @@ def test_a_schedule_with_the_recipes_epochs_and_a_bad_recipe_are_clear_errors():
 
 def test_a_task_without_a_recipe_trains_from_the_plain_defaults():
     cfg = config("tests.tasks:Blobs", {}, {})
-    assert (cfg.optimizer, cfg.hyper, cfg.steps) == ("sgd", {}, 200)
+    assert (cfg.optimizer, cfg.hyper, cfg.steps) == ("sgd", {"lr": 0.001, "weight_decay": 0.0}, 200)
     assert set(cfg.origin.values()) == {"default"}
 
 
@@ -101,9 +103,10 @@ def test_the_probe_trains_at_lr_1_by_default_and_its_audit_is_exact(tmp_path):
     out = tmp_path / "p"
     r = run_gadei("train", "--task", "probe", "--learners", 1, "--steps", 30, "--out", out, "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "probe's recipe: --lr 1.0 --optimizer sgd" in r.stdout
+    assert "probe's recipe: --optimizer sgd --lr 1.0" in r.stdout
     s = json.loads((out / "summary.json").read_text())["settings"]
-    assert s["hyper"] == {"lr": 1.0} and s["origin"]["lr"] == "recipe"
+    assert s["hyper"] == {"lr": 1.0, "weight_decay": 0.0} and s["origin"]["lr"] == "recipe"
+    assert s["origin"]["weight_decay"] == "default"
     assert s["origin"]["steps"] == s["origin"]["out"] == "command line" and s["origin"]["seed"] == "default"
     assert audit(out) == []
 
@@ -111,7 +114,7 @@ def test_the_probe_trains_at_lr_1_by_default_and_its_audit_is_exact(tmp_path):
 def test_gadei_train_records_its_arguments(tmp_path):
     summary = gadei.train(RECIPE, steps=20, beta1=0.7, learners=1, out=tmp_path / "r", progress=False)
     s = summary["settings"]
-    assert s["hyper"] == {"lr": 0.01, "beta1": 0.7} and summary["updates_applied"] == 20
+    assert (s["hyper"]["lr"], s["hyper"]["beta1"], summary["updates_applied"]) == (0.01, 0.7, 20)
     assert (s["origin"]["beta1"], s["origin"]["lr"], s["origin"]["steps"]) == ("argument", "recipe", "argument")
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["settings"]["origin"] == s["origin"]
 

@@ -80,11 +80,11 @@ def apply(task: str, job: dict, hyper: dict, source: str) -> dict:
         if key in job or key in hyper:
             continue                        # the user's value (origin: source)
         if key in BUDGET and set(BUDGET) & set(job):
-            dropped[key] = f"--{'steps' if 'steps' in job else 'epochs'} was given"
+            dropped[key] = f"{'steps' if 'steps' in job else 'epochs'} given"
         elif (key in WITH_OPTIMIZER or key not in job_options()) and not same_optimizer:
             dropped[key] = f"it belongs to the recipe's optimizer {recipe_optimizer!r}, not {job['optimizer']!r}"
         elif key == "lr_schedule" and value != "constant" and "epochs" in job:
-            dropped[key] = "it decays over --steps, and --epochs was given"
+            dropped[key] = "it decays over steps, and epochs given"
         else:
             (out if key in job_options() else hyper_out)[key] = value
             origin[key] = "recipe"

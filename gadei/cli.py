@@ -256,7 +256,9 @@ def parser(argv: list[str] = ()) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint (task options such as --data-dir may follow)")
     e.add_argument("--task")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--split")
+    e.add_argument("--split", help="the split to score, by the data set's own names (nlc: valid or val; "
+                   "lra: the files present); an unknown one's error lists them (default: the split "
+                   "of the job's final metrics)")
     e.set_defaults(fn=cmd_eval)
     ts = sub.add_parser("tasks", help="list the registered tasks (entry-point group gadei.tasks)")
     ts.set_defaults(fn=cmd_tasks)

@@ -57,6 +57,10 @@ class JobConfig:
     cross_node: str | None = option(None, "MPI, several nodes: push deltas (downpour) or elastic differences "
                                     "(easgd) (default $GADEI_CROSS_NODE or downpour)", choices=["downpour", "easgd"])
     progress: bool = option(True, "show a progress bar on a terminal")
+    # where each job option and hyper-parameter came from, and what of the task's recipe was not
+    # applied (gadei/recipe.py); recorded, never read back into the job
+    origin: dict = option({}, "option -> 'recipe', 'command line', 'argument' or 'default'", cli=False)
+    recipe_dropped: dict = option({}, "recipe key -> why it was not applied", cli=False)
 
     def __post_init__(self):
         if self.learners < 1:

@@ -8,6 +8,7 @@ exact in float32), so anyone can recompute them from the ledger.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ class Probe:
     """Deterministic integer gradients: the exactly-once audit (no data, no learning)."""
     probe_size: int = option(1024, "float32 elements of the one parameter w")
     eval_split = "train"
+    # SGD at lr 1: the final weights are minus the sum of the applied integer gradients, exactly
+    recipe: ClassVar[dict] = {"optimizer": "sgd", "lr": 1.0}
 
     def __post_init__(self):
         if self.probe_size < 1:

@@ -55,6 +55,11 @@ def registered() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=GROUP)}
 
 
+def packages() -> dict[str, str]:
+    """Task name -> the installed package (distribution) that registers it ("gadei": built in)."""
+    return {ep.name: (ep.dist.name if ep.dist else "?") for ep in entry_points(group=GROUP)}
+
+
 # where the built-in tasks lived before the workloads became sub-packages: a checkpoint written
 # then names its task so when it was trained from Python with a task instance
 MOVED = {"qa_tasks.probe:Probe": "probe", "qa_tasks.qc:QC": "qc", "qa_tasks.nlc:NLC": "nlc",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 
 import algorithms
+from gadei import recipe
 from gadei import task as T
 from gadei.job import JobConfig
 
@@ -17,28 +18,31 @@ def train(task="probe", *, task_options: dict | None = None, evaluate: bool = Tr
 
     `task` is a registered name, "package.module:Class", a task class or instance. `options`
     are the job's (JobConfig's fields: optimizer, learners, steps, out, ...) and the
-    optimizer's hyper-parameters (lr=0.1, ...); any other name is an error.
+    optimizer's hyper-parameters (lr=0.1, ...); any other name is an error. The task's recipe
+    (gadei/recipe.py) sets what `options` leaves out; summary["settings"]["origin"] says which.
     """
     name, opts = T.spec(task, task_options)
     return run(config(name, opts, options), evaluate=evaluate)
 
 
-def config(task: str, task_options: dict, options: dict) -> JobConfig:
-    """The JobConfig of `options`: job options by name, the rest the optimizer's hyper-parameters."""
+def config(task: str, task_options: dict, options: dict, source: str = "argument") -> JobConfig:
+    """The JobConfig of `options` (those the caller gave: job options by name, the rest the
+    optimizer's hyper-parameters), the task's recipe filling in the rest (gadei/recipe.py).
+    A keyword given as None counts as not given (`steps=None, epochs=3` is `epochs=3`)."""
     job = {f.name for f in JobConfig.options()}
-    optimizer = options.get("optimizer", "sgd")
+    options = {k: v for k, v in options.items() if v is not None}
+    optimizer = recipe.optimizer(task, options)
     hyper = {k: v for k, v in options.items() if k not in job}
     known = algorithms.hyper_parameters(optimizer)
     unknown = sorted(set(hyper) - set(known))
     if unknown:
         raise ValueError(f"unknown option {', '.join(unknown)}: job options are {', '.join(sorted(job))}; "
                          f"optimizer {optimizer!r} takes {', '.join(known) or 'nothing'}")
-    given = {k: v for k, v in options.items() if k in job}
-    if given.get("out") is not None:
-        given["out"] = str(given["out"])
-    if given.get("resume") is not None:
-        given["resume"] = str(given["resume"])
-    return JobConfig(task=task, task_options=task_options, hyper=hyper, **given)
+    given = {k: v for k, v in options.items() if k in job and k != "task"}
+    for path in ("out", "resume"):
+        if path in given:
+            given[path] = str(given[path])
+    return JobConfig(task=task, task_options=task_options, **recipe.apply(task, given, hyper, source))
 
 
 def run(cfg: JobConfig, evaluate: bool = True) -> dict | None:

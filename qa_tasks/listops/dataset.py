@@ -249,6 +249,25 @@ def generate(spec: ListOpsSpec, max_tries: int = 50_000_000) -> dict[str, list[t
 # ---- files --------------------------------------------------------------------------------------
 
 LRA_FILES = {"train": "basic_train.tsv", "valid": "basic_val.tsv", "test": "basic_test.tsv"}
+ORIGINAL_FILES = {"train": "train_d20s.tsv", "test": "test_d20s.tsv"}   # Nangia & Bowman's release
+
+
+def splits_in(folder: str | os.PathLike) -> dict[str, tuple[Path, bool]]:
+    """The splits a listops data folder holds: split name -> (file, in LRA's format?).
+
+    Names follow the files present: LRA's `basic_train/val/test.tsv` are "train", "valid" (also
+    "val", LRA's own name) and "test"; Nangia & Bowman's `train_d20s.tsv` and `test_d20s.tsv` are
+    "train" and "test" where LRA's file of that split is absent; every file is also its own stem
+    ("test_d20s"), so either format can be named when both are there."""
+    folder, out = Path(folder), {}
+    for files, lra in ((LRA_FILES, True), (ORIGINAL_FILES, False)):
+        for split, name in files.items():
+            if (folder / name).is_file():
+                out[Path(name).stem] = (folder / name, lra)
+                out.setdefault(split, out[Path(name).stem])
+    if "valid" in out:
+        out["val"] = out["valid"]
+    return out
 
 
 def write_lra_tsv(path: str | os.PathLike, examples: list[tuple[str, int]]) -> None:

@@ -2,7 +2,7 @@
 self-attentive sentence embedding.
 
 Data: CLINC150 (clinc.py). This copy withholds test and oos_test: select on "valid" (val +
-oos_val); "test" exists when the file has them.
+oos_val; CLINC150's own name "val" is accepted too); "test" exists when the file has them.
 
 Model (model="selfattn"): Lin et al., "A Structured Self-Attentive Sentence Embedding", ICLR 2017
 (self_attentive.py). model="cnn" is the Kim (2014) CNN of qc (kim_cnn.py), the baseline.
@@ -20,6 +20,7 @@ chose them, and the costlier settings that score higher, are in docs/results/tex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -70,6 +71,7 @@ class NLC(SentenceTask):
     batch: int = option(64, "utterances per batch")
 
     eval_split = "valid"
+    split_aliases: ClassVar[dict[str, str]] = {"val": "valid"}   # CLINC150's name (val + oos_val)
 
     def __post_init__(self):
         if self.model not in ("selfattn", "cnn"):
@@ -142,7 +144,7 @@ class NLC(SentenceTask):
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         if split == "test" and "test" not in self.split_names():
             raise ValueError("the CLINC150 data has no test split (this copy withholds test and "
-                             "oos_test): evaluate on 'valid', or point data_dir at the full release")
+                             "oos_test): evaluate on 'valid' (or 'val'), or point data_dir at the full release")
         logits, labels = self.split_logits(model, split)
         metrics = {}
         if self.oos == "class":

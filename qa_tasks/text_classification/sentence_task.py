@@ -1,7 +1,7 @@
 """What qc, nlc and csv_text share as tasks: data loaded, tokenized and encoded once; batches; logits of a split."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,8 @@ class SentenceTask:
     batch: int
     min_count: int
     eval_split = "valid"
+    # the data set's own names of this task's splits, accepted as well: {"val": "valid"}
+    split_aliases: ClassVar[dict[str, str]] = {}
 
     def _load(self):  # pragma: no cover - every subclass defines it
         raise NotImplementedError
@@ -69,13 +71,17 @@ class SentenceTask:
 
     def texts(self, split: str) -> list[str]:
         self._ensure_loaded()
-        self._check_split(split)
-        return self._texts[split]
+        return self._texts[self._split(split)]
 
-    def _check_split(self, split: str) -> None:
-        if split not in self._splits:
-            raise ValueError(f"{type(self).__name__} has no split {split!r}; it has "
-                             f"{', '.join(self._splits)}")
+    def _split(self, split: str) -> str:
+        """This task's name of `split` (which may be the data set's own name: `split_aliases`);
+        an unknown split is an error listing both."""
+        name = self.split_aliases.get(split, split)
+        if name not in self._splits:
+            own = {v: k for k, v in self.split_aliases.items()}
+            names = [f"{n} (or {own[n]})" if n in own else n for n in self._splits]
+            raise ValueError(f"{type(self).__name__} has no split {split!r}; it has {', '.join(names)}")
+        return name
 
     def encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw sentences -> (B, T) ids and (B,) lengths with this task's tokenizer and vocabulary."""
@@ -97,8 +103,7 @@ class SentenceTask:
     def split_logits(self, model: nn.Module, split: str, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, classes) logits of `model` in eval mode on a whole split, and the (N,) labels."""
         self._ensure_loaded()
-        self._check_split(split)
-        ids, labels = self._splits[split]
+        ids, labels = self._splits[self._split(split)]
         with evaluating(model):
             out = [model(*pad_batch(ids[i:i + chunk])) for i in range(0, len(ids), chunk)]
         return torch.cat(out) if out else torch.empty(0, len(self.label_names)), labels

@@ -75,7 +75,7 @@ class NLC(SentenceTask):
                                              "each one's best measured")
     oos_weight: float = option(1.0, "oos as a class: the weight of an out-of-scope query in the loss, "
                                     "against 1 for an in-scope one")
-    oos_tolerance: float = option(0.005, "the in-scope accuracy on valid that the oos cut-off may give "
+    oos_tolerance: float = option(0.003, "the in-scope accuracy on valid that the oos cut-off may give "
                                          "up for recall (fitted on valid, applied to every split)")
     filters: int = option(100, "CNN: feature maps per convolution width")
     widths: str = option("3,4,5", "CNN: convolution widths, comma-separated")

@@ -20,7 +20,7 @@ def test_read_clinc_withheld_and_full_release(tmp_path):
     assert task.texts("test") == ["balance please", "sing a song"]
     torch.manual_seed(0)
     metrics = task.evaluate(task.build_model(), "test")
-    assert set(metrics) == {"in_scope_accuracy", "oos_recall", "accuracy"}
+    assert set(metrics) == {"in_scope_accuracy", "oos_recall", "accuracy", "oos_cutoff"}
 
 
 @pytest.mark.parametrize("data, message", [

@@ -25,14 +25,21 @@ VALID = ["life-insurance\tidx_1 idx_2 idx_4 idx_5 idx_6\t3\t1 3 4 2",
          "medicare-insurance\tidx_7 idx_8 idx_9 idx_10 idx_6\t5\t1 2 4"]    # truth 5 not in pool
 
 
+# train.json.gz (PyPI copy): per train question its ground truth and the top of its 500-pool
+# without it; the same questions and truths as TRAIN, in the same order
+TRAIN_NEGATIVES = {"0": {"answers": ["1"], "negatives": ["4", "3", "2"]},
+                   "1": {"answers": ["2", "5"], "negatives": ["1", "3"]}}
+
+
 def write_gz(path, lines):
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(path, "wt", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))
 
 
-def write_release(root, *, valid=VALID, test=None):
-    """A tiny InsuranceQA folder (root/insuranceqa) in the layout and formats of the real one."""
+def write_release(root, *, valid=VALID, test=None, train_negatives=None):
+    """A tiny InsuranceQA folder (root/insuranceqa) in the layout and formats of the real one;
+    `train_negatives` (e.g. TRAIN_NEGATIVES) adds the PyPI train.json.gz."""
     folder = root / "insuranceqa"
     write_gz(folder / "V2" / "vocabulary.gz", [f"{k}\t{v}" for k, v in VOCAB.items()])
     write_gz(folder / "V2" / pool_file("train", 100), TRAIN)
@@ -41,6 +48,9 @@ def write_release(root, *, valid=VALID, test=None):
         write_gz(folder / "V2" / pool_file("test", 500), test)
     answers = {k: {"en": v, "zh": "..."} for k, v in ANSWERS.items()}
     write_gz(folder / "pypi_insuranceqa_data_1.0" / "answers.json.gz", [json.dumps(answers)])
+    if train_negatives is not None:
+        entries = {k: {"en": "...", "zh": "...", "domain": "life-insurance", **v} for k, v in train_negatives.items()}
+        write_gz(folder / "pypi_insuranceqa_data_1.0" / "train.json.gz", [json.dumps(entries)])
     return folder
 
 

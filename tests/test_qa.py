@@ -41,17 +41,21 @@ def test_batches_shard_the_pairs_disjointly():
     task = QA(data="generated", batch=50, negatives=7, pool_negatives=2, **SMALL)
     seen = []
     for learner in range(3):
-        for q, a, neg, own, ok, order in task.batches(learner, 3, seed=learner + 10):
-            b = q.shape[0]
-            assert a.shape[0] == b and neg.shape[0] == 7 and own.shape[0] == 2 * b
-            assert ok.shape == order.shape == (b, 9)
-            assert sorted(order[0].tolist()) == list(range(9))
+        for batch in task.batches(learner, 3, seed=learner + 10):
+            b = batch.questions.shape[0]
+            assert batch.positives.shape[0] == b and batch.shared.shape[0] == 7
+            assert batch.pooled.shape[0] == 2 * b
+            assert batch.margin_ok.shape == batch.order.shape == (b, 9)
+            assert batch.softmax_ok.shape == (b, b + 7 + 2 * b)
+            assert sorted(batch.order[0].tolist()) == list(range(9))
             seen.append(b)
     assert sum(seen) == len(task._pairs)
     # pooled negatives come from the question's own pool and are never its ground truth
-    q, a, neg, own, ok, order = next(iter(task.batches(0, 1, seed=0)))
-    assert ok[:, 7:].all()
-    assert task.loss(task.build_model(), (q, a, neg, own, ok, order)).dim() == 0
+    batch = next(iter(task.batches(0, 1, seed=0)))
+    assert batch.margin_ok[:, 7:].all()
+    model = task.build_model()
+    assert task.loss(model, batch).dim() == 0
+    assert QA(data="generated", objective="margin", **SMALL).loss(model, batch).dim() == 0
     seen = []
     for learner in range(3):
         for q, *_ in QA(data="generated", batch=50, **SMALL).batches(learner, 3, seed=learner):
@@ -66,6 +70,10 @@ def test_batches_shard_the_pairs_disjointly():
     (dict(similarity="dot"), "similarity must be one of gesd, cosine"),
     (dict(widths="2,x"), "widths must be comma-separated"),
     (dict(margin=0.0), "margin must be positive"),
+    (dict(objective="hinge"), "objective must be one of softmax, margin"),
+    (dict(temperature=0.0), "temperature must be positive"),
+    (dict(negatives=-1), "negatives and pool_negatives must be 0 or more"),
+    (dict(objective="margin", negatives=0, pool_negatives=0), "the margin objective needs negatives"),
     (dict(pick="random"), "pick must be"),
     (dict(eval_questions=-1), "eval_questions must be"),
     (dict(widths="3,12", question_len=10), "widest convolution"),
@@ -82,7 +90,8 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     before = task.corpus.answers.values.copy()
     torch.manual_seed(0)
     m = task.evaluate(task.build_model(), "valid")
-    assert set(m) == {"top1", "top1_raw_pool", "pool_recall", "bow_top1", "bow_top1_raw_pool", "questions"}
+    assert set(m) == {"top1", "top1_raw_pool", "top1_answerable", "pool_recall", "bow_top1",
+                      "bow_top1_raw_pool", "bow_top1_answerable", "questions"}
     assert m["questions"] == 2 and m["pool_recall"] == 0.5
     # BoW: q1 "does medicare cover dental ?" vs answer 5 (added truth) and answer 2 (pooled, more
     # overlap: medicare, does, cover, dental): answer 2 wins, so q1 is wrong; q0 "what is life
@@ -95,8 +104,9 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
 
 
 @pytest.mark.timeout(60)
-def test_short_training_run_lowers_the_loss_and_beats_chance():
-    task = QA(data="generated", batch=32, negatives=20, margin=0.1, similarity="cosine",
+@pytest.mark.parametrize("objective", ["softmax", "margin"])
+def test_short_training_run_lowers_the_loss_and_beats_chance(objective):
+    task = QA(data="generated", batch=32, negatives=20, margin=0.1, similarity="cosine", objective=objective,
               **{**SMALL, "embed_dim": 32, "hidden": 32, "filters": 32})
     per_epoch = sum(1 for _ in task.batches(0, 1, seed=0))
     losses, model = plain_train(task, steps=3 * per_epoch, lr=1e-2)

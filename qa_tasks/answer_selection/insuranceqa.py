@@ -12,6 +12,11 @@ The data folder (``<data dir>/insuranceqa``) holds two sub-folders (see its READ
     ``{"<label>": {"en": text, "zh": text}}``: the answer texts. The V2 answer file
     (``InsuranceQA.label2answer.*``) is missing from this copy; the README checked that these
     labels are the V2 labels, so this is the documented way to get the answers' words.
+``pypi_insuranceqa_data_1.0/train.json.gz`` (optional)
+    ``{"<index>": {"answers": [...], "negatives": [200 labels], ...}}``: per train question the
+    first 200 answers of its V2 500-candidate SOLR pool without the ground truth (the train
+    500-pool file itself is not in this copy). When present these are the train pool, the hard
+    negatives training draws from (qa.py); otherwise the train pool is the V2 100-pool's.
 
 Both sides go through one tokenizer (:func:`tokenize`: lower case, words and punctuation
 split apart), so a question word and the same answer word get the same id even though the
@@ -46,9 +51,10 @@ V2 = "V2"
 PYPI = "pypi_insuranceqa_data_1.0"
 VOCABULARY = "vocabulary.gz"
 ANSWERS = "answers.json.gz"
+TRAIN_NEGATIVES = "train.json.gz"
 PAD, UNK = 0, 1
 # bump when the tokenizer or the cache layout changes: old caches are then ignored
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 
@@ -151,6 +157,32 @@ def read_answers(path: Path) -> dict[int, str]:
     return answers
 
 
+def read_train_negatives(path: Path, truths: list[list[int]]) -> list[list[int]]:
+    """train.json.gz ``{"<index>": {"answers": [labels], "negatives": [labels], ...}}`` -> the
+    negatives of question 0, 1, ...; its questions and ground truths must be the V2 train file's
+    (`truths`, in line order), or the negatives would land on the wrong questions."""
+    with reading(path, "the PyPI insuranceqa-data train.json.gz (gzip-compressed UTF-8 JSON)"), \
+            gzip.open(path, "rt", encoding="utf-8") as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict) or len(raw) != len(truths):
+        raise DataFormatError(f"{path}: expected a JSON object with one entry per V2 train question "
+                              f"({len(truths)}), got {len(raw) if isinstance(raw, dict) else type(raw).__name__}")
+    negatives = []
+    for i, truth in enumerate(truths):
+        entry = raw.get(str(i))
+        try:
+            answers = sorted(int(x) for x in entry["answers"])
+            negs = [int(x) for x in entry["negatives"]]
+        except (TypeError, KeyError, ValueError) as e:
+            raise DataFormatError(f"{path}: entry \"{i}\" should hold \"answers\" and \"negatives\", "
+                                  f"lists of answer labels ({e!r})") from e
+        if answers != sorted(truth):
+            raise DataFormatError(f"{path}: entry \"{i}\" has ground truth {answers}, the V2 train "
+                                  f"file's line {i + 1} has {sorted(truth)}: the two do not match")
+        negatives.append(negs)
+    return negatives
+
+
 def read_pool_file(path: Path, vocab: dict[str, str]) -> list[tuple[list[str], list[int], list[int]]]:
     """V2 ``domain<TAB>question<TAB>ground truth<TAB>pool`` lines -> (words, truth labels, pool labels)."""
     rows = []
@@ -184,8 +216,9 @@ def read_pool_file(path: Path, vocab: dict[str, str]) -> list[tuple[list[str], l
 # -- the corpus, built once and cached --------------------------------------------------------------
 
 def split_files(root: Path, pool: int) -> dict[str, Path]:
-    """The V2 question files per split: train from its 100-pool file (the pool is not used for
-    training; 100 is the train pool this copy holds), valid/test with `pool` candidates.
+    """The V2 question files per split: train from its 100-pool file (100 is the train pool this
+    copy holds; train.json.gz's negatives replace it when present), valid/test with `pool`
+    candidates.
     Test is withheld from this copy; it is read when present."""
     v2 = root / V2
     train = v2 / pool_file("train", 100)
@@ -233,6 +266,15 @@ def build_corpus(root: Path, *, pool: int = 500, min_count: int = 2) -> Corpus:
         # the question arrives Stanford-tokenized; join and re-tokenize so it meets the answers'
         # tokenizer on equal terms
         raw_splits[split] = [(tokenize(" ".join(words)), truth, cands) for words, truth, cands in rows]
+    negatives_file = root / PYPI / TRAIN_NEGATIVES
+    if negatives_file.exists():
+        negatives = read_train_negatives(negatives_file, [t for _, t, _ in raw_splits["train"]])
+        for line, labels in enumerate(negatives):
+            missing = [x for x in labels if x not in row_of]
+            if missing:
+                raise DataFormatError(f"{negatives_file}: entry \"{line}\": answer label {missing[0]} "
+                                      f"is not in {PYPI}/{ANSWERS}")
+        raw_splits["train"] = [(w, t, negs) for (w, t, _), negs in zip(raw_splits["train"], negatives)]
 
     counts = Counter(w for words, _, _ in raw_splits["train"] for w in words)
     for words in answer_words:
@@ -255,6 +297,8 @@ def build_corpus(root: Path, *, pool: int = 500, min_count: int = 2) -> Corpus:
 def _cache_key(root: Path, pool: int, min_count: int) -> str:
     """A digest of what the corpus depends on: source files (name, size, mtime) and options."""
     files = [root / V2 / VOCABULARY, root / PYPI / ANSWERS, *split_files(root, pool).values()]
+    if (root / PYPI / TRAIN_NEGATIVES).exists():
+        files.append(root / PYPI / TRAIN_NEGATIVES)
     parts = [CACHE_VERSION, pool, min_count, str(root.resolve())]
     for f in files:
         st = f.stat()

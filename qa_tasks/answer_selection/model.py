@@ -63,6 +63,18 @@ def ranking_loss(pos: torch.Tensor, neg: torch.Tensor, neg_ok: torch.Tensor, mar
     return torch.clamp(margin - pos + chosen, min=0.0).mean()
 
 
+def softmax_loss(scores: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """Mean over questions of the cross-entropy of question b's own positive, column b, among
+    the columns `ok` allows it (InfoNCE with in-batch negatives).
+
+    scores: (B, N) with N >= B, column b holding question b's ground-truth answer; ok: (B, N)
+    bool, False where the column is another copy of one of question b's ground truths (no
+    negative then); ok[b, b] must be True.
+    """
+    target = torch.arange(len(scores), device=scores.device)
+    return nn.functional.cross_entropy(scores.masked_fill(~ok, -math.inf), target)
+
+
 # -- the model ----------------------------------------------------------------------------------
 
 class Tower(nn.Module):

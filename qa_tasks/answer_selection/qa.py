@@ -5,15 +5,23 @@ embedding starting, as theirs, from word2vec trained on the corpus (word2vec.py)
 encodings are compared with cosine (the default) or GESD. What each choice measured:
 docs/results/qa.md.
 
-Training minimises the margin ranking loss over (question, ground-truth answer) pairs. The
-reference samples negatives from the whole answer collection until one violates the margin (up
-to a cap). Here that search is one tensor operation: each batch draws `negatives` answers, shared
-by its questions, scores every question against all of them, and uses each question's first
-margin violator in a random order (or its hardest negative) that is not one of its ground-truth
-answers: the loss the reference's search would reach with the same draws; sharing the draws costs
-one tower pass over `negatives` answers per batch instead of batch x negatives. Optionally
-(`pool_negatives`) each question also draws a few negatives from its own train SOLR pool, the
-kind of lexically close answers the evaluation pools hold.
+Training pairs each train question with each of its ground-truth answers. Every batch draws
+`negatives` answers from the whole collection, shared by its questions, and `pool_negatives` more
+per question from that question's own train SOLR pool (insuranceqa.py: the top of its V2
+500-candidate pool without the ground truth): the lexically close answers the evaluation pools
+are made of. Two objectives (`objective`):
+
+- ``softmax`` (the default; InfoNCE, as in dense retrieval): each question's cross-entropy over
+  every answer the batch encodes (its ground truth, the other questions' ground truths, the
+  shared random answers and every question's pool negatives), on cosine / `temperature`; an
+  answer that is one of the question's own ground truths is left out of its candidates. Every
+  encoded answer serves every question, so a batch of 64 questions with 8 pool negatives each
+  trains each question against about 600 answers, about 500 of them hard.
+- ``margin``: Feng et al.'s max(0, m - s(q, a+) + s(q, a-)). The reference samples negatives until
+  one violates the margin (up to a cap); here that search is one tensor operation over the
+  question's `negatives` + `pool_negatives` candidates in a random order, and the question trains
+  on its first violator (or its hardest negative): the loss the reference's search would reach
+  with the same draws.
 
 Metric: top-1 accuracy over each question's candidate pool (V2 ``*.500.pool.solr.<split>``, plus
 the question's ground truths; pools.py), with the IDF bag-of-words cosine baseline through the
@@ -22,6 +30,7 @@ same code beside it as ``bow_top1``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -32,10 +41,23 @@ from gadei.task import option
 from ..common import checked_options, data_dir_option, data_option, evaluating, shard, use_real_data
 from . import insuranceqa, word2vec
 from .insuranceqa import PAD, Split, generated_corpus
-from .model import SIMILARITIES, AnswerSelector, Tower, ranking_loss
+from .model import SIMILARITIES, AnswerSelector, Tower, ranking_loss, softmax_loss
 from .pools import candidates, idf_bow, pool_metrics
 
 EMBEDDINGS = ("word2vec", "random")
+OBJECTIVES = ("softmax", "margin")
+
+
+class Batch(NamedTuple):
+    """One training batch: token matrices and the masks both losses need."""
+    questions: torch.Tensor    # (B, Lq)
+    positives: torch.Tensor    # (B, La): each question's ground-truth answer of this pair
+    shared: torch.Tensor       # (K, La): random answers, shared by the batch
+    pooled: torch.Tensor       # (B * j, La): question b's own-pool negatives are rows b*j .. b*j+j-1
+    margin_ok: torch.Tensor    # (B, K + j) bool: shared, then own pooled, usable as negatives
+    order: torch.Tensor        # (B, K + j): each question's search order over them (margin loss)
+    softmax_ok: torch.Tensor   # (B, B + K + B*j) bool: positives, shared, pooled; False where the
+                               # answer is one of the question's ground truths (its own column is True)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -62,7 +84,10 @@ class QA:
     similarity: str = option("cosine", '"cosine" or "gesd" (with gamma and c)')
     gamma: float = option(1.0, "GESD's gamma")
     c: float = option(1.0, "GESD's c")
-    margin: float = option(0.2, "m of the ranking loss")
+    objective: str = option("softmax", '"softmax" (cross-entropy over every answer the batch encodes) or '
+                                  '"margin" (Feng et al.\'s ranking loss on one negative per question)')
+    temperature: float = option(0.05, "softmax loss: the cosine scores are divided by this")
+    margin: float = option(0.2, "margin loss: its m")
     negatives: int = option(50, "answers sampled per batch from the whole collection, shared by its questions")
     pool_negatives: int = option(0, "per question, this many more negatives from its own train SOLR pool "
                                     "(costs batch x this more answer encodings per step)")
@@ -80,14 +105,21 @@ class QA:
     def __post_init__(self):
         self._widths = checked_options(self.widths, pool=self.pool, question_len=self.question_len,
                                        answer_len=self.answer_len, embed_dim=self.embed_dim,
-                                       hidden=self.hidden, filters=self.filters, negatives=self.negatives,
+                                       hidden=self.hidden, filters=self.filters,
                                        batch=self.batch, min_count=self.min_count)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, not {self.temperature}")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}, not {self.similarity!r}")
         if self.embeddings not in EMBEDDINGS:
             raise ValueError(f"embeddings must be one of {', '.join(EMBEDDINGS)}, not {self.embeddings!r}")
-        if self.pool_negatives < 0:
-            raise ValueError(f"pool_negatives must be 0 or more, not {self.pool_negatives}")
+        if self.negatives < 0 or self.pool_negatives < 0:
+            raise ValueError(f"negatives and pool_negatives must be 0 or more, not {self.negatives} "
+                             f"and {self.pool_negatives}")
+        if self.objective == "margin" and self.negatives + self.pool_negatives == 0:
+            raise ValueError("the margin objective needs negatives: negatives + pool_negatives must be >= 1")
         if self.pick not in ("first", "hardest"):
             raise ValueError(f"pick must be 'first' (first margin violator, as the reference) or "
                              f"'hardest' (highest-scoring negative), not {self.pick!r}")
@@ -113,7 +145,7 @@ class QA:
                                dtype=np.int64).reshape(-1, 2)
         # each train question's SOLR pool without its ground truth: negatives like the ones the
         # evaluation pools hold (lexically close to the question)
-        self._pooled = []
+        self._pooled: list[np.ndarray] = []
         if self.pool_negatives:
             for q in range(len(train)):
                 truth = set(train.truth.row(q).tolist())
@@ -144,9 +176,7 @@ class QA:
         return torch.from_numpy(np.ascontiguousarray(tokens[:, :used]))
 
     def batches(self, learner: int, learners: int, seed: int):
-        """One epoch of this learner's pairs: (q (B, Lq), a+ (B, La), shared negatives (K, La),
-        pooled negatives (B * j, La), usable-negative mask (B, K + j), search order (B, K + j)).
-        j is `pool_negatives` (0: the pooled tensor is empty).
+        """One epoch of this learner's pairs as `Batch`es.
 
         Learner i of n takes every n-th pair (disjoint shards, whatever seeds the learners get),
         shuffled by (seed, learner); negatives are drawn by the same generator.
@@ -158,33 +188,56 @@ class QA:
         k, j = min(self.negatives, n_answers), self.pool_negatives
         for start in range(0, len(pairs), self.batch):
             q_rows, a_rows = pairs[start:start + self.batch].T
+            b = len(q_rows)
             neg_rows = rng.choice(n_answers, k, replace=False)
-            neg_ok = np.stack([~np.isin(neg_rows, truth.row(q)) for q in q_rows])   # (B, K)
-            # j more per question from its own SOLR pool (a question without pooled negatives
-            # gets random answers), row-major: question b's are rows b*j .. b*j + j - 1
-            own = np.array([rng.choice(self._pooled[q] if len(self._pooled[q]) else n_answers, j)
-                            for q in q_rows] if j else [], dtype=np.int64).reshape(-1)
-            own_ok = np.array([~np.isin(own[b * j:(b + 1) * j], truth.row(q)) for b, q in enumerate(q_rows)],
-                              dtype=bool).reshape(len(q_rows), j)
-            # each question searches its K + j candidates in its own random order
-            order = rng.permuted(np.tile(np.arange(k + j), (len(q_rows), 1)), axis=1)    # (B, K + j)
-            yield (self._trim(self._train_questions[q_rows]), self._trim(self._answers[a_rows]),
-                   self._trim(self._answers[neg_rows]), self._trim(self._answers[own]),
-                   torch.from_numpy(np.concatenate([neg_ok, own_ok], axis=1)),
-                   torch.from_numpy(order))
+            own = self.pool_sample(q_rows, rng)                                   # (B * j,)
+            # every answer the batch encodes, and which of them each question may treat as negative
+            encoded = np.concatenate([a_rows, neg_rows, own])
+            ok = np.stack([~np.isin(encoded, truth.row(q)) for q in q_rows])     # (B, B + K + B*j)
+            ok[np.arange(b), np.arange(b)] = True                                # its own positive
+            own_cols = b + k + (np.arange(b)[:, None] * j + np.arange(j)[None, :])   # (B, j)
+            margin_ok = np.concatenate([ok[:, b:b + k], np.take_along_axis(ok, own_cols, axis=1)], axis=1)
+            # margin loss: each question searches its K + j candidates in its own random order
+            order = rng.permuted(np.tile(np.arange(k + j), (b, 1)), axis=1)       # (B, K + j)
+            yield Batch(self._trim(self._train_questions[q_rows]), self._trim(self._answers[a_rows]),
+                        self._trim(self._answers[neg_rows]), self._trim(self._answers[own]),
+                        torch.from_numpy(margin_ok), torch.from_numpy(order), torch.from_numpy(ok))
+
+    def pool_sample(self, q_rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`pool_negatives` answers per question from its own train pool without its ground truth,
+        without replacement when the pool is large enough (a question whose pool is empty gets
+        random answers), concatenated question by question: (len(q_rows) * pool_negatives,)."""
+        j = self.pool_negatives
+        if j == 0:
+            return np.zeros(0, dtype=np.int64)
+        out = []
+        for q in q_rows:
+            pool = self._pooled[q]
+            if len(pool) == 0:
+                out.append(rng.choice(len(self.corpus.answers), j))
+            else:
+                out.append(rng.choice(pool, j, replace=len(pool) < j))
+        return np.concatenate(out).astype(np.int64)
 
     def batch_size(self, batch) -> int:
         return len(batch[0])
 
-    def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        q_tokens, a_tokens, neg_tokens, own_tokens, neg_ok, order = batch
-        q = model.tower(q_tokens)                                     # (B, D)
-        pos = model.score(q, model.tower(a_tokens))                   # (B,)
-        neg = model.score(q[:, None, :], model.tower(neg_tokens)[None, :, :])   # (B, K)
-        if self.pool_negatives:
-            own = model.tower(own_tokens).view(len(q), self.pool_negatives, -1)    # (B, j, D)
-            neg = torch.cat([neg, model.score(q[:, None, :], own)], dim=1)         # (B, K + j)
-        return ranking_loss(pos, neg, neg_ok, self.margin, order if self.pick == "first" else None)
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        b, j = len(batch.questions), self.pool_negatives
+        q = model.tower(batch.questions)                                  # (B, D)
+        pos_vecs = model.tower(batch.positives)                           # (B, D)
+        shared = model.tower(batch.shared)                                # (K, D)
+        own = model.tower(batch.pooled) if j else shared[:0]              # (B * j, D)
+        if self.objective == "softmax":
+            answers = torch.cat([pos_vecs, shared, own])                  # (B + K + B*j, D)
+            scores = model.score(q[:, None, :], answers[None, :, :])      # (B, B + K + B*j)
+            return softmax_loss(scores / self.temperature, batch.softmax_ok)
+        pos = model.score(q, pos_vecs)                                    # (B,)
+        neg = model.score(q[:, None, :], shared[None, :, :])              # (B, K)
+        if j:
+            neg = torch.cat([neg, model.score(q[:, None, :], own.view(b, j, -1))], dim=1)   # (B, K + j)
+        return ranking_loss(pos, neg, batch.margin_ok, self.margin,
+                            batch.order if self.pick == "first" else None)
 
     def _split(self, split: str) -> tuple[Split, int]:
         if split not in self.corpus.splits:
@@ -240,5 +293,6 @@ class QA:
                 return np.asarray(q.multiply(a_vecs[flat]).sum(axis=1)).reshape(cand_rows.shape)
 
             m = pool_metrics(bow_scores, data, n)
-            self._bow[(split, n)] = {"bow_top1": m["top1"], "bow_top1_raw_pool": m["top1_raw_pool"]}
+            self._bow[(split, n)] = {"bow_top1": m["top1"], "bow_top1_raw_pool": m["top1_raw_pool"],
+                                     "bow_top1_answerable": m["top1_answerable"]}
         return self._bow[(split, n)]

@@ -55,7 +55,8 @@ def test_batches_shard_the_pairs_disjointly():
     assert batch.margin_ok[:, 7:].all()
     model = task.build_model()
     assert task.loss(model, batch).dim() == 0
-    assert QA(data="generated", objective="margin", **SMALL).loss(model, batch).dim() == 0
+    margin = QA(data="generated", objective="margin", batch=50, negatives=7, pool_negatives=2, **SMALL)
+    assert margin.loss(model, batch).dim() == 0
     seen = []
     for learner in range(3):
         for q, *_ in QA(data="generated", batch=50, **SMALL).batches(learner, 3, seed=learner):

@@ -41,4 +41,4 @@ def test_candidates_add_missing_truth_and_pool_metrics_use_them():
         return np.array([[prefs[q].get(a, 0.0) for a in row] for q, row in zip(q_rows, cand_rows)])
 
     m = pool_metrics(score, split, 2, chunk=1)
-    assert m == {"top1": 0.5, "top1_raw_pool": 0.0, "pool_recall": 0.5}
+    assert m == {"top1": 0.5, "top1_raw_pool": 0.0, "top1_answerable": 0.0, "pool_recall": 0.5}

@@ -147,3 +147,15 @@ def test_short_real_training_run_with_the_defaults_lowers_the_loss():
     losses, model = plain_train(task, steps=100, lr=2e-3)
     assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:20]), losses
     assert task.evaluate(model, "valid")["top1"] > 0.02
+
+
+def test_recipe_names_job_options_and_the_optimizers_hyper_parameters():
+    """The recipe contract: keys are JobConfig fields or hyper-parameters of the recipe's optimizer."""
+    from dataclasses import fields
+
+    import algorithms
+    from gadei.job import JobConfig
+    recipe = QA.recipe
+    known = {f.name for f in fields(JobConfig)} | set(algorithms.hyper_parameters(recipe["optimizer"]))
+    assert set(recipe) <= known, set(recipe) - known
+    assert recipe["steps"] >= 1

@@ -102,6 +102,10 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     np.testing.assert_array_equal(task.corpus.answers.values, before)
     with pytest.raises(ValueError, match="no split 'test'"):
         task.evaluate(task.build_model(), "test")
+    # bow_weight adds the baseline's cosine to the model's score: a large weight ranks as it does
+    lexical = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", bow_weight=1e6, **SMALL)
+    m = lexical.evaluate(lexical.build_model(), "valid")
+    assert (m["top1"], m["top1_raw_pool"]) == (m["bow_top1"], m["bow_top1_raw_pool"])
 
 
 @pytest.mark.timeout(60)

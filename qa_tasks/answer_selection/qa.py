@@ -95,6 +95,8 @@ class QA:
                                 'order that violates the margin, as the reference) or "hardest" (from '
                                 'a random start it collapses all encodings together)')
     batch: int = option(64, "questions per batch")
+    bow_weight: float = option(0.0, "evaluation: score = the model's similarity + this x the IDF "
+                                    "bag-of-words cosine (the lexical match the SOLR pools rank by)")
     eval_questions: int = option(0, "evaluate on the first N questions of a split (0: all; a few hundred "
                                     "give a quick, noisier reading during training)")
     min_count: int = option(2, "a word must occur this often (train questions + answers) to get its own id")
@@ -274,10 +276,13 @@ class QA:
             q_tokens = data.questions.padded(self.question_len)[:n]
             q_vecs = self._encode(model, q_tokens, (q_tokens != PAD).sum(1))
 
+            bow = self._bow_scorer(split) if self.bow_weight else None
+
             def model_scores(q_rows, cand_rows):
                 with torch.no_grad():
                     a = answer_vecs[torch.from_numpy(np.maximum(cand_rows, 0))]     # (c, P, D)
-                    return model.score(q_vecs[torch.from_numpy(q_rows)][:, None, :], a).numpy()
+                    scores = model.score(q_vecs[torch.from_numpy(q_rows)][:, None, :], a).numpy()
+                return scores + self.bow_weight * bow(q_rows, cand_rows) if bow else scores
 
             metrics = pool_metrics(model_scores, data, n)
         metrics.update(self.bow_metrics(split))
@@ -288,14 +293,17 @@ class QA:
         """The IDF bag-of-words cosine baseline through the same pool code (cached per split)."""
         data, n = self._split(split)
         if (split, n) not in self._bow:
-            q_vecs, a_vecs = idf_bow(self.corpus, data.questions)
-
-            def bow_scores(q_rows, cand_rows):
-                flat = np.maximum(cand_rows, 0).ravel()
-                q = q_vecs[np.repeat(q_rows, cand_rows.shape[1])]
-                return np.asarray(q.multiply(a_vecs[flat]).sum(axis=1)).reshape(cand_rows.shape)
-
-            m = pool_metrics(bow_scores, data, n)
+            m = pool_metrics(self._bow_scorer(split), data, n)
             self._bow[(split, n)] = {"bow_top1": m["top1"], "bow_top1_raw_pool": m["top1_raw_pool"],
                                      "bow_top1_answerable": m["top1_answerable"]}
         return self._bow[(split, n)]
+
+    def _bow_scorer(self, split: str):
+        """`(question rows, candidate rows) -> IDF bag-of-words cosines` for `split`."""
+        q_vecs, a_vecs = idf_bow(self.corpus, self.corpus.splits[split].questions)
+
+        def bow_scores(q_rows, cand_rows):
+            flat = np.maximum(cand_rows, 0).ravel()
+            q = q_vecs[np.repeat(q_rows, cand_rows.shape[1])]
+            return np.asarray(q.multiply(a_vecs[flat]).sum(axis=1)).reshape(cand_rows.shape)
+        return bow_scores

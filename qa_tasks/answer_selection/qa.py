@@ -95,7 +95,7 @@ class QA:
                                 'order that violates the margin, as the reference) or "hardest" (from '
                                 'a random start it collapses all encodings together)')
     batch: int = option(64, "questions per batch")
-    bow_weight: float = option(0.0, "evaluation: score = the model's similarity + this x the IDF "
+    bow_weight: float = option(0.5, "evaluation: score = the model's similarity + this x the IDF "
                                     "bag-of-words cosine (the lexical match the SOLR pools rank by)")
     eval_questions: int = option(0, "evaluate on the first N questions of a split (0: all; a few hundred "
                                     "give a quick, noisier reading during training)")

@@ -15,8 +15,8 @@ are made of. Two objectives (`objective`):
   every answer the batch encodes (its ground truth, the other questions' ground truths, the
   shared random answers and every question's pool negatives), on cosine / `temperature`; an
   answer that is one of the question's own ground truths is left out of its candidates. Every
-  encoded answer serves every question, so a batch of 64 questions with 8 pool negatives each
-  trains each question against about 600 answers, about 500 of them hard.
+  encoded answer serves every question, so a batch of 64 questions with 4 pool negatives each
+  (the defaults) trains each question against 319 answers, 256 of them hard.
 - ``margin``: Feng et al.'s max(0, m - s(q, a+) + s(q, a-)). The reference samples negatives until
   one violates the margin (up to a cap); here that search is one tensor operation over the
   question's `negatives` + `pool_negatives` candidates in a random order, and the question trains
@@ -24,8 +24,11 @@ are made of. Two objectives (`objective`):
   with the same draws.
 
 Metric: top-1 accuracy over each question's candidate pool (V2 ``*.500.pool.solr.<split>``, plus
-the question's ground truths; pools.py), with the IDF bag-of-words cosine baseline through the
-same code beside it as ``bow_top1``.
+the question's ground truths; pools.py; also over the pools as released and over the questions
+whose pool holds a truth), with the IDF bag-of-words cosine baseline through the same code beside
+it as ``bow_top1``. An answer's score is the model's similarity plus `bow_weight` times that
+bag-of-words cosine: the pools were retrieved by word overlap, and the lexical score adds what the
+tower misses (docs/results/qa.md: 0.1915 -> 0.210 on valid).
 """
 from __future__ import annotations
 

@@ -96,6 +96,7 @@ def test_train_pool_comes_from_train_json_negatives_when_present(tmp_path):
     assert train.pool.row(0).tolist() == [3, 2, 1] and train.pool.row(1).tolist() == [0, 2]
     assert train.truth.row(1).tolist() == [1, 4]                         # truths from the V2 file
     assert corpus.splits["valid"].pool.row(0).tolist() == [0, 2, 3, 1]    # valid untouched
+    assert corpus.answer_labels.tolist() == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.timeout(20)

@@ -54,7 +54,7 @@ ANSWERS = "answers.json.gz"
 TRAIN_NEGATIVES = "train.json.gz"
 PAD, UNK = 0, 1
 # bump when the tokenizer or the cache layout changes: old caches are then ignored
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 
@@ -269,8 +269,8 @@ def build_corpus(root: Path, *, pool: int = 500, min_count: int = 2) -> Corpus:
     negatives_file = root / PYPI / TRAIN_NEGATIVES
     if negatives_file.exists():
         negatives = read_train_negatives(negatives_file, [t for _, t, _ in raw_splits["train"]])
-        for line, labels in enumerate(negatives):
-            missing = [x for x in labels if x not in row_of]
+        for line, negs in enumerate(negatives):
+            missing = [x for x in negs if x not in row_of]
             if missing:
                 raise DataFormatError(f"{negatives_file}: entry \"{line}\": answer label {missing[0]} "
                                       f"is not in {PYPI}/{ANSWERS}")

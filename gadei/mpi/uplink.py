@@ -155,7 +155,7 @@ class Uplink:
         deadline = time.monotonic() + 3 * self.settings.timeout
         while not self.done:
             serve()
-            self.tick(finishing=True)
+            self.tick(finishing=self.sup.drained())     # once the PS applied what was committed
             if time.monotonic() > deadline:
                 raise W.MPITimeout(f"node {self.sup.topo.node}'s final sync did not end within "
                                    f"{3 * self.settings.timeout:.0f} s")

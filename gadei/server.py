@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from gadei import arena as A
-from gadei import ledger as L
 from gadei import faults, proc, shm
 
 
@@ -54,7 +53,7 @@ class Server:
         for i in range(self.learners):
             for s in range(self.slots):
                 w = self.arena.slot_header(i, s).ctrl
-                if A.ctrl_state(w) == A.READY and A.ctrl_seq(w) <= self.ledger["amax"][i]:
+                if A.ctrl_state(w) == A.READY and A.ctrl_seq(w) <= self.ledger.amax(i):
                     self.arena.slot_header(i, s).ctrl = A.ctrl(A.FREE, A.ctrl_seq(w))
 
     # ---- P1 ------------------------------------------------------------------------------
@@ -66,7 +65,7 @@ class Server:
             if A.ctrl_state(w) != A.READY:
                 continue
             k = A.ctrl_seq(w)
-            if k <= self.ledger["amax"][i]:
+            if k <= self.ledger.amax(i):
                 # applied already (a PS died between publish and release): finish the release
                 self.arena.slot_header(i, s).ctrl = A.ctrl(A.FREE, k)
             elif best is None or k < best[1]:
@@ -145,10 +144,10 @@ class Server:
                 self._warn(f"gadei: learner {i} pushed a non-finite update (seq {k}, norm {norm}); "
                            "rejected, and further ones are counted in the ledger. Lower the "
                            "learning rate or check the loss for NaN/Inf.")
-            L.note(ledger, i, k, ok, stale=max(0, v - h.version), norm=norm, step=h.step,
-                   epoch=h.data_epoch, samples=h.samples)
+            ledger.note(i, k, ok, stale=max(0, v - h.version), norm=norm, step=h.step,
+                        epoch=h.data_epoch, samples=h.samples)
         for i in self._dropped:
-            ledger["dropped"][i] += 1
+            ledger.drop(i)
         self._dropped = []
         if not good:
             # nothing to apply: the weights and state carry over unchanged
@@ -166,7 +165,7 @@ class Server:
             else:
                 grad = self._mean([arena.slot(i, s) for i, s, _ in good])
             if self.lr_at is not None:
-                self.rule.lr = self.lr_at(ledger["updates"] - len(good))
+                self.rule.lr = self.lr_at(ledger.updates - len(good))
             self.rule.apply(w_src, grad, s_src, out_weights=w_dst, out_state=s_dst)
         arena.write_ledger(dst, ledger)
         self._staged = ledger

@@ -74,7 +74,7 @@ class Worker:
         a, i = self.arena, self.i
         seen = [a.learner(i).next_seq - 1]
         seen += [A.ctrl_seq(a.slot_header(i, s).ctrl) for s in range(a.layout.slots)]
-        seen.append(a.published_ledger()[1]["amax"][i])
+        seen.append(a.published_ledger()[1].amax(i))
         return max(seen) + 1
 
     def restart_step(self) -> int:

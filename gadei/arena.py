@@ -43,7 +43,7 @@ L_PID, L_START, L_BEAT, L_INCARNATION, L_NEXT_SEQ, L_STEP, L_DATA_EPOCH, L_LOSS,
     L_PULLED, L_PULL_NS, L_WAIT_NS, L_PUSH_NS, L_STEP_NS = range(15)
 LEARNER_WORDS = 16
 # per-slot words
-S_CTRL, S_VERSION, S_KIND, S_STEP, S_DATA_EPOCH, S_NORM, S_SAMPLES = range(7)
+S_CTRL, S_VERSION, S_KIND, S_STEP, S_DATA_EPOCH, S_UNUSED, S_SAMPLES = range(7)   # S_UNUSED: was the norm
 SLOT_WORDS = 8
 
 # slot states, in the low two bits of S_CTRL; the sequence number in the others
@@ -134,7 +134,6 @@ class SlotHeader(_Block):
     version = _Word(S_VERSION)              # the weights' version the payload was computed from
     kind = _Word(S_KIND)
     step, data_epoch = _Word(S_STEP), _Word(S_DATA_EPOCH)
-    norm = _Word(S_NORM)                    # f64 bits
     samples = _Word(S_SAMPLES)
 
 

@@ -2,7 +2,7 @@
 
 Two parts, one type:
 
-- the PS's part, published with every version of the weights (`Tally`): fixed binary fields
+- the PS's part, published with every version of the weights (`Tally`): fixed int64 fields
   in the buffer's header, so an update writes a few words and the part never grows. Per learner
   the highest number applied or rejected (`amax`), how many were applied and how many rejected,
   the most recent rejected numbers (a window of `WINDOW`), the window's horizon (rejected
@@ -88,7 +88,7 @@ def committed(next_seq: int, discarded: Iterable[int]) -> list[list[int]]:
 
 # ---- the PS's part: fixed binary fields ------------------------------------------------------
 # job words, then per learner FIELDS words and a ring of WINDOW rejected numbers
-UPDATES, REJECTS, STALE_SUM, STALE_MAX, LAST_NORM = range(5)
+UPDATES, REJECTS, STALE_SUM, STALE_MAX = range(4)
 JOB_WORDS = 8
 AMAX, HORIZON, N_APPLIED, N_REJECTED, DROPPED, STEP, EPOCH, SAMPLES = range(8)
 FIELDS = 8
@@ -146,12 +146,8 @@ class Tally:
     def updates(self) -> int:
         return int(self.w[UPDATES])
 
-    @property
-    def last_norm(self) -> float:
-        return float(self.w[LAST_NORM:LAST_NORM + 1].view(np.float64)[0])
-
     # -- the PS's writes (P2)
-    def note(self, i: int, k: int, applied: bool, *, stale: int, norm: float, step: int, epoch: int,
+    def note(self, i: int, k: int, applied: bool, *, stale: int, step: int, epoch: int,
              samples: int) -> None:
         """Record that learner i's seq k (above its amax) was applied or rejected, in place."""
         w, b = self.w, JOB_WORDS + i * LEARNER_WORDS
@@ -163,7 +159,6 @@ class Tally:
             w[STALE_SUM] += stale
             if stale > w[STALE_MAX]:
                 w[STALE_MAX] = stale
-            w[LAST_NORM:LAST_NORM + 1].view(np.float64)[0] = norm
         else:
             n = int(w[b + N_REJECTED])
             slot = b + FIELDS + n % WINDOW

@@ -4,7 +4,7 @@ One push of sequence number k (docs/protocol.md)::
 
     L1  wait    until one of the learner's slots is FREE (freed by the PS: PS progress only)
     L2  claim   store slot = (WRITING, k), then next_seq = k + 1
-    L3  write   the gradient or delta and its meta (version read, kind, norm, progress)
+    L3  write   the gradient or delta and its meta (version read, kind, progress)
     L4  commit  store slot = (READY, k)                  <- the learner's commit point
 
 A direct learner (ASGD, SYNC) claims before its backward pass, which then writes the gradient
@@ -190,24 +190,22 @@ class Worker:
         a.learner(i).next_seq = k + 1
         return s
 
-    def write(self, s: int, data: torch.Tensor | None = None) -> float:
-        """L3: the payload (`data`, or the model's gradients) into slot s; return its norm."""
+    def write(self, s: int, data: torch.Tensor | None = None) -> None:
+        """L3: the payload (`data`, or the model's gradients) into slot s. No pass over it to
+        validate: the PS checks it for NaN/Inf in the pass that applies it."""
         if data is not None:
-            slot = torch.from_numpy(self.arena.slot(self.i, s))
-            slot.copy_(data)
+            torch.from_numpy(self.arena.slot(self.i, s)).copy_(data)
         elif self.direct:
-            slot = self.gradient()          # already in slot s (zero_grad claimed it)
+            self.gradient()                 # already in slot s (zero_grad claimed it)
         else:
-            slot = self.gradient(torch.from_numpy(self.arena.slot(self.i, s)))
-        # the PS rejects a non-finite payload by this norm, without another pass of its own
-        return float(torch.linalg.vector_norm(slot))
+            self.gradient(torch.from_numpy(self.arena.slot(self.i, s)))
 
-    def commit(self, s: int, kind: int, norm: float, samples: int = 0, steps: int = 1) -> int:
+    def commit(self, s: int, kind: int, samples: int = 0, steps: int = 1) -> int:
         """L4: write the slot's meta, then mark it (READY, k): the learner's commit point."""
         a, i, k = self.arena, self.i, self.next_seq
         step = self.step + steps
         h = a.slot_header(i, s)
-        h.version, h.kind, h.norm = max(self.version, 0), kind, A.f64_bits(norm)
+        h.version, h.kind = max(self.version, 0), kind
         h.step, h.data_epoch, h.samples = step, self.data_epoch, samples
         h.ctrl = A.ctrl(A.READY, k)                      # committed
         faults.point("learner_committed", i, k)
@@ -231,8 +229,8 @@ class Worker:
         s = self._held if in_slot else self.claim()
         t0 = time.perf_counter_ns()
         faults.point("learner_writing", self.i, self.next_seq)
-        norm = self.write(s, data)
-        k = self.commit(s, kind, norm, samples, steps)
+        self.write(s, data)
+        k = self.commit(s, kind, samples, steps)
         if in_slot:
             # the slot is the PS's now: nothing may write the gradients there any more
             self._held = self._grad = None

@@ -52,7 +52,6 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.workers = [Worker(self.arena, i) for i in range(LEARNERS)]
         self.phase = ["idle"] * LEARNERS           # idle -> claimed -> written -> idle
         self.slot = [None] * LEARNERS
-        self.norm = [0.0] * LEARNERS
         self.committed = [set() for _ in range(LEARNERS)]
         self.discarded = [set() for _ in range(LEARNERS)]
 
@@ -79,14 +78,14 @@ class ProtocolMachine(RuleBasedStateMachine):
     def learner_write(self, data):
         i = data.draw(st.sampled_from([j for j, p in enumerate(self.phase) if p == "claimed"]))
         w = self.workers[i]
-        self.norm[i] = w.write(self.slot[i], torch.from_numpy(gradient(i, w.next_seq, SIZE)))
+        w.write(self.slot[i], torch.from_numpy(gradient(i, w.next_seq, SIZE)))
         self.phase[i] = "written"
 
     @precondition(lambda self: "written" in self.phase)
     @rule(data=st.data())
     def learner_commit(self, data):
         i = data.draw(st.sampled_from([j for j, p in enumerate(self.phase) if p == "written"]))
-        k = self.workers[i].commit(self.slot[i], A.GRADIENT, self.norm[i], samples=1)
+        k = self.workers[i].commit(self.slot[i], A.GRADIENT, samples=1)
         self.committed[i].add(k)
         self.phase[i] = "idle"
 

@@ -363,6 +363,14 @@ class Arena:
     def slot_header(self, i: int, s: int) -> SlotHeader:
         return self._headers[i][s]
 
+    def slot_meta(self, i: int, s: int) -> np.ndarray:
+        """Slot s of learner i's header words as a plain uint64 view, for its meta (S_VERSION ...
+        S_SAMPLES) in one access instead of one atomic call per word: the learner writes them
+        before its release store of the control word (READY), the PS reads them after its
+        acquire load that saw READY, so plain accesses are ordered by those two."""
+        at = self.sw(i, s, 0)
+        return self.words[at:at + SLOT_WORDS]
+
     def lw(self, i: int, word: int) -> int:
         """Index of learner i's control word `word`."""
         return GLOBAL_WORDS + i * LEARNER_WORDS + word

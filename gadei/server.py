@@ -52,6 +52,7 @@ class Server:
         self._scratch = None
         self._chunk = CHUNK * max(1, torch.get_num_threads())   # the rules' chunk: in cache
         self.learners, self.slots = arena.layout.learners, arena.layout.slots
+        self._ctrl = [[arena.sw(i, s, A.S_CTRL) for s in range(self.slots)] for i in range(self.learners)]
         self._next = 0              # round-robin start, so no learner starves
         self._pending = None        # (i, s, k) computed into the unpublished buffer
         self._warned: set[int] = set()
@@ -72,9 +73,9 @@ class Server:
     # ---- P1 ------------------------------------------------------------------------------
     def _scan(self, i: int) -> tuple[int, int] | None:
         """One pass over learner i's slots: (slot, seq) of the smallest READY seq > applied."""
-        best = None
-        for s in range(self.slots):
-            w = self.arena.slot_header(i, s).ctrl
+        best, load = None, self.arena.ctl.load
+        for s, at in enumerate(self._ctrl[i]):
+            w = load(at)
             if A.ctrl_state(w) != A.READY:
                 continue
             k = A.ctrl_seq(w)
@@ -151,6 +152,8 @@ class Server:
         # published ledger, and until then nothing reads this one but us.
         ledger = self.ledger
         slots = {(i, s): arena.slot(i, s) for i, s, _ in picks}
+        # the slots' meta: plain reads, ordered after the acquire loads that saw them READY
+        meta = {(i, s): arena.slot_meta(i, s).tolist() for i, s, _ in picks}
         bad: set = set()
         grad = None
         if len(picks) > 1:
@@ -162,7 +165,7 @@ class Server:
             self.rule.apply(w_src, grad, s_src, out_weights=w_dst, out_state=s_dst)
         elif len(good) == 1:
             i, s, _ = good[0]
-            delta = arena.slot_header(i, s).kind == A.DELTA
+            delta = meta[i, s][A.S_KIND] == A.DELTA
             if not self._checked_apply(w_src, slots[i, s], s_src, w_dst, s_dst, delta):
                 bad.add((i, s))
                 good = []
@@ -172,15 +175,15 @@ class Server:
             for key in s_src:
                 np.copyto(s_dst[key], s_src[key])
         for i, s, k in picks:
-            h = arena.slot_header(i, s)
+            m = meta[i, s]
             ok = (i, s) not in bad
             if not ok and i not in self._warned:
                 self._warned.add(i)
                 self._warn(f"gadei: learner {i} pushed a non-finite update (seq {k}); rejected, "
                            "and further ones are counted in the ledger. Lower the learning rate "
                            "or check the loss for NaN/Inf.")
-            ledger.note(i, k, ok, stale=max(0, v - h.version), step=h.step, epoch=h.data_epoch,
-                        samples=h.samples)
+            ledger.note(i, k, ok, stale=max(0, v - m[A.S_VERSION]), step=m[A.S_STEP],
+                        epoch=m[A.S_DATA_EPOCH], samples=m[A.S_SAMPLES])
         for i in self._dropped:
             ledger.drop(i)
         self._dropped = []

@@ -221,10 +221,10 @@ class Worker:
         """L4: write the slot's meta, then mark it (READY, k): the learner's commit point."""
         a, i, k = self.arena, self.i, self.next_seq
         step = self.step + steps
-        h = a.slot_header(i, s)
-        h.version, h.kind = max(self.version, 0), kind
-        h.step, h.data_epoch, h.samples = step, self.data_epoch, samples
-        h.ctrl = A.ctrl(A.READY, k)                      # committed
+        m = a.slot_meta(i, s)           # plain stores, published by the release store below
+        m[A.S_VERSION], m[A.S_KIND], m[A.S_STEP] = max(self.version, 0), kind, step
+        m[A.S_DATA_EPOCH], m[A.S_SAMPLES] = self.data_epoch, samples
+        a.slot_header(i, s).ctrl = A.ctrl(A.READY, k)    # committed
         faults.point("learner_committed", i, k)
         self.next_seq = k + 1
         self.step = step

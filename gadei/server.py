@@ -25,9 +25,11 @@ from gadei import faults, proc, shm
 
 
 
-# Floats per chunk and torch thread of the apply pass: the rules' own chunk (algorithms/rule.py,
-# Note [one pass over memory]), so a chunk checked is still in cache when the rule reads it.
-CHUNK = 1 << 18
+# Floats per chunk and torch thread of the apply pass (4 MiB per vector: a rule splits it
+# further into its own chunks, algorithms/rule.py). Large enough that a job of up to 1M weights
+# is one chunk (each chunk costs ~10 us of calls), small enough that a chunk the rule has just
+# streamed through is still in the cache when the check reads it.
+CHUNK = 1 << 20
 
 
 def finite(x: np.ndarray) -> bool:
@@ -193,7 +195,9 @@ class Server:
 
     def _checked_apply(self, w_src, g, s_src, w_dst, s_dst, delta: bool) -> bool:
         """w_dst, s_dst = rule(w_src, s_src, g) (or w_src + g for a DELTA), chunk by chunk, each
-        chunk of g checked finite first; False (and a partial write) at the first that is not.
+        chunk of g checked finite right after it is applied (the rule streamed it from memory
+        together with the weights; the check reads it from cache); False (and a partial write)
+        at the first chunk that is not.
 
         Applying a rule chunk by chunk is exact: every rule is element-wise (torch.optim's
         single-tensor ops), and out of place its counters (shape (1,)) are read from s_src and
@@ -201,8 +205,6 @@ class Server:
         n, size = g.size, self._chunk
         for a in range(0, n, size):
             b = min(n, a + size)
-            if not finite(g[a:b]):
-                return False
             if delta:
                 torch.add(torch.from_numpy(w_src[a:b]), torch.from_numpy(g[a:b]), out=torch.from_numpy(w_dst[a:b]))
             elif b - a == n:
@@ -210,6 +212,8 @@ class Server:
             else:
                 self.rule.apply(w_src[a:b], g[a:b], self._part(s_src, a, b), out_weights=w_dst[a:b],
                                 out_state=self._part(s_dst, a, b))
+            if not finite(g[a:b]):
+                return False
         if delta:
             for key in s_src:
                 np.copyto(s_dst[key], s_src[key])
@@ -221,8 +225,8 @@ class Server:
         return {k: (x[a:b] if x.ndim == 1 and x.shape[0] == n else x) for k, x in state.items()}
 
     def _checked_mean(self, slots: dict) -> tuple[np.ndarray | None, set]:
-        """SYNC: the mean of the round's gradients, each checked finite chunk by chunk in the
-        pass that sums it; (mean, the non-finite ones), or (None, ...) when fewer than two are
+        """SYNC: the mean of the round's gradients, each chunk of each checked finite right after
+        the pass that sums it read it; (mean, the non-finite ones), or (None, ...) when fewer than two are
         finite (one is then applied as it is). A gradient found non-finite part way restarts
         the mean without it (the rare path)."""
         if self._scratch is None:
@@ -235,15 +239,15 @@ class Server:
             for a in range(0, n, size):
                 b = min(n, a + size)
                 parts = [slots[key][a:b] for key in live]
-                found = [key for key, x in zip(live, parts) if not finite(x)]
-                if found:
-                    bad.update(found)
-                    break
                 out = torch.from_numpy(self._scratch[a:b])
                 torch.add(torch.from_numpy(parts[0]), torch.from_numpy(parts[1]), out=out)
                 for x in parts[2:]:
                     out.add_(torch.from_numpy(x))
                 out.mul_(1.0 / len(live))
+                found = [key for key, x in zip(live, parts) if not finite(x)]    # in cache now
+                if found:
+                    bad.update(found)
+                    break
             else:
                 return self._scratch, bad
 

@@ -162,9 +162,9 @@ def signal_role(pid: int, st: int, sig: int) -> bool:
 def ledger_counts(summary: dict) -> dict:
     led = summary["ledger"]
     return {"committed": sum(L.count(e["committed"]) for e in led.values()),
-            "applied": sum(L.count(e["applied"]) for e in led.values()),
+            "applied": sum(L.applied_count(e) for e in led.values()),
             "discarded": sum(len(e["discarded"]) for e in led.values()),
-            "rejected": sum(len(e["rejected"]) for e in led.values())}
+            "rejected": sum(L.rejected_count(e) for e in led.values())}
 
 
 def check(job: Job, rc: int | None, record: dict, expect_rc: int | None = 0) -> dict:

@@ -109,7 +109,6 @@ def measure_ps(name: str, P: int, reps: int) -> dict:
         arena.write_ledger(0, published_empty(1))
         for s in range(2):
             arena.slot(0, s)[:] = rng.random(P, dtype=np.float32) - 0.5
-            arena.slot_header(0, s).norm = A.f64_bits(1.0)
         server = Server(arena, rule, warn=lambda m: None)
         times = []
         for k in range(reps + 2):

@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         "longest_stall_s": stall,
         "restarts": summary.get("restarts"),
         "committed": sum(L.count(e["committed"]) for e in led.values()),
-        "applied": sum(L.count(e["applied"]) for e in led.values()),
+        "applied": sum(L.applied_count(e) for e in led.values()),
         "discarded": sum(len(e["discarded"]) for e in led.values()),
         "rss": mem, "rss_samples": samples,
         "violations": violations,

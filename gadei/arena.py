@@ -5,7 +5,8 @@ Layout of the segment (byte offsets; every region page aligned)::
     0        header   magic, format version, meta length, layout digest (32 bytes)
     64       meta     msgpack: job id, layout, job configuration (read by every role)
     CTL      words    atomic uint64 control words: global, one block per learner, one per slot
-    BUF[b]   buffer b of BUFFERS: ledger (msgpack) | weights (P float32) | optimizer state
+    BUF[b]   buffer b of BUFFERS: ledger (fixed int64 words, gadei.ledger.Tally) | weights
+             (P float32) | optimizer state
     SLOT     gradient slots: learners x slots x P float32
 
 Version v of the weights lives in buffer v % BUFFERS; the word PUB holds the published
@@ -23,14 +24,14 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
+from gadei import ledger as L
 from gadei import proc, shm
 from gadei.atomic import AtomicWords
 
 MAGIC = b"GADEIPS\x01"
-FORMAT = 2   # 2: the owner holds a flock on the segment (shm.owned)
+FORMAT = 3   # 2: the owner holds a flock on the segment (shm.owned); 3: the ledger in fixed words
 PAGE = mmap.PAGESIZE
 META_MAX = 64 * 1024 - 64
-LEDGER_MAX = 256 * 1024
 BUFFERS = 3  # three, so a pull has two full update periods to copy a version (see pull())
 
 # global control words
@@ -42,7 +43,7 @@ L_PID, L_START, L_BEAT, L_INCARNATION, L_NEXT_SEQ, L_STEP, L_DATA_EPOCH, L_LOSS,
     L_PULLED, L_PULL_NS, L_WAIT_NS, L_PUSH_NS, L_STEP_NS = range(15)
 LEARNER_WORDS = 16
 # per-slot words
-S_CTRL, S_VERSION, S_KIND, S_STEP, S_DATA_EPOCH, S_NORM, S_SAMPLES = range(7)
+S_CTRL, S_VERSION, S_KIND, S_STEP, S_DATA_EPOCH, S_UNUSED, S_SAMPLES = range(7)   # S_UNUSED: was the norm
 SLOT_WORDS = 8
 
 # slot states, in the low two bits of S_CTRL; the sequence number in the others
@@ -133,7 +134,6 @@ class SlotHeader(_Block):
     version = _Word(S_VERSION)              # the weights' version the payload was computed from
     kind = _Word(S_KIND)
     step, data_epoch = _Word(S_STEP), _Word(S_DATA_EPOCH)
-    norm = _Word(S_NORM)                    # f64 bits
     samples = _Word(S_SAMPLES)
 
 
@@ -207,7 +207,7 @@ def _offsets(layout: Layout) -> _Offsets:
     words = GLOBAL_WORDS + layout.learners * LEARNER_WORDS + layout.learners * layout.slots * SLOT_WORDS
     ctl = 64 * 1024
     buf = ctl + _align(8 * words)
-    off = LEDGER_MAX
+    off = _align(8 * L.words(layout.learners))    # the ledger: fixed size, whatever the job's length
     weights = off
     off = _align(off + 4 * layout.n)
     state = {}
@@ -241,6 +241,8 @@ class Arena:
         self._headers = [[SlotHeader(self.ctl, self.sw(i, s, 0)) for s in range(layout.slots)]
                          for i in range(layout.learners)]
         n = layout.n
+        self._ledgers = [self._region(self._buf(b), np.int64, (L.words(layout.learners),))
+                         for b in range(BUFFERS)]
         self._weights = [self._region(self._buf(b) + self._off.weights, np.float32, (n,))
                          for b in range(BUFFERS)]
         self._state = [{k: self._region(self._buf(b) + self._off.state[k], np.dtype(dt), tuple(s))
@@ -316,7 +318,7 @@ class Arena:
             return
         self.ctl.release()
         self.job = self._learners = self._headers = None
-        self.words = self._raw = self._weights = self._state = self._slots = None
+        self.words = self._raw = self._weights = self._state = self._slots = self._ledgers = None
         self.ctl = None
         try:
             self._mm.close()
@@ -347,18 +349,12 @@ class Arena:
     def slot(self, i: int, s: int) -> np.ndarray:
         return self._slots[i][s]
 
-    def read_ledger(self, b: int) -> dict:
-        off = self._buf(b)
-        size = int(self._raw[off:off + 8].view(np.uint64)[0])
-        return msgpack.unpackb(self._raw[off + 8:off + 8 + size].tobytes(), strict_map_key=False)
+    def read_ledger(self, b: int) -> L.Tally:
+        """A copy of buffer b's ledger (the PS's part)."""
+        return L.Tally(self.layout.learners, self._ledgers[b].copy())
 
-    def write_ledger(self, b: int, ledger: dict) -> None:
-        blob = msgpack.packb(ledger)
-        if len(blob) > LEDGER_MAX - 8:
-            raise ValueError(f"ledger too large for the arena ({len(blob)} bytes)")
-        off = self._buf(b)
-        self._raw[off + 8:off + 8 + len(blob)] = np.frombuffer(blob, np.uint8)
-        self._raw[off:off + 8].view(np.uint64)[0] = len(blob)
+    def write_ledger(self, b: int, ledger: L.Tally) -> None:
+        np.copyto(self._ledgers[b], ledger.w)
 
     # ---- control words -----------------------------------------------------------------
     def learner(self, i: int) -> LearnerWords:
@@ -366,6 +362,14 @@ class Arena:
 
     def slot_header(self, i: int, s: int) -> SlotHeader:
         return self._headers[i][s]
+
+    def slot_meta(self, i: int, s: int) -> np.ndarray:
+        """Slot s of learner i's header words as a plain uint64 view, for its meta (S_VERSION ...
+        S_SAMPLES) in one access instead of one atomic call per word: the learner writes them
+        before its release store of the control word (READY), the PS reads them after its
+        acquire load that saw READY, so plain accesses are ordered by those two."""
+        at = self.sw(i, s, 0)
+        return self.words[at:at + SLOT_WORDS]
 
     def lw(self, i: int, word: int) -> int:
         """Index of learner i's control word `word`."""
@@ -376,22 +380,19 @@ class Arena:
         return (GLOBAL_WORDS + self.layout.learners * LEARNER_WORDS
                 + (i * self.layout.slots + s) * SLOT_WORDS + word)
 
-    def published_ledger(self, timeout: float = 60.0) -> tuple[int, dict]:
+    def published_ledger(self, timeout: float = 60.0) -> tuple[int, L.Tally]:
         """(version, ledger) of the published version, read consistently (as `pull` does)."""
         deadline = time.monotonic() + timeout
         while True:
             v = self.job.published
-            try:
-                ledger = self.read_ledger(v % BUFFERS)
-            except Exception:   # any decoding error of a torn copy
-                ledger = None
-            if ledger is not None and self.ctl.load(PUB, fence=True) <= v + 1:
+            ledger = self.read_ledger(v % BUFFERS)
+            if self.ctl.load(PUB, fence=True) <= v + 1:
                 return v, ledger
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no consistent ledger of {self.name} within {timeout} s")
 
     # ---- consistent reads --------------------------------------------------------------
-    def pull(self, out: np.ndarray, *, state: dict | None = None, timeout: float = 60.0) -> tuple[int, dict | None]:
+    def pull(self, out: np.ndarray, *, state: dict | None = None, timeout: float = 60.0) -> tuple[int, L.Tally | None]:
         """Copy the published weights (and optionally state and ledger) into `out`; return
         (version, ledger or None).
 
@@ -408,11 +409,8 @@ class Arena:
             if state is not None:
                 for k, arr in self._state[b].items():
                     np.copyto(state[k], arr)
-                try:
-                    ledger = self.read_ledger(b)
-                except Exception:  # any decoding error of a torn copy
-                    ledger = None  # torn: the version check below sends us round again
-            if self.ctl.load(PUB, fence=True) <= v + 1 and (state is None or ledger is not None):
+                ledger = self.read_ledger(b)   # torn: the version check below sends us round again
+            if self.ctl.load(PUB, fence=True) <= v + 1:
                 return v, ledger
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no consistent snapshot of {self.name} within {timeout} s: "

@@ -58,9 +58,9 @@ def _report(summary: dict, out: Path) -> None:
     led = summary["ledger"]
     from gadei import ledger as L
     committed = sum(L.count(e["committed"]) for e in led.values())
-    applied = sum(L.count(e["applied"]) for e in led.values())
+    applied = sum(L.applied_count(e) for e in led.values())
     discarded = sum(len(e["discarded"]) for e in led.values())
-    rejected = sum(len(e["rejected"]) for e in led.values())
+    rejected = sum(L.rejected_count(e) for e in led.values())
     s = summary["settings"]
     print(f"trained {s['task']} with {s['optimizer']} on {s['learners']} learners in "
           f"{summary['wall_time_s']:.1f} s: {applied} updates applied "

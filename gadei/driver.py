@@ -96,7 +96,7 @@ def job_summary(cfg: JobConfig, interrupted: bool, outcome: Outcome, train_s: fl
     return {
         "settings": cfg.to_dict(), "job": cfg.job, "interrupted": interrupted,
         "wall_time_s": None, "train_time_s": round(train_s, 3),
-        "updates_applied": applied, "updates_rejected": sum(len(r.rejected) for r in led.records.values()),
+        "updates_applied": applied, "updates_rejected": led.rejected,
         "updates_per_s": round(rates[0], 2), "samples": led.samples, "samples_per_s": round(rates[1], 2),
         "version": outcome.version,
         "staleness": {"mean": led.stale_sum / max(1, applied), "max": led.stale_max},

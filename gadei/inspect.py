@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from gadei import arena as A
+from gadei import ledger as L
 from gadei import proc, shm
 
 
@@ -27,11 +28,13 @@ def describe(name: str) -> dict:
                              "step": lw.step, "next_seq": lw.next_seq,
                              "pulled_version": lw.pulled, "done": bool(lw.done),
                              "loss": A.bits_f64(lw.loss), "slots": slots,
-                             "applied": ledger["applied"][i], "rejected": ledger["rejected"][i]})
+                             "applied_count": ledger.get(i, L.N_APPLIED),
+                             "rejected_count": ledger.get(i, L.N_REJECTED),
+                             "last_rejected": ledger.rejected(i)})
         return {"arena": name, "job": a.meta.get("job"), "task": cfg.get("task"),
                 "optimizer": cfg.get("optimizer"), "owner_pid": owner,
                 "owner_alive": proc.alive(owner, a.job.owner_start),
-                "version": v, "updates": ledger["updates"], "rejected": ledger["rejects"],
+                "version": v, "updates": ledger.updates, "rejected": ledger.total("rejects"),
                 "ps": {"pid": a.job.ps_pid, "incarnation": a.job.ps_incarnation,
                        "alive": proc.alive(a.job.ps_pid, a.job.ps_start),
                        "heartbeat_age_s": round((now - a.job.ps_beat) / 1e9, 2)},

@@ -2,16 +2,28 @@
 
 Two parts, one type:
 
-- the PS's part, published with every version of the weights (`published_empty`, `note`):
-  per learner the applied ranges, the rejected numbers, the highest number applied or
-  rejected (`amax`) and the learner's progress as of it, plus job totals;
+- the PS's part, published with every version of the weights (`Tally`): fixed int64 fields
+  in the buffer's header, so an update writes a few words and the part never grows. Per learner
+  the highest number applied or rejected (`amax`), how many were applied and how many rejected,
+  the most recent rejected numbers (a window of `WINDOW`), the window's horizon (rejected
+  numbers at or below it are counted only) and the learner's progress as of `amax`; plus job
+  totals;
 - the supervisor's part: per learner the numbers discarded (begun, never committed: the
   learner died writing), where its numbers continue (`next_seq`) and its incarnations.
 
-`Ledger` joins them. It has one cut rule (`cut`: what a checkpoint keeps), one resume rule
-(`from_checkpoint`), one summary form (`summary`, the schema of docs/protocol.md) and one wire
-form (`wire` / `from_wire`, what a node leader sends the global PS under MPI). Sequence numbers
-are written as inclusive ``[first, last]`` ranges.
+Why counts and a window suffice: the PS takes each learner's committed numbers in order
+(docs/protocol.md, invariants 2 and 4), so every number up to `amax` was applied, rejected or
+discarded, and the applied ones are `[0, amax]` minus the other two. Listing every rejected
+number would make the part grow without bound (a NaN every other step splits the applied
+ranges at every update); instead the window keeps the last `WINDOW` of them exactly and the
+older ones are counted. The counts are the audit's independent witness: applied + rejected must
+equal the committed numbers, so an update applied twice into the ledger or skipped shows.
+
+`Ledger` joins the two parts. It has one cut rule (`cut`: what a checkpoint keeps), one resume
+rule (`from_checkpoint`, which reads every checkpoint format so far), one summary form
+(`summary`, the schema of docs/protocol.md) and one wire form (`wire` / `from_wire`, what a node
+leader sends the global PS under MPI). Sequence numbers are written as inclusive
+``[first, last]`` ranges.
 """
 from __future__ import annotations
 
@@ -19,7 +31,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numpy as np
+
 TOTALS = ("updates", "rejects", "stale_sum", "stale_max")
+WINDOW = 64     # rejected numbers kept exactly per learner; older ones are counted only
 
 
 # ---- ranges --------------------------------------------------------------------------------
@@ -48,53 +63,144 @@ def count(ranges: Iterable[Iterable[int]]) -> int:
     return sum(b - a + 1 for a, b in ranges)
 
 
+def span(first: int, last: int, holes: Iterable[int]) -> list[list[int]]:
+    """[first, last] minus `holes`, as ranges (in time linear in the holes, not the span)."""
+    out, at = [], first
+    for h in sorted(set(holes)):
+        if h < at or h > last:
+            continue
+        if h > at:
+            out.append([at, h - 1])
+        at = h + 1
+    if at <= last:
+        out.append([at, last])
+    return out
+
+
 def committed(next_seq: int, discarded: Iterable[int]) -> list[list[int]]:
     """Committed = every sequence number handed out, [0, next_seq), except the discarded ones.
 
     The protocol keeps sequence numbers dense: each number a learner claims either reaches
     READY (committed) or is found WRITING after the learner died (discarded).
     """
-    gone = set(discarded)
-    return to_ranges(k for k in range(next_seq) if k not in gone)
+    return span(0, next_seq - 1, discarded)
 
 
-# ---- the PS's part -------------------------------------------------------------------------
-def published_empty(learners: int) -> dict:
+# ---- the PS's part: fixed binary fields ------------------------------------------------------
+# job words, then per learner FIELDS words and a ring of WINDOW rejected numbers
+UPDATES, REJECTS, STALE_SUM, STALE_MAX = range(4)
+JOB_WORDS = 8
+AMAX, HORIZON, N_APPLIED, N_REJECTED, DROPPED, STEP, EPOCH, SAMPLES = range(8)
+FIELDS = 8
+LEARNER_WORDS = FIELDS + WINDOW
+
+
+def words(learners: int) -> int:
+    """Size of the PS's part in 64-bit words: fixed for a job, whatever its length."""
+    return JOB_WORDS + learners * LEARNER_WORDS
+
+
+class Tally:
+    """The PS's part of the ledger: int64 words (`w`), laid out as above, in process memory
+    or viewing a buffer header. `note` records one update in a handful of word stores."""
+
+    def __init__(self, learners: int, w: np.ndarray | None = None):
+        self.learners = learners
+        if w is None:
+            w = np.zeros(words(learners), np.int64)
+            for i in range(learners):
+                w[self._at(i, AMAX)] = w[self._at(i, HORIZON)] = -1
+        elif w.dtype != np.int64 or w.shape != (words(learners),):
+            raise ValueError(f"a ledger of {learners} learners is {words(learners)} int64 words")
+        self.w = w
+
+    @staticmethod
+    def _at(i: int, f: int) -> int:
+        return JOB_WORDS + i * LEARNER_WORDS + f
+
+    def copy(self) -> "Tally":
+        return Tally(self.learners, self.w.copy())
+
+    # -- per learner
+    def amax(self, i: int) -> int:
+        """The highest sequence number of learner i applied or rejected (-1: none yet)."""
+        return int(self.w[JOB_WORDS + i * LEARNER_WORDS + AMAX])
+
+    def get(self, i: int, f: int) -> int:
+        return int(self.w[self._at(i, f)])
+
+    def rejected(self, i: int) -> list[int]:
+        """Learner i's rejected numbers the window still holds (all above its horizon), sorted."""
+        n = self.get(i, N_REJECTED)
+        ring = JOB_WORDS + i * LEARNER_WORDS + FIELDS
+        return [int(self.w[ring + j % WINDOW]) for j in range(max(0, n - WINDOW), n)]
+
+    def progress(self, i: int) -> list[int]:
+        return [self.get(i, STEP), self.get(i, EPOCH), self.get(i, SAMPLES)]
+
+    # -- job totals
+    def total(self, name: str) -> int:
+        return int(self.w[TOTALS.index(name)])
+
+    @property
+    def updates(self) -> int:
+        return int(self.w[UPDATES])
+
+    # -- the PS's writes (P2)
+    def note(self, i: int, k: int, applied: bool, *, stale: int, step: int, epoch: int,
+             samples: int) -> None:
+        """Record that learner i's seq k (above its amax) was applied or rejected, in place."""
+        w, b = self.w, JOB_WORDS + i * LEARNER_WORDS
+        if k <= w[b + AMAX]:
+            raise ValueError(f"learner {i}: sequence number {k} is not above {int(w[b + AMAX])}")
+        if applied:
+            w[b + N_APPLIED] += 1
+            w[UPDATES] += 1
+            w[STALE_SUM] += stale
+            if stale > w[STALE_MAX]:
+                w[STALE_MAX] = stale
+        else:
+            n = int(w[b + N_REJECTED])
+            slot = b + FIELDS + n % WINDOW
+            if n >= WINDOW:
+                w[b + HORIZON] = w[slot]        # the window forgets its oldest: counted only
+            w[slot] = k
+            w[b + N_REJECTED] = n + 1
+            w[REJECTS] += 1
+        w[b + AMAX] = k
+        w[b + STEP], w[b + EPOCH] = step, epoch
+        w[b + SAMPLES] += samples
+
+    def drop(self, i: int) -> None:
+        """Learner i missed a SYNC round."""
+        self.w[self._at(i, DROPPED)] += 1
+
+
+def published_empty(learners: int) -> Tally:
     """The PS's part of a fresh job, as published with every version."""
-    return {"applied": [[] for _ in range(learners)], "rejected": [[] for _ in range(learners)],
-            "amax": [-1] * learners, "progress": [[0, 0, 0] for _ in range(learners)],
-            "dropped": [0] * learners, "updates": 0, "rejects": 0, "stale_sum": 0, "stale_max": 0,
-            "last_norm": 0.0}
-
-
-def note(pub: dict, i: int, k: int, applied: bool, *, stale: int, norm: float, step: int, epoch: int,
-         samples: int) -> None:
-    """Record in the PS's part that learner i's seq k was applied (or rejected), in place."""
-    if applied:
-        add(pub["applied"][i], k)
-        pub["updates"] += 1
-        pub["stale_sum"] += stale
-        pub["stale_max"] = max(pub["stale_max"], stale)
-        pub["last_norm"] = norm
-    else:
-        pub["rejected"][i].append(k)
-        pub["rejects"] += 1
-    pub["amax"][i] = k
-    pub["progress"][i] = [step, epoch, pub["progress"][i][2] + samples]
+    return Tally(learners)
 
 
 # ---- one learner's record, and the whole ledger --------------------------------------------
 @dataclass
 class Record:
     """One learner's account (its id is its key in `Ledger.records`)."""
-    applied: list = field(default_factory=list)      # ranges
-    rejected: list = field(default_factory=list)
     amax: int = -1                                   # highest seq applied or rejected
+    horizon: int = -1                                # rejected seqs <= horizon are counted only
+    n_applied: int = 0
+    n_rejected: int = 0
+    rejected: list = field(default_factory=list)     # the rejected seqs above the horizon
     progress: list = field(default_factory=lambda: [0, 0, 0])   # [step, data epoch, samples] at amax
     dropped: int = 0                                 # SYNC rounds it missed
     discarded: list = field(default_factory=list)
     next_seq: int = 0                                # where its numbers continue
     incarnations: int = 1
+
+    @property
+    def applied(self) -> list[list[int]]:
+        """The applied seqs above the horizon, as ranges: up to amax, every seq neither
+        discarded nor rejected (the PS takes a learner's committed seqs in order)."""
+        return span(self.horizon + 1, self.amax, [*self.discarded, *self.rejected])
 
     def cut(self) -> "Record":
         """The record as of its last applied or rejected seq. Committed but unapplied gradients
@@ -106,7 +212,18 @@ class Record:
     def summary(self) -> dict:
         return {"committed": committed(max(self.next_seq, self.amax + 1), self.discarded),
                 "applied": self.applied, "discarded": sorted(self.discarded),
-                "rejected": self.rejected, "incarnations": self.incarnations}
+                "rejected": list(self.rejected), "incarnations": self.incarnations,
+                "applied_count": self.n_applied, "rejected_count": self.n_rejected,
+                "horizon": self.horizon}
+
+    @classmethod
+    def from_lists(cls, applied: list, rejected: list, **rest) -> "Record":
+        """A record from the list form of checkpoints before format 3 (every applied range and
+        every rejected seq): counted, and the window keeps the last WINDOW rejected seqs."""
+        rejected = sorted(rejected)
+        horizon = rejected[-WINDOW - 1] if len(rejected) > WINDOW else -1
+        return cls(horizon=horizon, n_applied=count(applied), n_rejected=len(rejected),
+                   rejected=rejected[-WINDOW:], **rest)
 
 
 @dataclass
@@ -120,26 +237,36 @@ class Ledger:
     stale_max: int = 0
 
     @classmethod
-    def join(cls, pub: dict, discarded: list[list[int]], incarnations: list[int],
+    def join(cls, pub: Tally, discarded: list[list[int]], incarnations: list[int],
              next_seq: list[int]) -> "Ledger":
         """The PS's published part joined with the supervisor's (all indexed by learner)."""
-        records = {i: Record(applied=pub["applied"][i], rejected=pub["rejected"][i], amax=pub["amax"][i],
-                             progress=list(pub["progress"][i]), dropped=pub["dropped"][i],
-                             discarded=sorted(discarded[i]), next_seq=max(next_seq[i], pub["amax"][i] + 1),
+        records = {i: Record(amax=pub.amax(i), horizon=pub.get(i, HORIZON), n_applied=pub.get(i, N_APPLIED),
+                             n_rejected=pub.get(i, N_REJECTED), rejected=pub.rejected(i),
+                             progress=pub.progress(i), dropped=pub.get(i, DROPPED),
+                             discarded=sorted(discarded[i]), next_seq=max(next_seq[i], pub.amax(i) + 1),
                              incarnations=incarnations[i])
-                   for i in range(len(pub["amax"]))}
-        return cls(records, **{k: pub[k] for k in TOTALS})
+                   for i in range(pub.learners)}
+        return cls(records, **{k: pub.total(k) for k in TOTALS})
 
     def cut(self) -> "Ledger":
         return dataclasses.replace(self, records={i: r.cut() for i, r in self.records.items()})
 
-    def published(self) -> dict:
+    def published(self) -> Tally:
         """The PS's part (learner ids 0..n-1), to start an arena from."""
-        pub = published_empty(len(self.records))
+        pub = Tally(len(self.records))
+        w = pub.w
         for i, r in enumerate(self.ordered()):
-            pub["applied"][i], pub["rejected"][i], pub["amax"][i] = r.applied, r.rejected, r.amax
-            pub["progress"][i], pub["dropped"][i] = list(r.progress), r.dropped
-        pub.update({k: getattr(self, k) for k in TOTALS})
+            if len(r.rejected) != min(r.n_rejected, WINDOW) or any(k <= r.horizon for k in r.rejected):
+                raise ValueError(f"learner {i}: the record's rejected window is inconsistent")
+            b = JOB_WORDS + i * LEARNER_WORDS
+            w[b + AMAX], w[b + HORIZON], w[b + N_APPLIED], w[b + N_REJECTED] = \
+                r.amax, r.horizon, r.n_applied, r.n_rejected
+            w[b + DROPPED] = r.dropped
+            w[b + STEP], w[b + EPOCH], w[b + SAMPLES] = r.progress
+            for j, k in zip(range(r.n_rejected - len(r.rejected), r.n_rejected), r.rejected):
+                w[b + FIELDS + j % WINDOW] = k
+        for n, k in enumerate(TOTALS):
+            w[n] = getattr(self, k)
         return pub
 
     def ordered(self) -> list[Record]:
@@ -148,7 +275,12 @@ class Ledger:
     @property
     def applied(self) -> int:
         """Sequence numbers applied, over every learner."""
-        return sum(count(r.applied) for r in self.records.values())
+        return sum(r.n_applied for r in self.records.values())
+
+    @property
+    def rejected(self) -> int:
+        """Sequence numbers rejected (non-finite), over every learner."""
+        return sum(r.n_rejected for r in self.records.values())
 
     @property
     def samples(self) -> int:
@@ -156,23 +288,41 @@ class Ledger:
 
     def summary(self) -> dict:
         """summary.json's "ledger": learner id (a string) -> committed, applied, discarded,
-        rejected, incarnations."""
+        rejected, incarnations, applied_count, rejected_count, horizon."""
         return {str(i): r.summary() for i, r in sorted(self.records.items())}
 
-    # ---- checkpoints (the format of every checkpoint so far) -----------------------------
+    # ---- checkpoints ---------------------------------------------------------------------
     def to_checkpoint(self) -> dict:
-        """The checkpoint meta's "ledger" and "learner_records" (after `cut`)."""
+        """The checkpoint meta's "ledger" and "learner_records" (after `cut`). The list keys
+        ("applied" ranges, "rejected") keep the form of earlier checkpoints (above the horizon);
+        the counts and the horizon are what a resume reads."""
         recs = [{"next_seq": r.next_seq, "discarded": r.discarded, "step": r.progress[0],
                  "epoch": r.progress[1], "incarnations": r.incarnations} for r in self.ordered()]
-        return {"ledger": self.published(), "learner_records": recs}
+        rs = self.ordered()
+        pub = {"applied": [r.applied for r in rs], "rejected": [list(r.rejected) for r in rs],
+               "amax": [r.amax for r in rs], "progress": [list(r.progress) for r in rs],
+               "dropped": [r.dropped for r in rs], "horizon": [r.horizon for r in rs],
+               "n_applied": [r.n_applied for r in rs], "n_rejected": [r.n_rejected for r in rs],
+               **{k: getattr(self, k) for k in TOTALS}}
+        return {"ledger": pub, "learner_records": recs}
 
     @classmethod
     def from_checkpoint(cls, meta: dict) -> "Ledger":
-        """The ledger a checkpoint's meta holds (learner ids 0..n-1)."""
+        """The ledger a checkpoint's meta holds (learner ids 0..n-1), in either form: counts and
+        window (format 3), or every applied range and rejected seq (earlier checkpoints)."""
         try:
             pub, recs = meta["ledger"], meta["learner_records"]
-            return cls.join(pub, [r["discarded"] for r in recs], [r["incarnations"] for r in recs],
-                            [r["next_seq"] for r in recs])
+            records = {}
+            for i, r in enumerate(recs):
+                rest = dict(amax=pub["amax"][i], progress=list(pub["progress"][i]), dropped=pub["dropped"][i],
+                            discarded=sorted(r["discarded"]), next_seq=max(r["next_seq"], pub["amax"][i] + 1),
+                            incarnations=r["incarnations"])
+                if "n_applied" in pub:
+                    records[i] = Record(horizon=pub["horizon"][i], n_applied=pub["n_applied"][i],
+                                        n_rejected=pub["n_rejected"][i], rejected=list(pub["rejected"][i]), **rest)
+                else:
+                    records[i] = Record.from_lists(pub["applied"][i], pub["rejected"][i], **rest)
+            return cls(records, **{k: pub[k] for k in TOTALS})
         except (KeyError, IndexError, TypeError) as e:
             raise ValueError(f"the checkpoint holds no readable ledger ({type(e).__name__}: {e})") from None
 
@@ -206,14 +356,30 @@ class Ledger:
         return cls({int(i): Record(**r) for i, r in records.items()}, **{k: totals[k] for k in TOTALS})
 
 
+def applied_count(entry: dict) -> int:
+    """Applied seqs of a summary entry (its count; summaries before format 3: its ranges)."""
+    return entry["applied_count"] if "applied_count" in entry else count(entry["applied"])
+
+
+def rejected_count(entry: dict) -> int:
+    return entry["rejected_count"] if "rejected_count" in entry else len(entry["rejected"])
+
+
 # the wire form's types, for the validation of received messages
 WIRE_RECORD = {f.name: str(f.type) for f in dataclasses.fields(Record)}
 
 
 def audit(entry: dict) -> list[str]:
-    """Exactly-once violations in one learner's summary entry (empty list if none)."""
-    c, a = set(expand(entry["committed"])), set(expand(entry["applied"]))
-    r, d = set(entry["rejected"]), set(entry["discarded"])
+    """Exactly-once violations in one learner's summary entry (empty list if none).
+
+    Above the horizon the sets are checked (committed = applied + rejected, disjoint, nothing
+    discarded applied); over the whole job the counts (applied + rejected = committed: a seq
+    applied twice into the ledger, or skipped, breaks it). Entries without counts (summaries
+    written before format 3) are checked by their sets alone."""
+    h = entry.get("horizon", -1)
+    c = {k for k in expand(entry["committed"]) if k > h}
+    a = {k for k in expand(entry["applied"]) if k > h}
+    r, d = {k for k in entry["rejected"] if k > h}, set(entry["discarded"])
     problems = []
     if a | r != c:
         if c - a - r:
@@ -224,6 +390,10 @@ def audit(entry: dict) -> list[str]:
         problems.append(f"both applied and rejected: {sorted(a & r)}")
     if d & (a | r):
         problems.append(f"discarded yet applied: {sorted(d & (a | r))}")
-    if count(entry["applied"]) != len(a):
+    if count(entry["applied"]) != len(set(expand(entry["applied"]))):
         problems.append("a sequence number appears twice in applied")
+    if "applied_count" in entry:
+        n_c, n_a, n_r = count(entry["committed"]), entry["applied_count"], entry["rejected_count"]
+        if n_a + n_r != n_c:
+            problems.append(f"counts: {n_a} applied + {n_r} rejected != {n_c} committed")
     return problems

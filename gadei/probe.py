@@ -3,7 +3,9 @@
 One parameter `w` of `size` float32 zeros. The gradient learner i commits as its sequence
 number k has element j equal to ((i * 7919 + k * 104729 + j) % 17) - 8. With SGD at lr 1 the
 final weights are exactly minus the sum of the applied gradients (all sums are small integers,
-exact in float32), so anyone can recompute them from the ledger.
+exact in float32), so anyone can recompute them from the ledger. With `probe_nan_every` n > 0
+the gradient of every k with k % n == n - 1 is NaN (the PS rejects it): the rejected numbers
+are known without the ledger, so the audit stays exact past the ledger's window of rejections.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from gadei import ledger as L
 from gadei.context import current
 from gadei.task import option
 
@@ -26,6 +29,7 @@ def gradient(i: int, k: int, size: int) -> np.ndarray:
 class Probe:
     """Deterministic integer gradients: the exactly-once audit (no data, no learning)."""
     probe_size: int = option(1024, "float32 elements of the one parameter w")
+    probe_nan_every: int = option(0, "n > 0: the gradient of every seq k with k % n == n - 1 is NaN")
     eval_split = "train"
     # SGD at lr 1: the final weights are minus the sum of the applied integer gradients, exactly
     recipe: ClassVar[dict] = {"optimizer": "sgd", "lr": 1.0}
@@ -33,6 +37,8 @@ class Probe:
     def __post_init__(self):
         if self.probe_size < 1:
             raise ValueError(f"probe_size must be positive, not {self.probe_size}")
+        if self.probe_nan_every < 0:
+            raise ValueError(f"probe_nan_every must be 0 (never) or positive, not {self.probe_nan_every}")
 
     def build_model(self) -> torch.nn.Module:
         model = torch.nn.Module()
@@ -50,6 +56,8 @@ class Probe:
         if ctx is None:
             raise RuntimeError("the probe's gradient depends on the sequence number: run it in a learner")
         g = torch.from_numpy(gradient(ctx.learner, ctx.seq, self.probe_size))
+        if poisoned(ctx.seq, self.probe_nan_every):
+            g = torch.full_like(g, float("nan"))
         return (model.w * g).sum()     # d loss / d w = g, exactly
 
     def evaluate(self, model, split: str) -> dict[str, float]:
@@ -57,13 +65,21 @@ class Probe:
         return {"w_abs_sum": float(w.abs().sum()), "w_finite": float(torch.isfinite(w).all())}
 
 
-def expected_weights(ledger: dict, size: int, scale: float = 1.0) -> np.ndarray:
-    """-scale times the sum of every applied gradient in `ledger` (a summary's "ledger")."""
+def poisoned(k: int, nan_every: int) -> bool:
+    return nan_every > 0 and k % nan_every == nan_every - 1
+
+
+def expected_weights(ledger: dict, size: int, scale: float = 1.0, nan_every: int = 0) -> np.ndarray:
+    """-scale times the sum of every applied gradient in `ledger` (a summary's "ledger").
+
+    Above a learner's horizon the ledger lists its applied numbers; below it (a job with more
+    rejections than the ledger's window) they are the committed ones that were not poisoned."""
     w = np.zeros(size, np.float64)
     for i, entry in ledger.items():
-        for a, b in entry["applied"]:
-            for k in range(a, b + 1):
-                w -= gradient(int(i), k, size)
+        h = entry.get("horizon", -1)
+        below = [k for k in L.expand(entry["committed"]) if k <= h and not poisoned(k, nan_every)]
+        for k in below + L.expand(entry["applied"]):
+            w -= gradient(int(i), k, size)
     return (scale * w).astype(np.float32)
 
 
@@ -95,17 +111,24 @@ def audit(out_dir) -> list[str]:
     import json
     from pathlib import Path
     from gadei import checkpoint
-    from gadei import ledger as L
     summary = json.loads((Path(out_dir) / "summary.json").read_text())
     ck = checkpoint.load(out_dir)
     problems = []
+    nan_every = summary["settings"].get("task_options", {}).get("probe_nan_every", 0)
     for i, entry in summary["ledger"].items():
         problems += [f"learner {i}: {p}" for p in L.audit(entry)]
+        poison = sum(poisoned(k, nan_every) for k in L.expand(entry["committed"]))
+        if nan_every and (L.rejected_count(entry) != poison
+                          or not all(poisoned(k, nan_every) for k in entry["rejected"])):
+            problems.append(f"learner {i}: rejected {L.rejected_count(entry)} ({entry['rejected'][:5]}...), "
+                            f"but {poison} committed gradients were NaN")
     scale = weight_scale(summary["settings"])
     if scale is None:
         return problems
     size = ck["weights"]["w"].size
-    want = expected_weights(summary["ledger"], size, scale)
+    if any(e.get("horizon", -1) >= 0 for e in summary["ledger"].values()) and not nan_every:
+        return problems + ["the ledger counts rejections it no longer lists: the weights cannot be audited"]
+    want = expected_weights(summary["ledger"], size, scale, nan_every)
     got = ck["weights"]["w"]
     if not np.array_equal(want, got):
         bad = np.flatnonzero(want != got)

@@ -13,6 +13,7 @@ applies it. Killed between P3 and P4, the slot is READY with k <= applied[i]: `r
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -20,9 +21,21 @@ import numpy as np
 import torch
 
 from gadei import arena as A
-from gadei import ledger as L
 from gadei import faults, proc, shm
 
+
+
+# Floats per chunk and torch thread of the apply pass (4 MiB per vector: a rule splits it
+# further into its own chunks, algorithms/rule.py). Large enough that a job of up to 1M weights
+# is one chunk (each chunk costs ~10 us of calls), small enough that a chunk the rule has just
+# streamed through is still in the cache when the check reads it.
+CHUNK = 1 << 20
+
+
+def finite(x: np.ndarray) -> bool:
+    """No NaN or Inf in `x` (one read; the min and max of a chunk with a NaN are NaN)."""
+    lo, hi = torch.aminmax(torch.from_numpy(x))
+    return math.isfinite(lo.item()) and math.isfinite(hi.item())
 
 
 class Server:
@@ -39,7 +52,9 @@ class Server:
         self._round_start = None
         self._dropped: list[int] = []
         self._scratch = None
+        self._chunk = CHUNK * max(1, torch.get_num_threads())   # the rules' chunk: in cache
         self.learners, self.slots = arena.layout.learners, arena.layout.slots
+        self._ctrl = [[arena.sw(i, s, A.S_CTRL) for s in range(self.slots)] for i in range(self.learners)]
         self._next = 0              # round-robin start, so no learner starves
         self._pending = None        # (i, s, k) computed into the unpublished buffer
         self._warned: set[int] = set()
@@ -54,19 +69,19 @@ class Server:
         for i in range(self.learners):
             for s in range(self.slots):
                 w = self.arena.slot_header(i, s).ctrl
-                if A.ctrl_state(w) == A.READY and A.ctrl_seq(w) <= self.ledger["amax"][i]:
+                if A.ctrl_state(w) == A.READY and A.ctrl_seq(w) <= self.ledger.amax(i):
                     self.arena.slot_header(i, s).ctrl = A.ctrl(A.FREE, A.ctrl_seq(w))
 
     # ---- P1 ------------------------------------------------------------------------------
     def _scan(self, i: int) -> tuple[int, int] | None:
         """One pass over learner i's slots: (slot, seq) of the smallest READY seq > applied."""
-        best = None
-        for s in range(self.slots):
-            w = self.arena.slot_header(i, s).ctrl
+        best, load = None, self.arena.ctl.load
+        for s, at in enumerate(self._ctrl[i]):
+            w = load(at)
             if A.ctrl_state(w) != A.READY:
                 continue
             k = A.ctrl_seq(w)
-            if k <= self.ledger["amax"][i]:
+            if k <= self.ledger.amax(i):
                 # applied already (a PS died between publish and release): finish the release
                 self.arena.slot_header(i, s).ctrl = A.ctrl(A.FREE, k)
             elif best is None or k < best[1]:
@@ -125,7 +140,12 @@ class Server:
     # ---- P2 ------------------------------------------------------------------------------
     def compute(self, *picks: tuple[int, int, int]) -> None:
         """Write version v+1 (weights, state, ledger) into the unpublished buffer, from one
-        committed slot (ASGD) or a round of them (SYNC: their gradients averaged)."""
+        committed slot (ASGD) or a round of them (SYNC: their gradients averaged).
+
+        The payload is checked for NaN/Inf chunk by chunk inside the pass that applies it (each
+        chunk checked, then applied while in cache), so validation costs no pass over memory
+        of its own. A non-finite payload abandons what was written: version v+1 then carries
+        the weights and state of v unchanged, and the ledger records the seq as rejected."""
         arena, v = self.arena, self.version
         src, dst = v % A.BUFFERS, (v + 1) % A.BUFFERS
         w_src, w_dst = arena.weights(src), arena.weights(dst)
@@ -133,54 +153,103 @@ class Server:
         # Changed in place: if this process dies before publishing, the next PS re-reads the
         # published ledger, and until then nothing reads this one but us.
         ledger = self.ledger
-        good = []
-        for i, s, k in picks:
-            h = arena.slot_header(i, s)
-            norm = A.bits_f64(h.norm)
-            ok = bool(np.isfinite(norm))
-            if ok:
-                good.append((i, s, k))
-            elif i not in self._warned:
-                self._warned.add(i)
-                self._warn(f"gadei: learner {i} pushed a non-finite update (seq {k}, norm {norm}); "
-                           "rejected, and further ones are counted in the ledger. Lower the "
-                           "learning rate or check the loss for NaN/Inf.")
-            L.note(ledger, i, k, ok, stale=max(0, v - h.version), norm=norm, step=h.step,
-                   epoch=h.data_epoch, samples=h.samples)
-        for i in self._dropped:
-            ledger["dropped"][i] += 1
-        self._dropped = []
+        slots = {(i, s): arena.slot(i, s) for i, s, _ in picks}
+        # the slots' meta: plain reads, ordered after the acquire loads that saw them READY
+        meta = {(i, s): arena.slot_meta(i, s).tolist() for i, s, _ in picks}
+        bad: set = set()
+        grad = None
+        if len(picks) > 1:
+            grad, bad = self._checked_mean(slots)
+        good = [(i, s, k) for i, s, k in picks if (i, s) not in bad]
+        if self.lr_at is not None:
+            self.rule.lr = self.lr_at(ledger.updates)
+        if grad is not None:
+            self.rule.apply(w_src, grad, s_src, out_weights=w_dst, out_state=s_dst)
+        elif len(good) == 1:
+            i, s, _ = good[0]
+            delta = meta[i, s][A.S_KIND] == A.DELTA
+            if not self._checked_apply(w_src, slots[i, s], s_src, w_dst, s_dst, delta):
+                bad.add((i, s))
+                good = []
         if not good:
-            # nothing to apply: the weights and state carry over unchanged
+            # nothing applied: the weights and state carry over unchanged
             np.copyto(w_dst, w_src)
             for key in s_src:
                 np.copyto(s_dst[key], s_src[key])
-        elif len(good) == 1 and arena.slot_header(*good[0][:2]).kind == A.DELTA:
-            grad = arena.slot(good[0][0], good[0][1])
-            torch.add(torch.from_numpy(w_src), torch.from_numpy(grad), out=torch.from_numpy(w_dst))
-            for key in s_src:
-                np.copyto(s_dst[key], s_src[key])
-        else:
-            if len(good) == 1:
-                grad = arena.slot(good[0][0], good[0][1])
-            else:
-                grad = self._mean([arena.slot(i, s) for i, s, _ in good])
-            if self.lr_at is not None:
-                self.rule.lr = self.lr_at(ledger["updates"] - len(good))
-            self.rule.apply(w_src, grad, s_src, out_weights=w_dst, out_state=s_dst)
+        for i, s, k in picks:
+            m = meta[i, s]
+            ok = (i, s) not in bad
+            if not ok and i not in self._warned:
+                self._warned.add(i)
+                self._warn(f"gadei: learner {i} pushed a non-finite update (seq {k}); rejected, "
+                           "and further ones are counted in the ledger. Lower the learning rate "
+                           "or check the loss for NaN/Inf.")
+            ledger.note(i, k, ok, stale=max(0, v - m[A.S_VERSION]), step=m[A.S_STEP],
+                        epoch=m[A.S_DATA_EPOCH], samples=m[A.S_SAMPLES])
+        for i in self._dropped:
+            ledger.drop(i)
+        self._dropped = []
         arena.write_ledger(dst, ledger)
         self._staged = ledger
         self._pending = list(picks)
 
-    def _mean(self, grads: list[np.ndarray]) -> np.ndarray:
+    def _checked_apply(self, w_src, g, s_src, w_dst, s_dst, delta: bool) -> bool:
+        """w_dst, s_dst = rule(w_src, s_src, g) (or w_src + g for a DELTA), chunk by chunk, each
+        chunk of g checked finite right after it is applied (the rule streamed it from memory
+        together with the weights; the check reads it from cache); False (and a partial write)
+        at the first chunk that is not.
+
+        Applying a rule chunk by chunk is exact: every rule is element-wise (torch.optim's
+        single-tensor ops), and out of place its counters (shape (1,)) are read from s_src and
+        written to s_dst, the same value for every chunk."""
+        n, size = g.size, self._chunk
+        for a in range(0, n, size):
+            b = min(n, a + size)
+            if delta:
+                torch.add(torch.from_numpy(w_src[a:b]), torch.from_numpy(g[a:b]), out=torch.from_numpy(w_dst[a:b]))
+            elif b - a == n:
+                self.rule.apply(w_src, g, s_src, out_weights=w_dst, out_state=s_dst)
+            else:
+                self.rule.apply(w_src[a:b], g[a:b], self._part(s_src, a, b), out_weights=w_dst[a:b],
+                                out_state=self._part(s_dst, a, b))
+            if not finite(g[a:b]):
+                return False
+        if delta:
+            for key in s_src:
+                np.copyto(s_dst[key], s_src[key])
+        return True
+
+    def _part(self, state: dict, a: int, b: int) -> dict:
+        """Elements [a, b) of the state vectors; the counters whole."""
+        n = self.arena.layout.n
+        return {k: (x[a:b] if x.ndim == 1 and x.shape[0] == n else x) for k, x in state.items()}
+
+    def _checked_mean(self, slots: dict) -> tuple[np.ndarray | None, set]:
+        """SYNC: the mean of the round's gradients, each chunk of each checked finite right after
+        the pass that sums it read it; (mean, the non-finite ones), or (None, ...) when fewer than two are
+        finite (one is then applied as it is). A gradient found non-finite part way restarts
+        the mean without it (the rare path)."""
         if self._scratch is None:
             self._scratch = np.empty(self.arena.layout.n, np.float32)
-        out = torch.from_numpy(self._scratch)
-        torch.add(torch.from_numpy(grads[0]), torch.from_numpy(grads[1]), out=out)
-        for g in grads[2:]:
-            out.add_(torch.from_numpy(g))
-        out.mul_(1.0 / len(grads))
-        return self._scratch
+        n, size, bad = self.arena.layout.n, self._chunk, set()
+        while True:
+            live = [key for key in slots if key not in bad]
+            if len(live) < 2:
+                return None, bad
+            for a in range(0, n, size):
+                b = min(n, a + size)
+                parts = [slots[key][a:b] for key in live]
+                out = torch.from_numpy(self._scratch[a:b])
+                torch.add(torch.from_numpy(parts[0]), torch.from_numpy(parts[1]), out=out)
+                for x in parts[2:]:
+                    out.add_(torch.from_numpy(x))
+                out.mul_(1.0 / len(live))
+                found = [key for key, x in zip(live, parts) if not finite(x)]    # in cache now
+                if found:
+                    bad.update(found)
+                    break
+            else:
+                return self._scratch, bad
 
     # ---- P3 ------------------------------------------------------------------------------
     def publish(self) -> None:

@@ -4,7 +4,7 @@ One push of sequence number k (docs/protocol.md)::
 
     L1  wait    until one of the learner's slots is FREE (freed by the PS: PS progress only)
     L2  claim   store slot = (WRITING, k), then next_seq = k + 1
-    L3  write   the gradient or delta and its meta (version read, kind, norm, progress)
+    L3  write   the gradient or delta and its meta (version read, kind, progress)
     L4  commit  store slot = (READY, k)                  <- the learner's commit point
 
 A direct learner (ASGD, SYNC) claims before its backward pass, which then writes the gradient
@@ -74,7 +74,7 @@ class Worker:
         a, i = self.arena, self.i
         seen = [a.learner(i).next_seq - 1]
         seen += [A.ctrl_seq(a.slot_header(i, s).ctrl) for s in range(a.layout.slots)]
-        seen.append(a.published_ledger()[1]["amax"][i])
+        seen.append(a.published_ledger()[1].amax(i))
         return max(seen) + 1
 
     def restart_step(self) -> int:
@@ -99,15 +99,33 @@ class Worker:
             view.copy_(p.data)
             p.data = view
         self._flat_np = self.flat.numpy()
-        # Gradients live in one flat buffer too, allocated once: backward accumulates into it
-        # in place. (Letting autograd allocate fresh gradients every step costs a page fault
-        # per 4 KiB: 58 ms instead of 10 for 16M weights.) Direct: the buffer is a slot.
+        # Gradients live in one flat buffer too, allocated once: backward writes into it.
+        # (Letting autograd keep fresh gradients every step costs a page fault per 4 KiB: 58 ms
+        # instead of 10 for 16M weights.) Direct: the buffer is a slot.
         if self.direct:
             self._slot_grads = [self._views(torch.from_numpy(self.arena.slot(self.i, s)))
                                 for s in range(self.arena.layout.slots)]
         else:
             self._grad = self._views(torch.zeros(self.n))
-            self.zero_grad()
+        for j, p in enumerate(self.params):
+            p.grad = None
+            p.register_hook(self._first_write(j, p))
+
+    def _first_write(self, j: int, p: torch.nn.Parameter):
+        """Parameter j's gradient hook: backward's first gradient of a step is copied into the
+        buffer (one pass: read g, write the buffer), and autograd is handed an alias of the
+        buffer, which it keeps as `.grad` without a copy (it steals a gradient nobody else
+        holds). Zeroing the buffer and accumulating into it, as autograd does into an existing
+        `.grad`, costs two passes more (docs/performance.md, "The gradient into the slot").
+        Later gradients of the step (`.grad` set) accumulate as usual. Should autograd copy
+        the alias instead, `gradient()` finds `.grad` outside the buffer and gathers it."""
+        def hook(grad: torch.Tensor):
+            if self._grad is None or p.grad is not None or grad.layout != torch.strided:
+                return grad
+            view = self._grad[1][j]
+            view.copy_(grad)
+            return view.detach()
+        return hook
 
     def _views(self, flat: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`flat` and its views shaped as the parameters, in the layout's order."""
@@ -118,7 +136,9 @@ class Worker:
         return flat, views
 
     def zero_grad(self) -> None:
-        """Zero the gradients in place, each parameter's `.grad` a view of one flat buffer.
+        """Start a step's gradients: every `.grad` None, so that backward writes each gradient
+        into one flat buffer (see `_first_write`; a parameter backward leaves alone reads as
+        zeros in `gradient()`): the buffer is never zeroed as a pass of its own.
 
         Direct: the buffer is a slot, claimed here (L1 + L2) unless one is held already, so
         backward writes the gradient where the PS reads it and the push only commits it: no
@@ -127,11 +147,8 @@ class Worker:
         if self.direct and self._held is None:
             self._held = self.claim()
             self._grad = self._slot_grads[self._held]
-        flat, views = self._grad
-        flat.zero_()
-        for p, view in zip(self.params, views):
-            if p.grad is None or p.grad.data_ptr() != view.data_ptr():
-                p.grad = view
+        for p in self.params:
+            p.grad = None
 
     def update_context(self) -> None:
         context._set(context.Context(self.ident[0], self.ident[1], self.incarnation,
@@ -190,26 +207,24 @@ class Worker:
         a.learner(i).next_seq = k + 1
         return s
 
-    def write(self, s: int, data: torch.Tensor | None = None) -> float:
-        """L3: the payload (`data`, or the model's gradients) into slot s; return its norm."""
+    def write(self, s: int, data: torch.Tensor | None = None) -> None:
+        """L3: the payload (`data`, or the model's gradients) into slot s. No pass over it to
+        validate: the PS checks it for NaN/Inf in the pass that applies it."""
         if data is not None:
-            slot = torch.from_numpy(self.arena.slot(self.i, s))
-            slot.copy_(data)
+            torch.from_numpy(self.arena.slot(self.i, s)).copy_(data)
         elif self.direct:
-            slot = self.gradient()          # already in slot s (zero_grad claimed it)
+            self.gradient()                 # already in slot s (zero_grad claimed it)
         else:
-            slot = self.gradient(torch.from_numpy(self.arena.slot(self.i, s)))
-        # the PS rejects a non-finite payload by this norm, without another pass of its own
-        return float(torch.linalg.vector_norm(slot))
+            self.gradient(torch.from_numpy(self.arena.slot(self.i, s)))
 
-    def commit(self, s: int, kind: int, norm: float, samples: int = 0, steps: int = 1) -> int:
+    def commit(self, s: int, kind: int, samples: int = 0, steps: int = 1) -> int:
         """L4: write the slot's meta, then mark it (READY, k): the learner's commit point."""
         a, i, k = self.arena, self.i, self.next_seq
         step = self.step + steps
-        h = a.slot_header(i, s)
-        h.version, h.kind, h.norm = max(self.version, 0), kind, A.f64_bits(norm)
-        h.step, h.data_epoch, h.samples = step, self.data_epoch, samples
-        h.ctrl = A.ctrl(A.READY, k)                      # committed
+        m = a.slot_meta(i, s)           # plain stores, published by the release store below
+        m[A.S_VERSION], m[A.S_KIND], m[A.S_STEP] = max(self.version, 0), kind, step
+        m[A.S_DATA_EPOCH], m[A.S_SAMPLES] = self.data_epoch, samples
+        a.slot_header(i, s).ctrl = A.ctrl(A.READY, k)    # committed
         faults.point("learner_committed", i, k)
         self.next_seq = k + 1
         self.step = step
@@ -231,8 +246,8 @@ class Worker:
         s = self._held if in_slot else self.claim()
         t0 = time.perf_counter_ns()
         faults.point("learner_writing", self.i, self.next_seq)
-        norm = self.write(s, data)
-        k = self.commit(s, kind, norm, samples, steps)
+        self.write(s, data)
+        k = self.commit(s, kind, samples, steps)
         if in_slot:
             # the slot is the PS's now: nothing may write the gradients there any more
             self._held = self._grad = None
@@ -272,8 +287,10 @@ class Worker:
         for p, view in zip(self.params, views):
             if p.grad is None:
                 view.zero_()
+            elif p.grad.is_sparse:
+                view.copy_(p.grad.to_dense())
             elif p.grad.data_ptr() != view.data_ptr():
-                view.copy_(p.grad.to_dense() if p.grad.is_sparse else p.grad)
+                view.copy_(p.grad)
         return flat if out is None else out.copy_(flat)
 
     def wait_applied(self, k: int) -> None:

@@ -7,6 +7,7 @@ import torch
 
 import algorithms
 from gadei import arena as A
+from gadei import ledger as L
 from gadei.ledger import published_empty
 from gadei.server import Server
 from gadei.supervisor import discard_writing
@@ -52,13 +53,18 @@ def test_gradient_is_computed_in_the_slot_and_applied_once(setup):
     x = torch.tensor([1, 3, 3])
     for step in range(3):
         worker.pull()
+        for s in range(2):
+            arena.slot(0, s)[:] = 7.0                        # stale: the slot is never zeroed
         worker.zero_grad()                                   # L1 + L2 here
         s = worker._held
         assert A.ctrl_state(arena.slot_header(0, s).ctrl) == A.WRITING
         slot = arena.slot(0, s)
-        assert model.emb.weight.grad.data_ptr() == torch.from_numpy(slot).data_ptr()
-        assert model.lin.weight.grad.data_ptr() == model.emb.weight.grad.data_ptr() + 4 * 15
+        assert all(p.grad is None for p in model.parameters())
         model(x).backward()
+        # backward's first write went into the slot, and autograd kept the slot as .grad
+        assert model.lin.weight.grad.data_ptr() == torch.from_numpy(slot).data_ptr() + 4 * 15
+        assert model.lin.bias.grad.data_ptr() == model.lin.weight.grad.data_ptr() + 4 * 6
+        assert model.emb.weight.grad.is_sparse                # gathered into the slot by the push
         k = worker.push_gradient(samples=3)
         assert k == step
         assert all(p.grad is None for p in model.parameters())   # the slot is the PS's now
@@ -73,7 +79,8 @@ def test_gradient_is_computed_in_the_slot_and_applied_once(setup):
         worker.pull()
         expected = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
         np.testing.assert_allclose(worker.flat.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
-    assert arena.published_ledger()[1]["applied"][0] == [[0, 2]]
+    pub = arena.published_ledger()[1]
+    assert pub.amax(0) == 2 and pub.get(0, L.N_APPLIED) == 3 and pub.get(0, L.N_REJECTED) == 0
 
 
 def test_push_without_zero_grad_is_refused(setup):
@@ -91,3 +98,21 @@ def test_learner_dead_while_computing_discards_its_claim(setup):
     assert again.next_seq == 1
     again.zero_grad()
     assert again._held is not None
+
+
+def test_two_backward_passes_accumulate_in_the_slot(setup):
+    """The first gradient of a step is copied into the slot, later ones accumulate there, and no
+    stale number left in the slot survives."""
+    arena, model, reference, worker = setup
+    for s in range(2):
+        arena.slot(0, s)[:] = 7.0
+    worker.zero_grad()
+    slot = arena.slot(0, worker._held)
+    x = torch.tensor([1, 3, 3])
+    model(x).backward()
+    (2 * model.lin(model.lin.weight).sum()).backward()     # lin.weight used twice in one graph
+    worker.gradient()
+    reference.zero_grad()
+    reference(x).backward()
+    (2 * reference.lin(reference.lin.weight).sum()).backward()
+    np.testing.assert_allclose(slot, flat_grad(reference).numpy(), rtol=1e-5, atol=1e-6)

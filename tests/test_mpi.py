@@ -120,7 +120,8 @@ def test_killed_rank_ends_job_then_resume_is_exactly_once(tmp_path, ranks_per_no
 # ---- control messages (no MPI needed) ---------------------------------------------------
 def sync_msg(**over):
     msg = {"op": "sync", "node": 1, "round": 0, "n": 4, "final": False, "kind": "delta",
-           "ledger": {"3": {"applied": [[0, 4]], "rejected": [], "amax": 4, "progress": [5, 0, 5],
+           "ledger": {"3": {"amax": 4, "horizon": -1, "n_applied": 5, "n_rejected": 0, "rejected": [],
+                            "progress": [5, 0, 5],
                             "dropped": 0, "discarded": [], "next_seq": 5, "incarnations": 1}},
            "stats": {"updates": 5, "rejects": 0, "stale_sum": 0, "stale_max": 0,
                      "ps_restarts": 0, "lost": 0, "version": 5}}

@@ -52,7 +52,6 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.workers = [Worker(self.arena, i) for i in range(LEARNERS)]
         self.phase = ["idle"] * LEARNERS           # idle -> claimed -> written -> idle
         self.slot = [None] * LEARNERS
-        self.norm = [0.0] * LEARNERS
         self.committed = [set() for _ in range(LEARNERS)]
         self.discarded = [set() for _ in range(LEARNERS)]
 
@@ -79,14 +78,14 @@ class ProtocolMachine(RuleBasedStateMachine):
     def learner_write(self, data):
         i = data.draw(st.sampled_from([j for j, p in enumerate(self.phase) if p == "claimed"]))
         w = self.workers[i]
-        self.norm[i] = w.write(self.slot[i], torch.from_numpy(gradient(i, w.next_seq, SIZE)))
+        w.write(self.slot[i], torch.from_numpy(gradient(i, w.next_seq, SIZE)))
         self.phase[i] = "written"
 
     @precondition(lambda self: "written" in self.phase)
     @rule(data=st.data())
     def learner_commit(self, data):
         i = data.draw(st.sampled_from([j for j, p in enumerate(self.phase) if p == "written"]))
-        k = self.workers[i].commit(self.slot[i], A.GRADIENT, self.norm[i], samples=1)
+        k = self.workers[i].commit(self.slot[i], A.GRADIENT, samples=1)
         self.committed[i].add(k)
         self.phase[i] = "idle"
 
@@ -138,8 +137,10 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.ps_phase = "idle"
 
     # ---- what must hold -------------------------------------------------------------
-    def published_ledger(self):
-        return self.arena.read_ledger(self.arena.job.published % A.BUFFERS)
+    def published_ledger(self) -> L.Ledger:
+        """The published ledger joined with the discarded numbers (the supervisor's part)."""
+        pub = self.arena.read_ledger(self.arena.job.published % A.BUFFERS)
+        return L.Ledger.join(pub, [sorted(d) for d in self.discarded], [1] * LEARNERS, [0] * LEARNERS)
 
     @invariant()
     def exactly_once_so_far(self):
@@ -148,8 +149,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         ledger = self.published_ledger()
         want = np.zeros(SIZE, np.float32)
         for i in range(LEARNERS):
-            applied = L.expand(ledger["applied"][i])
-            assert len(applied) == len(set(applied)), f"learner {i}: a gradient applied twice"
+            applied = L.expand(ledger.records[i].applied)
+            assert ledger.records[i].n_applied == len(applied), f"learner {i}: applied count differs"
             assert set(applied) <= self.committed[i], f"learner {i}: applied an uncommitted gradient"
             assert not set(applied) & self.discarded[i]
             for k in applied:
@@ -180,7 +181,8 @@ class ProtocolMachine(RuleBasedStateMachine):
             pass
         ledger = self.published_ledger()
         for i in range(LEARNERS):
-            assert set(L.expand(ledger["applied"][i])) == self.committed[i]
+            assert set(L.expand(ledger.records[i].applied)) == self.committed[i]
+            assert ledger.records[i].n_applied == len(self.committed[i])
 
     @rule()
     def drain_and_check(self):

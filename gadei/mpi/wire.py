@@ -98,7 +98,6 @@ def validate(msg, expect: tuple[str, ...], who: str = "peer") -> dict:
             if not (gid.isascii() and gid.isdigit()):
                 raise ProtocolError(f"{what}: ledger key {gid!r} is not a learner id")
             _check(entry, LEDGER_ENTRY, f"{what}, learner {gid}")
-            _check_ints(entry["applied"], f"{what}, learner {gid} applied", 2)
             for k in ("rejected", "discarded", "progress"):
                 _check_ints(entry[k], f"{what}, learner {gid} {k}", 1)
             if len(entry["progress"]) != 3:

@@ -1,0 +1,99 @@
+"""The PS checks a payload for NaN/Inf chunk by chunk inside the pass that applies it (issue #19,
+item 2): a non-finite chunk anywhere abandons the version (the weights and state carry over),
+and applying a rule chunk by chunk is bit for bit the rule applied whole."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import algorithms
+from gadei import arena as A
+from gadei import ledger as L
+from gadei import server as S
+from gadei.server import Server
+from gadei.worker import Worker
+
+pytestmark = pytest.mark.timeout(120)
+
+N = 2 * S.CHUNK + 12345          # three chunks, the last one short
+
+
+@pytest.fixture(params=["adam", "sgd"])
+def job(request):
+    rule = algorithms.protocol(request.param, lr=0.01).rule
+    state = rule.init_state(N)
+    layout = A.Layout(params=(("w", (N,)),), state=tuple((k, v.dtype.name, v.shape) for k, v in state.items()),
+                      rule=rule.name, hyper=tuple(sorted(rule.hyper().items())), learners=2)
+    arena = A.Arena.create("test-ps-validation", layout, {"config": {}})
+    rng = np.random.default_rng(0)
+    arena.weights(0)[:] = rng.standard_normal(N, dtype=np.float32)
+    for k, v in state.items():
+        arena.state(0)[k][:] = v
+    arena.write_ledger(0, L.published_empty(2))
+    yield arena, rule, [Worker(arena, i) for i in range(2)]
+    arena.unlink()
+    arena.close()
+
+
+def published(arena):
+    b = arena.job.published % A.BUFFERS
+    return arena.weights(b).copy(), {k: v.copy() for k, v in arena.state(b).items()}
+
+
+@pytest.mark.parametrize("where", [0, S.CHUNK - 1, S.CHUNK, N - 1])
+def test_a_non_finite_chunk_anywhere_abandons_the_version(job, where):
+    arena, rule, (w0, _) = job
+    ps = Server(arena, rule, warn=lambda m: None)
+    g = torch.from_numpy(np.random.default_rng(1).standard_normal(N, dtype=np.float32))
+    w0.push(A.GRADIENT, g)
+    assert ps.step()
+    before = published(arena)
+    bad = g.clone()
+    bad[where] = float("nan") if where % 2 else float("inf")
+    w0.push(A.GRADIENT, bad)
+    assert ps.step()
+    after = published(arena)
+    assert arena.job.published == 2
+    np.testing.assert_array_equal(after[0], before[0])
+    for k in before[1]:
+        np.testing.assert_array_equal(after[1][k], before[1][k])
+    pub = arena.published_ledger()[1]
+    assert (pub.get(0, L.N_APPLIED), pub.get(0, L.N_REJECTED), pub.rejected(0)) == (1, 1, [1])
+
+
+def test_the_chunked_apply_equals_the_rule_applied_whole(job):
+    arena, rule, (w0, _) = job
+    ps = Server(arena, rule, warn=lambda m: None)
+    rng = np.random.default_rng(2)
+    w, st = published(arena)
+    for k in range(3):
+        g = rng.standard_normal(N, dtype=np.float32)
+        w0.push(A.GRADIENT, torch.from_numpy(g))
+        assert ps.step()
+        out_w, out_s = np.empty_like(w), {key: np.empty_like(v) for key, v in st.items()}
+        rule.apply(w, g, st, out_weights=out_w, out_state=out_s)
+        w, st = out_w, out_s
+        got = published(arena)
+        np.testing.assert_array_equal(got[0], w)
+        for key in st:
+            np.testing.assert_array_equal(got[1][key], st[key])
+
+
+def test_sync_drops_the_non_finite_gradient_of_a_round(job):
+    """A round of two: one gradient with an Inf in its last chunk; the other is applied alone."""
+    arena, rule, workers = job
+    ps = Server(arena, rule, warn=lambda m: None, sync_timeout=5.0)
+    rng = np.random.default_rng(3)
+    good = rng.standard_normal(N, dtype=np.float32)
+    bad = rng.standard_normal(N, dtype=np.float32)
+    bad[N - 2] = -np.inf
+    w, st = published(arena)
+    workers[0].push(A.GRADIENT, torch.from_numpy(bad))
+    workers[1].push(A.GRADIENT, torch.from_numpy(good))
+    assert ps.step()
+    out_w, out_s = np.empty_like(w), {key: np.empty_like(v) for key, v in st.items()}
+    rule.apply(w, good, st, out_weights=out_w, out_state=out_s)
+    np.testing.assert_array_equal(published(arena)[0], out_w)
+    pub = arena.published_ledger()[1]
+    assert (pub.get(0, L.N_REJECTED), pub.get(1, L.N_APPLIED)) == (1, 1)

@@ -9,6 +9,7 @@ import numpy as np
 from gadei import arena as A
 from gadei import checkpoint
 from gadei import ledger as L
+from gadei.driver import uninterrupted
 from gadei.job import JobConfig
 from gadei.mpi import wire as W
 from gadei.mpi.settings import Settings
@@ -83,27 +84,8 @@ class GlobalPS:
             if size > W.CTRL_MAX:
                 raise W.ProtocolError(f"control message from {who} of {size} bytes exceeds the "
                                       f"{W.CTRL_MAX}-byte limit")
-            deadline = time.monotonic() + self.settings.timeout
-            buf = bytearray(size)
-            W.wait(world.Irecv(buf, src, W.TAG_UP), deadline, f"a control message from {who}")
-            msg = W.unpack(bytes(buf), ("sync", "beat"), who)
-            if msg["node"] != node:
-                raise W.ProtocolError(f"{who} says it is node {msg['node']}")
-            vec = None
-            if msg["op"] == "sync":
-                if msg["n"] != self.C.size:
-                    raise W.ProtocolError(f"{who} announces {msg['n']} values; the model has {self.C.size}")
-                vec = self._up
-                W.wait(world.Irecv(vec, src, W.TAG_UP_DATA), deadline, f"the tensor of {who}'s sync")
-            for item in [x for x in self.sends if x[4] == who]:   # strictly: free its reply buffer
-                W.wait(item[0], item[3], f"{who} to take the previous answer")
-                self.sends.remove(item)
-            reply, out = self.handle(node, msg, vec)
-            blob = W.pack(reply)
-            reqs = [world.Isend(blob, src, W.TAG_DOWN)]
-            if out is not None:
-                reqs.append(world.Isend(out, src, W.TAG_DOWN_DATA))
-            self.sends.append((reqs, blob, out, deadline, who))
+            with uninterrupted():   # a Ctrl-C mid-message would lose it, or half-apply it
+                self._take(src, node, size, who)
         for item in list(self.sends):
             reqs, _, _, deadline, who = item
             if all(r.Test() for r in reqs):
@@ -127,6 +109,31 @@ class GlobalPS:
                 missing = sorted(set(range(self.topo.nodes)) - self.final)
                 raise W.MPITimeout(f"node(s) {missing} did not make their final sync within {bound:.0f} s")
             time.sleep(0.002)
+
+    def _take(self, src: int, node: int, size: int, who: str) -> None:
+        """Receive one control message of `src` (and its tensor), apply it, post the answer."""
+        world = self.topo.world
+        deadline = time.monotonic() + self.settings.timeout
+        buf = bytearray(size)
+        W.wait(world.Irecv(buf, src, W.TAG_UP), deadline, f"a control message from {who}")
+        msg = W.unpack(bytes(buf), ("sync", "beat"), who)
+        if msg["node"] != node:
+            raise W.ProtocolError(f"{who} says it is node {msg['node']}")
+        vec = None
+        if msg["op"] == "sync":
+            if msg["n"] != self.C.size:
+                raise W.ProtocolError(f"{who} announces {msg['n']} values; the model has {self.C.size}")
+            vec = self._up
+            W.wait(world.Irecv(vec, src, W.TAG_UP_DATA), deadline, f"the tensor of {who}'s sync")
+        for item in [x for x in self.sends if x[4] == who]:   # strictly: free its reply buffer
+            W.wait(item[0], item[3], f"{who} to take the previous answer")
+            self.sends.remove(item)
+        reply, out = self.handle(node, msg, vec)
+        blob = W.pack(reply)
+        reqs = [world.Isend(blob, src, W.TAG_DOWN)]
+        if out is not None:
+            reqs.append(world.Isend(out, src, W.TAG_DOWN_DATA))
+        self.sends.append((reqs, blob, out, deadline, who))
 
     def stop_others(self, reason: str) -> None:
         """Best effort: tell the leaders still running that the job ends (never waits long)."""

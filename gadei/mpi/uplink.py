@@ -131,6 +131,12 @@ class Uplink:
                        for s in range(a.layout.slots))
 
     def tick(self, finishing: bool) -> None:
+        # one step at a time: a Ctrl-C in the middle (a message half posted, the centre taken but
+        # not committed) would leave the centre and this node disagreeing; it waits for the end
+        with uninterrupted():
+            self._step(finishing)
+
+    def _step(self, finishing: bool) -> None:
         if self.pending is not None:
             got = self.link.poll()
             if got is not None:
@@ -192,10 +198,8 @@ class Uplink:
             # final delta is what the node applied since (EASGD: its last elastic step is dropped)
             self.base = self.w.copy()
         else:
-            # a Ctrl-C here would leave the centre and our base disagreeing: it waits
-            with uninterrupted():
-                delta = vec - self.w if reply["kind"] == "centre" else -vec
-                self.injected = self.worker.push_delta(torch.from_numpy(delta), samples=0, steps=0)
-                if reply["kind"] == "centre":
-                    self.base = vec.copy()
+            delta = vec - self.w if reply["kind"] == "centre" else -vec
+            self.injected = self.worker.push_delta(torch.from_numpy(delta), samples=0, steps=0)
+            if reply["kind"] == "centre":
+                self.base = vec.copy()
         self.snap_v = v

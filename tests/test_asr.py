@@ -14,7 +14,7 @@ from tests.helpers import run_gadei
 from tests.speech_files import TINY, write_recordings
 
 # no augmentation: tests that compare features or learn from two fixed batches
-PLAIN = dict(speed=0.0, vtlp=0.0, freq_masks=0, time_masks=0.0)
+PLAIN = dict(speed=0.0, vtlp=0.0, freq_masks=0, time_masks=0.0, gain=0.0)
 
 
 @pytest.fixture
@@ -73,6 +73,7 @@ def test_error_rates():
     (dict(spike_extension=-1), "spike_extension"),
     (dict(train_on="valid"), "train_on must be 'all' or 'train'"),
     (dict(speed=1.0), "speed must be in"),
+    (dict(gain=-1.0), "level and gain must be >= 0"),
     (dict(vtlp=-0.1), "vtlp in"),
     (dict(freq_masks=-1), "mask counts and widths"),
     (dict(speakers="gen0,gen1", holdout="gen2"), "outside speakers"),
@@ -186,7 +187,7 @@ def test_augmentation_is_seeded_and_off_means_the_plain_features(recordings_dir)
     assert [b["targets"].tolist() for b in plain] == [b["targets"].tolist() for b in aug]   # same utterances
     assert all(torch.equal(a["feats"], b["feats"]) for a, b in zip(aug, again))            # seeded
     task = ASR(data="real", data_dir=str(recordings_dir), batch=4, **TINY, **PLAIN)
-    utts = fsdd.join(task.split_recordings("train")[0::1], [0, 2, 0], task.max_digits, noise=task.noise)
+    utts = fsdd.join(task.split_recordings("train"), [0, 2, 0], task.max_digits, noise=task.noise, level=task.level)
     order = np.random.default_rng([2, 0]).permutation(len(utts))
     first = [task.features(utts[j]) for j in order[:4]]
     assert all(torch.equal(f, plain[0]["feats"][i, :len(f)]) for i, f in enumerate(first))

@@ -170,6 +170,22 @@ def test_log_mel_frames_and_values(n):
 # -- augmentation ------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(60)
+def test_join_levels_and_gains(recordings_dir):
+    recs = fsdd.select(fsdd.load_recordings(recordings_dir), "test")
+    rms = lambda x: float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+    speech = lambda u: u.audio[u.audio != 0]                  # noise 0: the pauses are exact zeros
+    plain = fsdd.join(recs, 3, max_digits=1, noise=0.0)
+    levelled = fsdd.join(recs, 3, max_digits=1, noise=0.0, level=0.05)
+    assert [u.digits for u in plain] == [u.digits for u in levelled]
+    assert len({round(rms(speech(u)), 3) for u in plain}) > 1
+    assert all(rms(speech(u)) == pytest.approx(0.05, rel=1e-3) for u in levelled)
+    gained = fsdd.join(recs, 3, max_digits=1, noise=0.0, level=0.05, gain_db=6)
+    assert [u.digits for u in gained] == [u.digits for u in plain]      # the same groups
+    db = np.array([20 * np.log10(rms(speech(u)) / 0.05) for u in gained])
+    assert np.abs(db).max() <= 6.0 + 1e-3 and db.std() > 1
+
+
 def peak_hz(x: np.ndarray) -> float:
     spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return float(np.argmax(spectrum) * fsdd.SAMPLE_RATE / len(x))

@@ -18,11 +18,17 @@ by length, so a call pads little; 1: one utterance at a time):
                         computes there): on a shared machine, wall time mostly measures waiting
                         for a core, CPU time what the model itself costs
 
-Launch::
+Speaker independence (FSDD has five speakers): per-utterance mean/variance normalisation of
+the features, and on training utterances speed perturbation, vocal-tract-length perturbation
+and SpecAugment's masks (`train_features`). By default every recording of the data folder
+trains (`train_on="all"`): the measure of generalisation is a speaker the model never heard,
+`holdout` within the folder (split "heldout") or a folder of its own (split "all").
 
-    gadei train --task asr --optimizer adam --lr 3e-3 --lr-schedule cosine --lr-warmup 50 \\
-        --learners 2 --steps 3000 --out runs/asr
-    gadei eval --task asr --checkpoint runs/asr --skip-threshold 0.9
+Launch (the task's `recipe`: Adam, lr 3e-3, 50 warm-up updates, cosine decay)::
+
+    gadei train --task asr --learners 2 --data-dir D --out runs/asr
+    gadei eval --task asr --checkpoint runs/asr --split all --data-dir FOLDER_OF_ONE_SPEAKER
+    gadei train --task asr --learners 2 --data-dir D --holdout theo --out runs/loso/theo   # LOSO
 
 What it measured: docs/results/asr.md.
 """
@@ -60,6 +66,8 @@ class ASR:
     batch: int = option(16, "utterances per training batch")
     max_digits: int = option(7, "most digits in one joined utterance (of one speaker)")
     noise: float = option(0.002, "standard deviation of the white noise in joined utterances (full scale 1)")
+    level: float = option(0.05, "each recording scaled to this RMS before joining (full scale 1; 0: as recorded)")
+    gain: float = option(10.0, "training recordings' level varied by a random gain of up to +-gain dB")
     n_mels: int = option(40, "log-mel bins per frame")
     d_model: int = option(64, "encoder width")
     heads: int = option(4, "attention heads per layer")
@@ -96,6 +104,8 @@ class ASR:
         self.real = use_real_data(self.data, self.data_dir)
         if self.train_on not in ("all", "train"):
             raise ValueError(f"train_on must be 'all' or 'train', not {self.train_on!r}")
+        if self.level < 0 or self.gain < 0:
+            raise ValueError(f"level and gain must be >= 0, got level={self.level}, gain={self.gain}")
         if not 0.0 <= self.speed < 1.0 or not 0.0 <= self.vtlp < 0.5:
             raise ValueError(f"speed must be in [0, 1) and vtlp in [0, 0.5), got speed={self.speed}, "
                              f"vtlp={self.vtlp}")
@@ -177,15 +187,15 @@ class ASR:
         return recs
 
     def utterances(self, split: str, seed) -> list[fsdd.Utterance]:
-        return fsdd.join(self.split_recordings(split), seed, self.max_digits, noise=self.noise)
+        return fsdd.join(self.split_recordings(split), seed, self.max_digits, noise=self.noise, level=self.level)
 
     def features(self, utt: fsdd.Utterance) -> torch.Tensor:
         return fsdd.log_mel(utt.audio, self.fbank)                               # (T, M)
 
     def train_features(self, utt: fsdd.Utterance, rng: np.random.Generator) -> torch.Tensor:
-        """Features of a training utterance, perturbed so that the model meets more voices than
-        the training speakers': speed (tempo and pitch), vocal-tract length (formants), then
-        SpecAugment's masks. Per-utterance mean/variance normalisation (in log_mel) already
+        """Features of a training utterance (its recordings' gains already drawn in `batches`),
+        perturbed so that the model meets more voices than the training speakers': speed (tempo
+        and pitch), vocal-tract length (formants), then SpecAugment's masks. Per-utterance mean/variance normalisation (in log_mel) already
         removes the channel and the loudness."""
         audio = utt.audio
         if self.speed:
@@ -232,7 +242,8 @@ class ASR:
         (`train_features`), batched."""
         check_learner(learner, learners)
         shard = self.split_recordings("train")[learner::learners]
-        utts = fsdd.join(shard, [self.seed, seed, learner], self.max_digits, noise=self.noise)
+        utts = fsdd.join(shard, [self.seed, seed, learner], self.max_digits, noise=self.noise, level=self.level,
+                         gain_db=self.gain)
         order = np.random.default_rng([seed, learner]).permutation(len(utts))
         rng = np.random.default_rng([self.seed, seed, learner, 1])
         for start in range(0, len(order), self.batch):

@@ -223,13 +223,18 @@ def generated_recordings(speakers: int = 3, per_digit: int = 20, seed: int = 0) 
 
 
 def join(recordings: list[Recording], seed: int, max_digits: int = 7, pause: tuple[float, float] = (0.05, 0.3),
-         noise: float = 0.002) -> list[Utterance]:
+         noise: float = 0.002, level: float = 0.0, gain_db: float = 0.0) -> list[Utterance]:
     """Connected-digit utterances: each speaker's recordings shuffled by `seed` and cut into
     groups of 1..max_digits, joined with random pauses (seconds, also before and after) and
-    white noise of standard deviation `noise` (full scale 1). Every recording is used once."""
+    white noise of standard deviation `noise` (full scale 1). Every recording is used once.
+
+    level > 0 scales each recording to that RMS first (FSDD's speakers were recorded 18 dB
+    apart, so a fixed noise would give each speaker its own signal-to-noise ratio); gain_db > 0
+    then scales each by a random gain of up to +-gain_db dB (augmentation: other SNRs)."""
     if not 1 <= max_digits:
         raise ValueError(f"max_digits must be >= 1, got {max_digits}")
     rng = np.random.default_rng(seed)
+    gains = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])   # its own stream: the same groups
     by_speaker: dict[str, list[Recording]] = {}
     for r in recordings:
         by_speaker.setdefault(r.speaker, []).append(r)
@@ -244,7 +249,12 @@ def join(recordings: list[Recording], seed: int, max_digits: int = 7, pause: tup
             pieces = []
             for r in group:
                 pieces.append(np.zeros(int(rng.uniform(*pause) * SAMPLE_RATE), np.float32))
-                pieces.append(r.audio.astype(np.float32) / 32768.0)
+                x = r.audio.astype(np.float32) / 32768.0
+                if level > 0:
+                    x *= level / max(float(np.sqrt(np.mean(x.astype(np.float64) ** 2))), 1e-6)
+                if gain_db > 0:
+                    x *= np.float32(10 ** (gains.uniform(-gain_db, gain_db) / 20))
+                pieces.append(x)
             pieces.append(np.zeros(int(rng.uniform(*pause) * SAMPLE_RATE), np.float32))
             x = np.concatenate(pieces)
             x += rng.normal(0.0, noise, len(x)).astype(np.float32) if noise > 0 else 0.0

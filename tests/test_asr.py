@@ -95,7 +95,7 @@ def test_shards_are_disjoint_and_batches_deterministic(recordings_dir):
     assert batch["feats"].shape[0] == task.batch_size(batch) == 4 and batch["feats"].shape[2] == 40
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)          # 107 s measured at load average 11
 def test_training_loss_falls_and_evaluate_reports(tmp_path):
     """A few dozen Adam steps on two generated batches: the loss must drop well below the
     all-blank plateau, and evaluate must report every metric."""

@@ -2,10 +2,12 @@
 
 Launch (real data, trains a model first when no checkpoint is given; one thread)::
 
-    nice -n 10 python -m bench.asr_layerskip --data-dir /work/shared/data --train-steps 150 \\
+    nice -n 10 python -m bench.asr_layerskip --data-dir D --train-steps 150 \\
         --save runs/asr/model.npz --json runs/asr/train.json
-    python -m bench.asr_layerskip --data-dir /work/shared/data --checkpoint runs/asr/model.npz
+    python -m bench.asr_layerskip --data-dir D --checkpoint runs/asr/model.npz
     python -m bench.asr_layerskip --quick            # CI: generated data, small model, seconds
+    python -m bench.asr_layerskip --data-dir D --holdout theo --train-steps 1500 --split heldout \\
+        --thresholds "" --eval-every 10     # one leave-one-speaker-out fold (docs/results/asr.md)
 
 Any other ``--some-option V`` is a task option (as in ``gadei train``), e.g. ablations
 ``--inter-ctc-weight 0``, ``--factorized false``, ``--distill-weight 0``.

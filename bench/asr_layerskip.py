@@ -2,10 +2,12 @@
 
 Launch (real data, trains a model first when no checkpoint is given; one thread)::
 
-    nice -n 10 python -m bench.asr_layerskip --data-dir /work/shared/data --train-steps 150 \\
+    nice -n 10 python -m bench.asr_layerskip --data-dir D --train-steps 150 \\
         --save runs/asr/model.npz --json runs/asr/train.json
-    python -m bench.asr_layerskip --data-dir /work/shared/data --checkpoint runs/asr/model.npz
+    python -m bench.asr_layerskip --data-dir D --checkpoint runs/asr/model.npz
     python -m bench.asr_layerskip --quick            # CI: generated data, small model, seconds
+    python -m bench.asr_layerskip --data-dir D --holdout theo --train-steps 1500 --split heldout \\
+        --thresholds "" --eval-every 10     # one leave-one-speaker-out fold (docs/results/asr.md)
 
 Any other ``--some-option V`` is a task option (as in ``gadei train``), e.g. ablations
 ``--inter-ctc-weight 0``, ``--factorized false``, ``--distill-weight 0``.
@@ -51,6 +53,7 @@ def parse() -> tuple[argparse.Namespace, dict]:
     p.add_argument("--train-steps", type=int, default=150, help="steps to train when no checkpoint")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between WERs in the training log")
     p.add_argument("--init", help="warm start: train on from these weights (a .npz from --save)")
     p.add_argument("--save", help="write the trained weights here (.npz, task options in .json beside it)")
     p.add_argument("--thresholds", default="0.5,0.8,0.9,0.95,0.99")
@@ -105,8 +108,10 @@ def save(model: torch.nn.Module, path: str, options: dict, log: list[dict]) -> N
     Path(path).with_suffix(".json").write_text(json.dumps({"task_options": options, "log": log}, indent=1))
 
 
-def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lambda log: None) -> list[dict]:
-    """Plain single-process training; returns the loss log (every 50 steps) and valid WERs.
+def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lambda log: None,
+          eval_every: int = 1) -> list[dict]:
+    """Plain single-process training; returns the loss log (every 50 steps) and the WERs on valid
+    (on heldout when the task holds speakers out) every `eval_every` epochs and at the end.
     on_epoch(log) runs after each epoch (the script saves the weights there)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -130,10 +135,12 @@ def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lam
             if step == steps:
                 break
         epoch += 1
-        r = task.transcribe(model, "valid", 1.0)
-        wer, _ = error_rates(r["refs"], r["hyps"])
-        log.append({"step": step, "epoch": epoch, "valid_wer": wer})
-        print(f"epoch {epoch}  valid WER {100 * wer:.2f} %", flush=True)
+        if epoch % eval_every == 0 or step == steps:
+            split = task.eval_split if task.holdout_list else "valid"   # a monitor only: no selection
+            r = task.transcribe(model, split, 1.0)
+            wer, _ = error_rates(r["refs"], r["hyps"])
+            log.append({"step": step, "epoch": epoch, f"{split}_wer": wer})
+            print(f"epoch {epoch}  {split} WER {100 * wer:.2f} %", flush=True)
         on_epoch(log)
     return log
 
@@ -185,7 +192,7 @@ def main() -> None:
             load_weights(model, Path(args.init))
         print(f"training {sum(p.numel() for p in model.parameters()):,} parameters for {args.train_steps} steps")
         log = train(task, model, args.train_steps, args.lr,
-                    lambda log: args.save and save(model, args.save, options, log))
+                    lambda log: args.save and save(model, args.save, options, log), args.eval_every)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     rows = measure(task, model, args.split, thresholds, args.repeats)
 

@@ -11,6 +11,7 @@ import numpy as np
 from qa_tasks.speech import fsdd
 
 # a small encoder for tests (an ASR task's or CTCSkipEncoder's options)
+VOICES = ("ann", "bob", "cid")       # write_recordings' speakers
 TINY = dict(d_model=32, heads=2, layers=4, inter_layer=2, ff_dim=64, conv_channels=16, dropout=0.0)
 
 
@@ -22,10 +23,12 @@ def wav_bytes(x: np.ndarray, rate: int = 8000, channels: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def write_recordings(folder: Path) -> Path:
-    """2 speakers x 10 digits x indices 0..11 of generated tones, as real WAV files in `folder`."""
+def write_recordings(folder: Path, speakers: tuple[str, ...] = ("ann", "bob")) -> Path:
+    """Speakers (by default 2) x 10 digits x indices 0..11 of generated tones, as real WAV files
+    in `folder`; each speaker of VOICES has its own seed and pitch."""
     folder.mkdir()
-    for s, speaker in enumerate(["ann", "bob"]):
+    for speaker in speakers:
+        s = VOICES.index(speaker)
         for d in range(10):
             for i in range(12):
                 x = fsdd.synth_digit(d, np.random.default_rng([s, d, i]), pitch=1 + 0.1 * s)

@@ -165,3 +165,75 @@ def test_log_mel_frames_and_values(n):
         np.testing.assert_allclose(normed.mean(0), 0, atol=1e-4)
     with pytest.raises(ValueError, match="shorter than one 25 ms window"):
         fsdd.log_mel(x[:199], fb)
+
+
+# -- augmentation ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_join_levels_and_gains(recordings_dir):
+    recs = fsdd.select(fsdd.load_recordings(recordings_dir), "test")
+    rms = lambda x: float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+    speech = lambda u: u.audio[u.audio != 0]                  # noise 0: the pauses are exact zeros
+    plain = fsdd.join(recs, 3, max_digits=1, noise=0.0)
+    levelled = fsdd.join(recs, 3, max_digits=1, noise=0.0, level=0.05)
+    assert [u.digits for u in plain] == [u.digits for u in levelled]
+    assert len({round(rms(speech(u)), 3) for u in plain}) > 1
+    assert all(rms(speech(u)) == pytest.approx(0.05, rel=1e-3) for u in levelled)
+    gained = fsdd.join(recs, 3, max_digits=1, noise=0.0, level=0.05, gain_db=6)
+    assert [u.digits for u in gained] == [u.digits for u in plain]      # the same groups
+    db = np.array([20 * np.log10(rms(speech(u)) / 0.05) for u in gained])
+    assert np.abs(db).max() <= 6.0 + 1e-3 and db.std() > 1
+
+
+def peak_hz(x: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spectrum) * fsdd.SAMPLE_RATE / len(x))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("factor", [0.9, 0.95, 1.07, 1.1])
+def test_speed_perturbation_scales_duration_and_pitch(factor):
+    t = np.arange(8000) / fsdd.SAMPLE_RATE
+    x = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    y = fsdd.speed_perturb(x, factor)
+    assert y.dtype == np.float32 and len(y) == math.ceil(8000 / factor)
+    assert peak_hz(y) == pytest.approx(1000 * factor, abs=3)
+    # the same as scipy's resample_poly with its own filter
+    np.testing.assert_allclose(y, scipy.signal.resample_poly(x, 100, round(100 * factor)), atol=1e-5)
+    assert fsdd.speed_perturb(x, 1.0) is x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("alpha", [0.85, 0.9, 1.1, 1.15])
+def test_vtlp_warp_scales_low_frequencies_and_keeps_the_band(alpha):
+    import torch
+    f = torch.linspace(0, 4000, 401, dtype=torch.float64)
+    w = fsdd.vtlp_warp(f, alpha, 4000.0)
+    assert float(w[0]) == 0 and float(w[-1]) == pytest.approx(4000)
+    assert (w.diff() > 0).all()                                          # monotone: no folding
+    low = f <= 0.8 * 4000 * min(alpha, 1) / alpha
+    torch.testing.assert_close(w[low], alpha * f[low])
+    fb = fsdd.mel_filterbank(40, warp=alpha).numpy()
+    plain = fsdd.mel_filterbank(40).numpy()
+    assert fb.shape == plain.shape and (fb.sum(1) > 0).all()
+    centre = lambda bank: (bank * np.arange(101)).sum(1) / bank.sum(1)
+    moved = centre(fb)[10:25] / centre(plain)[10:25]                       # filters below the knee
+    np.testing.assert_allclose(moved, alpha, rtol=0.06)
+    np.testing.assert_array_equal(fsdd.mel_filterbank(40, warp=1.0).numpy(), plain)
+
+
+@pytest.mark.timeout(60)
+def test_spec_augment_masks_bands_and_spans():
+    import torch
+    feats = torch.randn(300, 40) + 5                 # no zeros of its own
+    copy = feats.clone()
+    out = fsdd.spec_augment(feats, np.random.default_rng(0), 2, 8, 3, 10)
+    again = fsdd.spec_augment(feats, np.random.default_rng(0), 2, 8, 3, 10)
+    assert torch.equal(out, again) and torch.equal(feats, copy)            # seeded; the input kept
+    zero_bins = (out == 0).all(0).sum().item()
+    zero_frames = (out == 0).all(1).sum().item()
+    assert 0 < zero_bins <= 16 and 0 < zero_frames <= 30
+    kept = (out != 0)
+    assert torch.equal(out[kept], feats[kept])       # everything else untouched
+    assert torch.equal(fsdd.spec_augment(feats, np.random.default_rng(0), 0, 8, 0, 10), feats)

@@ -18,11 +18,17 @@ by length, so a call pads little; 1: one utterance at a time):
                         computes there): on a shared machine, wall time mostly measures waiting
                         for a core, CPU time what the model itself costs
 
-Launch::
+Speaker independence (FSDD has five speakers): per-utterance mean/variance normalisation of
+the features, and on training utterances speed perturbation, vocal-tract-length perturbation
+and SpecAugment's masks (`train_features`). By default every recording of the data folder
+trains (`train_on="all"`): the measure of generalisation is a speaker the model never heard,
+`holdout` within the folder (split "heldout") or a folder of its own (split "all").
 
-    gadei train --task asr --optimizer adam --lr 3e-3 --lr-schedule cosine --lr-warmup 50 \\
-        --learners 2 --steps 3000 --out runs/asr
-    gadei eval --task asr --checkpoint runs/asr --skip-threshold 0.9
+Launch (the task's `recipe`: Adam, lr 3e-3, 50 warm-up updates, cosine decay)::
+
+    gadei train --task asr --learners 2 --data-dir D --out runs/asr
+    gadei eval --task asr --checkpoint runs/asr --split all --data-dir FOLDER_OF_ONE_SPEAKER
+    gadei train --task asr --learners 2 --data-dir D --holdout theo --out runs/loso/theo   # LOSO
 
 What it measured: docs/results/asr.md.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import jiwer
 import numpy as np
@@ -52,9 +59,15 @@ class ASR:
     data: str = data_option("fsdd")   # a WAV folder or tar(.gz) also works: fsdd.find_source
     data_dir: str | None = data_dir_option()
     speakers: str = option("", "comma-separated speaker names to use (empty: all in the source)")
+    holdout: str = option("", "comma-separated speakers left out of training; split 'heldout' is every "
+                              "recording of theirs (leave-one-speaker-out), and the job's evaluation")
+    train_on: str = option("all", "recordings that train: 'all' (every index of the training speakers; "
+                                  "valid and test then overlap training) or 'train' (indices 10+ only)")
     batch: int = option(16, "utterances per training batch")
     max_digits: int = option(7, "most digits in one joined utterance (of one speaker)")
     noise: float = option(0.002, "standard deviation of the white noise in joined utterances (full scale 1)")
+    level: float = option(0.05, "each recording scaled to this RMS before joining (full scale 1; 0: as recorded)")
+    gain: float = option(10.0, "training recordings' level varied by a random gain of up to +-gain dB")
     n_mels: int = option(40, "log-mel bins per frame")
     d_model: int = option(64, "encoder width")
     heads: int = option(4, "attention heads per layer")
@@ -63,6 +76,14 @@ class ASR:
     ff_dim: int = option(256, "feed-forward size of each layer")
     conv_channels: int = option(32, "channels of the convolutional subsampling")
     dropout: float = option(0.1, "dropout in the encoder")
+    speed: float = option(0.1, "speed perturbation: each training utterance plays at a factor drawn from "
+                               "[1 - speed, 1 + speed] (0: off)")
+    vtlp: float = option(0.1, "vocal-tract-length perturbation: each training utterance's mel filter "
+                              "frequencies scaled by a factor from [1 - vtlp, 1 + vtlp] (0: off)")
+    freq_masks: int = option(2, "SpecAugment: frequency masks per training utterance")
+    freq_mask_width: int = option(8, "SpecAugment: widest frequency mask, in mel bins")
+    time_masks: float = option(1.0, "SpecAugment: time masks per second of training utterance")
+    time_mask_width: int = option(8, "SpecAugment: widest time mask, in 10 ms frames")
     inter_ctc_weight: float = option(0.3, "w in (1 - w) CTC_final + w CTC_inter (0 turns intermediate CTC off)")
     factorized: bool = option(True, "intermediate head: sigmoid blank + softmax over the digits")
     distill_weight: float = option(1.0, "weight of KL(final || intermediate) (0 turns distillation off)")
@@ -74,10 +95,22 @@ class ASR:
                                  "other utterances, so a split of 250 digits scores 250 x eval_rounds")
     seed: int = option(0, "composes the valid and test utterances")
 
-    eval_split = "test"
+    # the default `gadei train --task asr` (docs/results/asr.md): Adam with warm-up and cosine decay
+    recipe: ClassVar[dict] = {"optimizer": "adam", "lr": 3e-3, "lr_schedule": "cosine", "lr_warmup": 50,
+                              "steps": 4000}
+    splits: ClassVar[tuple[str, ...]] = fsdd.SPLITS + ("heldout",)
 
     def __post_init__(self):
         self.real = use_real_data(self.data, self.data_dir)
+        if self.train_on not in ("all", "train"):
+            raise ValueError(f"train_on must be 'all' or 'train', not {self.train_on!r}")
+        if self.level < 0 or self.gain < 0:
+            raise ValueError(f"level and gain must be >= 0, got level={self.level}, gain={self.gain}")
+        if not 0.0 <= self.speed < 1.0 or not 0.0 <= self.vtlp < 0.5:
+            raise ValueError(f"speed must be in [0, 1) and vtlp in [0, 0.5), got speed={self.speed}, "
+                             f"vtlp={self.vtlp}")
+        if min(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width) < 0:
+            raise ValueError("SpecAugment's mask counts and widths must be >= 0")
         if self.batch < 1 or self.eval_batch < 1:
             raise ValueError(f"batch sizes must be >= 1, got batch={self.batch}, eval_batch={self.eval_batch}")
         if self.eval_rounds < 1:
@@ -92,6 +125,11 @@ class ASR:
         if self.spike_extension < 0:
             raise ValueError(f"spike_extension must be >= 0 frames, got {self.spike_extension}")
         self.speaker_list = [s.strip() for s in self.speakers.split(",") if s.strip()]
+        self.holdout_list = [s.strip() for s in self.holdout.split(",") if s.strip()]
+        if self.speaker_list and set(self.holdout_list) - set(self.speaker_list):
+            raise ValueError(f"holdout {self.holdout!r} names speakers outside speakers={self.speakers!r}")
+        # what the job's evaluation (and `gadei eval` without --split) scores
+        self.eval_split = "heldout" if self.holdout_list else "test"
         self.model_options = dict(n_mels=self.n_mels, d_model=self.d_model, heads=self.heads,
                                   layers=self.layers, inter_layer=self.inter_layer, ff_dim=self.ff_dim,
                                   conv_channels=self.conv_channels, dropout=self.dropout,
@@ -118,20 +156,64 @@ class ASR:
                 self._recordings = recs
         return self._recordings
 
-    def utterances(self, split: str, seed) -> list[fsdd.Utterance]:
-        recs = fsdd.select(self.recordings, split)
+    def split_recordings(self, split: str) -> list[fsdd.Recording]:
+        """The recordings of a split:
+
+            all       every recording in the source (e.g. a folder of one unseen speaker's WAVs)
+            heldout   every recording of the `holdout` speakers
+            train     the other speakers' recordings, every index (train_on="all") or 10+ ("train")
+            valid     the other speakers' indices 5-9
+            test      the other speakers' indices 0-4
+        """
+        if split not in self.splits:
+            raise ValueError(f"asr has no split {split!r}: its splits are {', '.join(self.splits)}")
+        if split == "all":
+            recs = self.recordings
+        else:
+            names = {r.speaker for r in self.recordings}
+            missing = sorted(set(self.holdout_list) - names)
+            if missing:
+                raise ValueError(f"holdout speaker(s) {', '.join(missing)} not in the data (it holds "
+                                 f"{', '.join(sorted(names))}); use --split all to score every recording")
+            if split == "heldout":
+                if not self.holdout_list:
+                    raise ValueError("split 'heldout' needs the holdout option (speakers left out of training)")
+                recs = [r for r in self.recordings if r.speaker in self.holdout_list]
+            else:
+                recs = [r for r in self.recordings if r.speaker not in self.holdout_list]
+                recs = fsdd.select(recs, "all" if split == "train" and self.train_on == "all" else split)
         if not recs:
             raise ValueError(f"no recordings in split {split!r} (indices: test 0-4, valid 5-9, train 10+)")
-        return fsdd.join(recs, seed, self.max_digits, noise=self.noise)
+        return recs
+
+    def utterances(self, split: str, seed) -> list[fsdd.Utterance]:
+        return fsdd.join(self.split_recordings(split), seed, self.max_digits, noise=self.noise, level=self.level)
 
     def features(self, utt: fsdd.Utterance) -> torch.Tensor:
         return fsdd.log_mel(utt.audio, self.fbank)                               # (T, M)
+
+    def train_features(self, utt: fsdd.Utterance, rng: np.random.Generator) -> torch.Tensor:
+        """Features of a training utterance (its recordings' gains already drawn in `batches`),
+        perturbed so that the model meets more voices than the training speakers': speed (tempo
+        and pitch), vocal-tract length (formants), then SpecAugment's masks. Per-utterance mean/variance normalisation (in log_mel) already
+        removes the channel and the loudness."""
+        audio = utt.audio
+        if self.speed:
+            audio = fsdd.speed_perturb(audio, rng.uniform(1 - self.speed, 1 + self.speed))
+        fbank = self.fbank
+        if self.vtlp:
+            fbank = fsdd.mel_filterbank(self.n_mels, warp=rng.uniform(1 - self.vtlp, 1 + self.vtlp))
+        feats = fsdd.log_mel(audio, fbank)
+        time_masks = int(rng.poisson(self.time_masks * len(feats) / 100)) if self.time_masks else 0
+        return fsdd.spec_augment(feats, rng, self.freq_masks, self.freq_mask_width, time_masks,
+                                 self.time_mask_width)
 
     def eval_set(self, split: str) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
         """Features and digits of a split's fixed utterances (composed from `seed`; round 0 is
         the same whatever eval_rounds), cached."""
         if split not in self._eval:
-            index = fsdd.SPLITS.index(split)
+            self.split_recordings(split)                  # a clear error for a bad split name
+            index = fsdd.SPLITS.index("all" if split == "heldout" else split)   # heldout = all of one folder
             utts = [u for r in range(self.eval_rounds)
                     for u in self.utterances(split, [self.seed, index] + ([r] if r else []))]
             self._eval[split] = ([self.features(u) for u in utts], [u.digits for u in utts])
@@ -156,14 +238,17 @@ class ASR:
 
     def batches(self, learner: int, learners: int, seed: int):
         """One epoch of this learner's shard: its train recordings (every learners-th, so shards are
-        disjoint whatever the seeds) joined into fresh utterances by `seed`, shuffled, batched."""
+        disjoint whatever the seeds) joined into fresh utterances by `seed`, shuffled, augmented
+        (`train_features`), batched."""
         check_learner(learner, learners)
-        shard = fsdd.select(self.recordings, "train")[learner::learners]
-        utts = fsdd.join(shard, [self.seed, seed, learner], self.max_digits, noise=self.noise)
+        shard = self.split_recordings("train")[learner::learners]
+        utts = fsdd.join(shard, [self.seed, seed, learner], self.max_digits, noise=self.noise, level=self.level,
+                         gain_db=self.gain)
         order = np.random.default_rng([seed, learner]).permutation(len(utts))
+        rng = np.random.default_rng([self.seed, seed, learner, 1])
         for start in range(0, len(order), self.batch):
             chosen = [utts[j] for j in order[start:start + self.batch]]
-            yield self.collate([self.features(u) for u in chosen], [u.digits for u in chosen])
+            yield self.collate([self.train_features(u, rng) for u in chosen], [u.digits for u in chosen])
 
     @staticmethod
     def batch_size(batch) -> int:
@@ -215,7 +300,7 @@ class ASR:
         return {"wer": wer, "cer": cer,
                 "skipped_fraction": r["skipped"] * upper / (r["frames"] * model.n_layers),
                 "encoder_ms_per_utt": sum(r["ms"]) / n, "encoder_cpu_ms_per_utt": sum(r["cpu_ms"]) / n,
-                "utterances": float(n)}
+                "utterances": float(n), "digits": float(sum(map(len, r["refs"])))}
 
 
 def error_rates(refs: list[list[int]], hyps: list[list[int]]) -> tuple[float, float]:

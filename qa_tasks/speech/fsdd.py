@@ -26,6 +26,7 @@ path, size and mtime; loads use ``allow_pickle=False``.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -222,13 +223,18 @@ def generated_recordings(speakers: int = 3, per_digit: int = 20, seed: int = 0) 
 
 
 def join(recordings: list[Recording], seed: int, max_digits: int = 7, pause: tuple[float, float] = (0.05, 0.3),
-         noise: float = 0.002) -> list[Utterance]:
+         noise: float = 0.002, level: float = 0.0, gain_db: float = 0.0) -> list[Utterance]:
     """Connected-digit utterances: each speaker's recordings shuffled by `seed` and cut into
     groups of 1..max_digits, joined with random pauses (seconds, also before and after) and
-    white noise of standard deviation `noise` (full scale 1). Every recording is used once."""
+    white noise of standard deviation `noise` (full scale 1). Every recording is used once.
+
+    level > 0 scales each recording to that RMS first (FSDD's speakers were recorded 18 dB
+    apart, so a fixed noise would give each speaker its own signal-to-noise ratio); gain_db > 0
+    then scales each by a random gain of up to +-gain_db dB (augmentation: other SNRs)."""
     if not 1 <= max_digits:
         raise ValueError(f"max_digits must be >= 1, got {max_digits}")
     rng = np.random.default_rng(seed)
+    gains = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])   # its own stream: the same groups
     by_speaker: dict[str, list[Recording]] = {}
     for r in recordings:
         by_speaker.setdefault(r.speaker, []).append(r)
@@ -243,7 +249,12 @@ def join(recordings: list[Recording], seed: int, max_digits: int = 7, pause: tup
             pieces = []
             for r in group:
                 pieces.append(np.zeros(int(rng.uniform(*pause) * SAMPLE_RATE), np.float32))
-                pieces.append(r.audio.astype(np.float32) / 32768.0)
+                x = r.audio.astype(np.float32) / 32768.0
+                if level > 0:
+                    x *= level / max(float(np.sqrt(np.mean(x.astype(np.float64) ** 2))), 1e-6)
+                if gain_db > 0:
+                    x *= np.float32(10 ** (gains.uniform(-gain_db, gain_db) / 20))
+                pieces.append(x)
             pieces.append(np.zeros(int(rng.uniform(*pause) * SAMPLE_RATE), np.float32))
             x = np.concatenate(pieces)
             x += rng.normal(0.0, noise, len(x)).astype(np.float32) if noise > 0 else 0.0
@@ -255,14 +266,27 @@ def join(recordings: list[Recording], seed: int, max_digits: int = 7, pause: tup
 # features
 
 
+def vtlp_warp(f: torch.Tensor, alpha: float, f_max: float, boundary: float = 0.8) -> torch.Tensor:
+    """Frequencies scaled by `alpha` below a knee and joined linearly to f_max above it, so the
+    band keeps its ends (Jaitly and Hinton 2013's piecewise-linear vocal-tract-length warp; the
+    knee is boundary * f_max * min(alpha, 1) / alpha, as theirs)."""
+    knee = boundary * f_max * min(alpha, 1.0) / alpha
+    above = f_max - (f_max - alpha * knee) / (f_max - knee) * (f_max - f)
+    return torch.where(f <= knee, alpha * f, above)
+
+
 def mel_filterbank(n_mels: int, n_fft: int = WIN, sample_rate: int = SAMPLE_RATE,
-                   f_min: float = 0.0, f_max: float | None = None) -> torch.Tensor:
-    """(n_mels, n_fft // 2 + 1) HTK-mel triangular filters (peak 1, no area normalisation)."""
+                   f_min: float = 0.0, f_max: float | None = None, warp: float = 1.0) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) HTK-mel triangular filters (peak 1, no area normalisation).
+    warp != 1 moves the filter edges by `vtlp_warp` (vocal-tract-length perturbation: a
+    speaker with a shorter or longer vocal tract, formants up or down by that factor)."""
     f_max = sample_rate / 2 if f_max is None else f_max
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)   # (F,)
     to_mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)
     mels = torch.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2, dtype=torch.float64)
     edges = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)                                    # (M + 2,)
+    if warp != 1.0:
+        edges = vtlp_warp(edges, warp, f_max)
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]                 # (M, 1)
     rise = (freqs[None] - lo) / (mid - lo)
     fall = (hi - freqs[None]) / (hi - mid)
@@ -291,3 +315,46 @@ def log_mel(audio: np.ndarray | torch.Tensor, fbank: torch.Tensor, normalize: bo
     if normalize:
         feats = (feats - feats.mean(0)) / (feats.std(0, correction=0) + 1e-5)
     return feats.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation, for speaker independence (training utterances only)
+
+
+def speed_perturb(audio: np.ndarray, factor: float) -> np.ndarray:
+    """(N,) float audio played `factor` times as fast: tempo and pitch both scale, as Kaldi's
+    speed perturbation (Ko et al. 2015, sox `speed`). Polyphase resampling with an anti-alias
+    filter (scipy's, designed once per ratio), the ratio rounded to 1/100."""
+    from scipy.signal import resample_poly
+    g = math.gcd(100, int(round(100 * factor)))
+    up, down = 100 // g, int(round(100 * factor)) // g
+    if up == down:
+        return audio
+    return resample_poly(audio, up, down, window=_antialias(up, down)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _antialias(up: int, down: int) -> np.ndarray:
+    """The low-pass FIR that scipy's resample_poly designs for up/down (kaiser 5.0, 10 zero
+    crossings), cached: designing it costs more than filtering a few seconds of audio."""
+    from scipy.signal import firwin
+    rate = max(up, down)
+    return firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
+
+
+def spec_augment(feats: torch.Tensor, rng: np.random.Generator, freq_masks: int, freq_width: int,
+                 time_masks: int, time_width: int) -> torch.Tensor:
+    """(T, M) features with `freq_masks` bands of up to `freq_width` mel bins and `time_masks`
+    spans of up to `time_width` frames set to 0, the mean after normalisation (SpecAugment's
+    masks, Park et al. 2019; no time warping)."""
+    out = feats.clone()
+    t, m = out.shape
+    for _ in range(freq_masks):
+        w = int(rng.integers(0, min(freq_width, m) + 1))
+        f0 = int(rng.integers(0, m - w + 1))
+        out[:, f0:f0 + w] = 0.0
+    for _ in range(time_masks):
+        w = int(rng.integers(0, min(time_width, t) + 1))
+        t0 = int(rng.integers(0, t - w + 1))
+        out[t0:t0 + w] = 0.0
+    return out

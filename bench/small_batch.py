@@ -50,6 +50,7 @@ import torch
 
 import algorithms
 import bench
+from bench.peers import running
 from gadei import task as T
 
 QUICK = {"batches": "4", "learners": "2", "seconds": 1.5, "warmup": 0.5, "data": "generated"}
@@ -156,16 +157,8 @@ def run_processes(args: argparse.Namespace, opts: dict, hogwild: bool) -> dict:
     barrier, results = ctx.Barrier(args.n), ctx.Queue()
     procs = [ctx.Process(target=_learner, args=(i, args, opts, shared, barrier, results), daemon=True)
              for i in range(args.n)]
-    for p in procs:
-        p.start()
-    try:
+    with running(procs):
         per = dict(results.get(timeout=RESULT_TIMEOUT_S) for _ in procs)
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-                p.join()
     errors = [r["error"] for r in per.values() if "error" in r]
     if errors or any(p.exitcode != 0 for p in procs):
         raise RuntimeError(f"{'hogwild' if hogwild else 'compute'} learners failed: {errors} "

@@ -26,6 +26,7 @@ and a spawned child would import it again, seconds each on a loaded machine.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 SYSTEMS = ("gadei", "gadei_mpi", "mpi_ps", "gloo", "hogwild", "queue")
@@ -33,6 +34,22 @@ ENTRY = {"gadei": "bench.peers.gadei_ps:run", "gadei_mpi": "bench.peers.gadei_ps
          "mpi_ps": "bench.peers.mpi_ps:run", "gloo": "bench.peers.gloo:run",
          "hogwild": "bench.peers.hogwild:run", "queue": "bench.peers.queue_ps:run"}
 MPI_SYSTEMS = ("gadei_mpi", "mpi_ps")      # run as mpiexec -n learners+1
+
+
+@contextmanager
+def running(procs: list):
+    """Start `procs` in order; on the way out (also on an error) join them in reverse order,
+    killing one still alive after 30 s."""
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        for p in reversed(procs):
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
 
 
 def timed_loop(exchange: Callable[[], None], seconds: float, warmup: float,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from bench.peers import applied_from_weights, summarize, timed_loop
+from bench.peers import applied_from_weights, running, summarize, timed_loop
 
 BARRIER_TIMEOUT_S = 120.0
 
@@ -37,16 +37,8 @@ def run(params: int, learners: int, seconds: float, warmup: float, lr: float = 1
     barrier, results = ctx.Barrier(learners), ctx.Queue()
     procs = [ctx.Process(target=_learner, args=(i, w, seconds, warmup, lr, barrier, results),
                          daemon=True) for i in range(learners)]
-    for p in procs:
-        p.start()
-    try:
-        timeout = 120 + 4 * (seconds + warmup)
-        per_learner = dict(results.get(timeout=timeout) for _ in procs)
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+    with running(procs):
+        per_learner = dict(results.get(timeout=120 + 4 * (seconds + warmup)) for _ in procs)
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
         raise RuntimeError(f"hogwild learner exited with {bad}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from bench.peers import applied_from_weights, summarize, timed_loop
+from bench.peers import applied_from_weights, running, summarize, timed_loop
 
 GET_TIMEOUT_S = 120.0
 
@@ -61,17 +61,10 @@ def run(params: int, learners: int, seconds: float, warmup: float, lr: float = 1
     procs = [ctx.Process(target=_learner, args=(i, params, seconds, warmup, requests, replies[i],
                                                 barrier, results), daemon=True)
              for i in range(learners)]
-    for p in [server, *procs]:
-        p.start()
-    try:
+    with running([server, *procs]):
         timeout = 120 + 4 * (seconds + warmup)
         per_learner = dict(results.get(timeout=timeout) for _ in procs)
         w = done.get(timeout=timeout)
-    finally:
-        for p in [*procs, server]:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
     bad = [p.exitcode for p in [server, *procs] if p.exitcode != 0]
     if bad:
         raise RuntimeError(f"queue PS process exited with {bad}")

@@ -162,7 +162,6 @@ class NodeSupervisor(Supervisor):
             self.gps.maybe_checkpoint(Path(self.gcfg.out))
         if self.uplink is None:
             return super().tick()
-        self.arena.learner(self.local).beat = A.now_ns()   # the uplink's lease: this process
         self.uplink.tick(self.finished())
         if self.uplink.finish_asked and not self.interrupted:
             self.interrupted = True
@@ -184,12 +183,7 @@ class NodeSupervisor(Supervisor):
         if self.interrupted and self.uplink is not None and not self.uplink.stopping:
             if self.gps is not None:
                 self.gps.finishing = True         # our answers ask the other nodes to stop too
-
-            def serve():
-                if self.gps is not None:
-                    self.gps.serve()
-                self.arena.learner(self.local).beat = A.now_ns()
-            self.uplink.finish(serve)
+            self.uplink.finish(self.gps.serve if self.gps is not None else lambda: None)
             if self.gps is not None:
                 self.gps.wait_finals(bound=3 * self.settings.timeout)
         self.stop_ps(grace)

@@ -131,6 +131,7 @@ class Uplink:
                        for s in range(a.layout.slots))
 
     def tick(self, finishing: bool) -> None:
+        self.worker.beat()              # the uplink's lease: this process
         # one step at a time: a Ctrl-C in the middle (a message half posted, the centre taken but
         # not committed) would leave the centre and this node disagreeing; it waits for the end
         with uninterrupted():

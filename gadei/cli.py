@@ -169,13 +169,9 @@ came from. Options neither above nor below are an error."""
 
 
 def _type_name(p) -> str:
-    """A parameter's type for help: INT, FLOAT, BOOL, TEXT (from its annotation or default)."""
-    import inspect
-    text = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
-    if p.annotation is inspect.Parameter.empty:
-        text = type(p.default).__name__ if p.default not in (None, inspect.Parameter.empty) else ""
-    base = text.split("|")[0].strip()
-    return {"int": "INT", "float": "FLOAT", "bool": "BOOL"}.get(base, "TEXT")
+    """A parameter's type for help, as the command line reads it: INT, FLOAT, BOOL, TEXT."""
+    from gadei.task import kind
+    return {int: "INT", float: "FLOAT", bool: "BOOL"}.get(kind(p), "TEXT")
 
 
 def _first_paragraph(obj) -> str:

@@ -124,25 +124,33 @@ def with_data_dir(name: str, data_dir: str | None, opts: dict) -> dict:
     return {**opts, "data_dir": data_dir}
 
 
-def coerce(value: str, param: inspect.Parameter, what: str):
-    """Convert a command-line string to the type a keyword parameter's default suggests."""
+def kind(param: inspect.Parameter) -> type:
+    """bool, int, float or str: what a keyword parameter takes, by its default's type, else by
+    its annotation ("int | None")."""
     ann = param.annotation if param.annotation is not inspect.Parameter.empty else None
     default = param.default
-    kind = type(default) if default not in (None, inspect.Parameter.empty) else None
+    of_default = type(default) if default not in (None, inspect.Parameter.empty) else None
     text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann)) if ann is not None else ""
+    for t in (bool, int, float):
+        if of_default is t or text.startswith(t.__name__):
+            return t
+    return str
+
+
+def coerce(value: str, param: inspect.Parameter, what: str):
+    """Convert a command-line string to the type a keyword parameter takes (`kind`)."""
+    k = kind(param)
     try:
-        if kind is bool or text.startswith("bool"):
+        if k is bool:
             if value.lower() in ("1", "true", "yes", "on"):
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError
-        if kind is int or text.startswith("int"):
-            return int(value)
-        if kind is float or text.startswith("float"):
-            return float(value)
+        if k in (int, float):
+            return k(value)
     except ValueError:
-        raise ValueError(f"{what}: cannot read {value!r} as {kind.__name__ if kind else text}") from None
+        raise ValueError(f"{what}: cannot read {value!r} as {k.__name__}") from None
     return value
 
 

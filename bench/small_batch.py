@@ -50,7 +50,7 @@ import torch
 
 import algorithms
 import bench
-from bench.peers import running
+from bench.peers import own_session, running
 from gadei import task as T
 
 QUICK = {"batches": "4", "learners": "2", "seconds": 1.5, "warmup": 0.5, "data": "generated"}
@@ -107,10 +107,7 @@ def timed_samples(step, seconds: float, warmup: float, barrier) -> dict:
 def _learner(i: int, args: argparse.Namespace, opts: dict, shared, barrier, results) -> None:
     """One compute-only (`shared` None) or Hogwild (`shared`: the model in shared memory)
     learner process."""
-    # a session of its own, as gadei's supervisor starts each role: with the kernel's
-    # autogroup scheduling, CPU time is shared out per session, so learners forked into this
-    # one would share one session's time on a busy machine while gadei's get one each
-    os.setsid()
+    own_session()
     torch.set_num_threads(1)
     try:
         task = T.build(args.task, opts)

@@ -25,6 +25,7 @@ and a spawned child would import it again, seconds each on a loaded machine.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from typing import Callable
@@ -34,6 +35,18 @@ ENTRY = {"gadei": "bench.peers.gadei_ps:run", "gadei_mpi": "bench.peers.gadei_ps
          "mpi_ps": "bench.peers.mpi_ps:run", "gloo": "bench.peers.gloo:run",
          "hogwild": "bench.peers.hogwild:run", "queue": "bench.peers.queue_ps:run"}
 MPI_SYSTEMS = ("gadei_mpi", "mpi_ps")      # run as mpiexec -n learners+1
+
+
+def own_session() -> None:
+    """Move the calling process into a session of its own, as gadei's supervisor starts each of
+    its roles. With the kernel's autogroup scheduling CPU time is shared out per session: on a
+    busy machine, peer processes forked into one session would share that session's time while
+    gadei's roles got one share each, and the comparison would favour gadei. Call it first thing
+    in every process that does a system's work."""
+    try:
+        os.setsid()
+    except PermissionError:   # already a process group leader (a session of its own or a group's)
+        pass
 
 
 @contextmanager

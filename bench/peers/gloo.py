@@ -24,7 +24,7 @@ import os
 import socket
 import time
 
-from bench.peers import applied_from_weights, lost_fraction
+from bench.peers import applied_from_weights, lost_fraction, own_session
 
 
 def free_port() -> int:
@@ -35,6 +35,7 @@ def free_port() -> int:
 
 def _rank(rank: int, learners: int, params: int, seconds: float, warmup: float, lr: float,
           port: int, result_path: str) -> None:
+    own_session()
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)

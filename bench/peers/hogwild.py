@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 
-from bench.peers import applied_from_weights, running, summarize, timed_loop
+from bench.peers import applied_from_weights, own_session, running, summarize, timed_loop
 
 BARRIER_TIMEOUT_S = 120.0
 
 
 def _learner(i: int, w, seconds: float, warmup: float, lr: float, barrier, results) -> None:
+    own_session()
     import torch
     torch.set_num_threads(1)
     g = torch.ones_like(w)          # the precomputed gradient, (P,)

@@ -12,13 +12,14 @@ Launch (the benchmark driver does this)::
 """
 from __future__ import annotations
 
-from bench.peers import applied_from_weights, summarize, timed_loop
+from bench.peers import applied_from_weights, own_session, summarize, timed_loop
 
 GRAD, WEIGHTS, STOP = 1, 2, 3
 
 
 def run(params: int, learners: int, seconds: float, warmup: float, lr: float = 1.0) -> dict | None:
     """Run as one rank of ``mpiexec -n learners+1``; rank 0 returns the result, others None."""
+    own_session()
     import numpy as np
     from mpi4py import MPI
     comm = MPI.COMM_WORLD

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 
-from bench.peers import applied_from_weights, running, summarize, timed_loop
+from bench.peers import applied_from_weights, own_session, running, summarize, timed_loop
 
 GET_TIMEOUT_S = 120.0
 
 
 def _server(params: int, learners: int, lr: float, requests, replies, done) -> None:
+    own_session()
     import numpy as np
     import torch
     torch.set_num_threads(1)
@@ -33,6 +34,7 @@ def _server(params: int, learners: int, lr: float, requests, replies, done) -> N
 
 def _learner(i: int, params: int, seconds: float, warmup: float, requests, reply, barrier,
              results) -> None:
+    own_session()
     import numpy as np
     g = np.ones(params, np.float32)               # the precomputed gradient, (P,)
     state = {}

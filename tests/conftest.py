@@ -34,12 +34,44 @@ def foreign(name: str) -> bool:
     return owner not in mine and proc.alive(owner, started)
 
 
+def mpich_segments() -> set[str]:
+    """MPICH's own shared-memory files in /dev/shm."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith("mpich_shm_")}
+
+
+def mapped(names: set[str]) -> set[str]:
+    """Those of `names` (files in /dev/shm) that some live process still maps."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                found |= {n for n in names if f"/dev/shm/{n}" in f.read()}
+        except OSError:   # gone, or not ours to read
+            continue
+    return found
+
+
+def sweep_mpich(before: set[str]) -> None:
+    """Remove the MPICH segments created during a test that no process maps any more. MPICH
+    unlinks its segments once every rank of a node has attached; a rank killed before that (the
+    kill -9 and SIGSTOP tests do it on purpose) leaves one behind for good."""
+    new = mpich_segments() - before
+    for name in new - mapped(new):
+        try:
+            os.unlink(f"/dev/shm/{name}")
+        except FileNotFoundError:
+            pass
+
+
 @pytest.fixture(autouse=True)
 def leaves_nothing_behind():
-    """Fail any test that leaves a gadei segment in /dev/shm or a child process alive."""
+    """Fail any test that leaves a gadei segment in /dev/shm or a child process alive; remove the
+    segments MPICH left behind (see `sweep_mpich`)."""
     before = set(shm.segments())
+    mpich_before = mpich_segments()
     kids_before = descendants(os.getpid())
     yield
+    sweep_mpich(mpich_before)
     deadline = time.monotonic() + 10
     while True:
         leaked = {n for n in set(shm.segments()) - before if not foreign(n)}

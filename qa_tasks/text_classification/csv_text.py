@@ -26,7 +26,6 @@ import torch.nn as nn
 
 from gadei.task import option
 
-from ..common import checked_options
 from .sentence_task import KimCNNTask
 
 VALID_SEED = 20260101  # fixes which rows are held out; never change it silently
@@ -52,11 +51,6 @@ class CsvText(KimCNNTask):
     path: str = option("", "the training CSV: `text,class` per row, UTF-8, no header")
     test_path: str = option("", "an optional CSV of the same format, scored as the 'test' split")
     valid_fraction: float = option(0.1, "share of the rows held out as 'valid'")
-    min_count: int = option(2, "a training word seen fewer times maps to <unk>")
-    embed_dim: int = option(300, "word vector size")
-    filters: int = option(100, "feature maps per convolution width")
-    widths: str = option("3,4,5", "convolution widths, comma-separated")
-    dropout: float = option(0.5, "dropout before the output layer")
     batch: int = option(32, "texts per batch")
 
     eval_split = "valid"
@@ -66,8 +60,7 @@ class CsvText(KimCNNTask):
             raise ValueError("csv_text needs path=<a text,class CSV file>")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in (0, 1), not {self.valid_fraction}")
-        self._widths = checked_options(self.widths, {"dropout": self.dropout}, embed_dim=self.embed_dim,
-                                       filters=self.filters, batch=self.batch, min_count=self.min_count)
+        self.check_model_options()
         self._splits = None
 
     def _load(self):

@@ -21,7 +21,7 @@ import numpy as np
 
 from gadei.task import option
 
-from ..common import checked_options, data_dir_option, data_option, dataset_dir, use_real_data
+from ..common import data_dir_option, data_option, dataset_dir, use_real_data
 from .sentence_task import KimCNNTask
 from .trec import COARSE, TEST_FILE, TRAIN_FILE, generated_questions, read_trec
 
@@ -39,12 +39,6 @@ class QC(KimCNNTask):
     data_dir: str | None = data_dir_option()
     fine: bool = option(False, "classify into the 50 fine labels instead of the 6 coarse ones")
     valid_fraction: float = option(0.1, "share of train_5500 held out as valid (Kim 2014: 10 %)")
-    min_count: int = option(2, "a training word seen fewer times maps to <unk> (with 2, words seen "
-                               "once train the <unk> vector that unseen test words use)")
-    embed_dim: int = option(300, "word vector size (Kim: 300)")
-    filters: int = option(100, "feature maps per convolution width (Kim: 100)")
-    widths: str = option("3,4,5", "convolution widths, comma-separated (Kim: 3,4,5)")
-    dropout: float = option(0.5, "dropout before the output layer (Kim: 0.5)")
     batch: int = option(50, "questions per batch (Kim: 50)")
 
     eval_split = "test"
@@ -55,8 +49,7 @@ class QC(KimCNNTask):
     def __post_init__(self):
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must be in [0, 1), not {self.valid_fraction}")
-        self._widths = checked_options(self.widths, {"dropout": self.dropout}, embed_dim=self.embed_dim,
-                                       filters=self.filters, batch=self.batch)
+        self.check_model_options()
         self.real = use_real_data(self.data, self.data_dir)
         self._splits = None
 

@@ -1,13 +1,16 @@
 """What qc, nlc and csv_text share as tasks: data loaded, tokenized and encoded once; batches; logits of a split."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..common import evaluating
+from gadei.task import option
+
+from ..common import checked_options, evaluating
 from .kim_cnn import KimCNN
 from .text import Vocab, accuracy, pad_batch, shard_batches, tokenize
 
@@ -109,13 +112,23 @@ class SentenceTask:
         return torch.cat(out) if out else torch.empty(0, len(self.label_names)), labels
 
 
+@dataclass(kw_only=True, eq=False)
 class KimCNNTask(SentenceTask):
-    """A sentence task classified by the Kim (2014) CNN (qc, csv_text): a subclass has the
-    options `embed_dim`, `filters` and `dropout`, and sets `_widths` (the parsed widths)."""
+    """A sentence task classified by the Kim (2014) CNN (qc, csv_text): the model's options, one
+    declaration for both; a subclass adds its data options and `batch`, and calls
+    `check_model_options` in its `__post_init__`."""
 
-    embed_dim: int
-    filters: int
-    dropout: float
+    min_count: int = option(2, "a training word seen fewer times maps to <unk> (with 2, words seen "
+                               "once train the <unk> vector that unseen test words use)")
+    embed_dim: int = option(300, "word vector size (Kim: 300)")
+    filters: int = option(100, "feature maps per convolution width (Kim: 100)")
+    widths: str = option("3,4,5", "convolution widths, comma-separated (Kim: 3,4,5)")
+    dropout: float = option(0.5, "dropout before the output layer (Kim: 0.5)")
+
+    def check_model_options(self) -> None:
+        """A clear error for a model option out of range; parse the widths into `_widths`."""
+        self._widths = checked_options(self.widths, {"dropout": self.dropout}, embed_dim=self.embed_dim,
+                                       filters=self.filters, batch=self.batch, min_count=self.min_count)
 
     def build_model(self) -> nn.Module:
         self._ensure_loaded()

@@ -61,6 +61,9 @@ class Probe:
         return (model.w * g).sum()     # d loss / d w = g, exactly
 
     def evaluate(self, model, split: str) -> dict[str, float]:
+        if split != self.eval_split:   # no data: its one "split" is the weights themselves
+            raise ValueError(f"the probe has no split {split!r}: it has only {self.eval_split!r} "
+                             "(it scores the weights, not data)")
         w = model.w.detach()
         return {"w_abs_sum": float(w.abs().sum()), "w_finite": float(torch.isfinite(w).all())}
 

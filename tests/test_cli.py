@@ -68,3 +68,5 @@ def test_eval_and_python_m(tmp_path):
     assert "30 updates applied" in r.stdout
     r = run_gadei("eval", "--checkpoint", out, "--split", "train")
     assert r.returncode == 0 and json.loads(r.stdout)["w_finite"] == 1.0
+    r = run_gadei("eval", "--checkpoint", out, "--split", "test")    # the probe has no data
+    assert r.returncode != 0 and "has no split 'test'" in r.stderr and "'train'" in r.stderr, r.stderr

@@ -4,13 +4,17 @@ Layout of the segment (byte offsets; every region page aligned)::
 
     0        header   magic, format version, meta length, layout digest (32 bytes)
     64       meta     msgpack: job id, layout, job configuration (read by every role)
-    CTL      words    atomic uint64 control words: global, one block per learner, one per slot
-    BUF[b]   buffer b of BUFFERS: ledger (fixed int64 words, gadei.ledger.Tally) | weights
-             (P float32) | optimizer state
+    CTL      words    atomic uint64 control words: global, one block per learner, one per slot,
+                      one mark per weight buffer
+    HDR[h]   header buffer h of BUFFERS (3): ledger (fixed int64 words, gadei.ledger.Tally) |
+             optimizer state, of version v in h = v % 3
+    W[b]     weight buffer b of `layout.weight_buffers`: P float32
     SLOT     gradient slots: learners x slots x P float32
 
-Version v of the weights lives in buffer v % BUFFERS; the word PUB holds the published
-version. See docs/protocol.md for the protocol these regions carry.
+The word PUB holds the published version v; WMAP[v % 3] names the weight buffer that holds
+it, and each weight buffer's mark says which version it holds (or REUSE). Learners that
+compute on the published weights without a copy pin the buffer they read (a hazard pointer,
+the learner's PIN word); the PS never writes into a pinned buffer. See docs/protocol.md.
 """
 from __future__ import annotations
 
@@ -29,18 +33,20 @@ from gadei import proc, shm
 from gadei.atomic import AtomicWords
 
 MAGIC = b"GADEIPS\x01"
-FORMAT = 3   # 2: the owner holds a flock on the segment (shm.owned); 3: the ledger in fixed words
+FORMAT = 4   # 2: the owner holds a flock on the segment (shm.owned); 3: the ledger in fixed words;
+             # 4: weight buffers apart from the headers, marks and pins (zero-copy pull)
 PAGE = mmap.PAGESIZE
 META_MAX = 64 * 1024 - 64
-BUFFERS = 3  # three, so a pull has two full update periods to copy a version (see pull())
+BUFFERS = 3  # header buffers (ledger, optimizer state): version v's in v % 3 (see pull())
 
 # global control words
 PUB, PS_INCARNATION, PS_PID, PS_START, PS_BEAT, STOP, OWNER_PID, OWNER_START, HOLD, PS_BUSY_NS, \
-    PS_STOP = range(11)   # STOP: learners stop; PS_STOP: the PS stops once nothing is READY
+    PS_STOP, WMAP = range(12)   # STOP: learners stop; PS_STOP: the PS stops once nothing is READY
+# WMAP, WMAP + 1, WMAP + 2: WMAP + v % 3 = the weight buffer of version v (written before PUB)
 GLOBAL_WORDS = 16
 # per-learner words (L_DATA_EPOCH: passes over the learner's data; *_NS: time spent, summed)
 L_PID, L_START, L_BEAT, L_INCARNATION, L_NEXT_SEQ, L_STEP, L_DATA_EPOCH, L_LOSS, L_SAMPLES, L_DONE, \
-    L_PULLED, L_PULL_NS, L_WAIT_NS, L_PUSH_NS, L_STEP_NS = range(15)
+    L_PULLED, L_PULL_NS, L_WAIT_NS, L_PUSH_NS, L_STEP_NS, L_PIN = range(16)
 LEARNER_WORDS = 16
 # per-slot words
 S_CTRL, S_VERSION, S_KIND, S_STEP, S_DATA_EPOCH, S_UNUSED, S_SAMPLES = range(7)   # S_UNUSED: was the norm
@@ -52,6 +58,20 @@ STATE_NAMES = {FREE: "FREE", WRITING: "WRITING", READY: "READY"}
 # slot kinds
 GRADIENT, DELTA = 0, 1
 KIND_NAMES = {GRADIENT: "GRADIENT", DELTA: "DELTA"}
+
+# a weight buffer's mark when it holds no version a reader may take: the PS is reusing it
+REUSE = (1 << 64) - 1
+NOPIN = 0       # a learner's PIN word: it computes on no buffer
+
+
+def pin_word(version: int, buffer: int) -> int:
+    """A learner's PIN word: the buffer it computes on (low 16 bits), the version above."""
+    return ((version + 1) << 16) | buffer
+
+
+def pin_buffer(word: int) -> int | None:
+    """The weight buffer a PIN word names, or None."""
+    return None if word == NOPIN else word & 0xFFFF
 
 
 def ctrl(state: int, seq: int) -> int:
@@ -125,6 +145,7 @@ class LearnerWords(_Block):
     samples = _Word(L_SAMPLES)
     done = _Word(L_DONE)
     pulled = _Word(L_PULLED)                # the version it last pulled
+    pin = _Word(L_PIN)                      # pin_word(version, buffer) it computes on, or NOPIN
     pull_ns, wait_ns, push_ns, step_ns = _Word(L_PULL_NS), _Word(L_WAIT_NS), _Word(L_PUSH_NS), _Word(L_STEP_NS)
 
 
@@ -150,12 +171,21 @@ class Layout:
     hyper: tuple   # sorted ((key, value), ...)
     learners: int
     slots: int = 2
+    weight_buffers: int = BUFFERS
 
     def __post_init__(self):
         if self.learners < 1:
             raise ValueError(f"need at least one learner, not {self.learners}")
         if self.slots < 2:
             raise ValueError(f"need at least 2 slots per learner, not {self.slots}")
+        if not BUFFERS <= self.weight_buffers < 1 << 16:
+            raise ValueError(f"need 3 to 65535 weight buffers, not {self.weight_buffers}")
+
+    @property
+    def zero_copy(self) -> bool:
+        """Enough weight buffers for every learner to pin one (N + 2: the published one and
+        one for the PS to write are never all pinned)."""
+        return self.weight_buffers >= self.learners + 2
 
     @property
     def n(self) -> int:
@@ -178,14 +208,14 @@ class Layout:
         return {"params": [[k, list(s)] for k, s in self.params],
                 "state": [[k, d, list(s)] for k, d, s in self.state],
                 "rule": self.rule, "hyper": [list(kv) for kv in self.hyper],
-                "learners": self.learners, "slots": self.slots}
+                "learners": self.learners, "slots": self.slots, "weight_buffers": self.weight_buffers}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Layout":
         return cls(params=tuple((k, tuple(s)) for k, s in d["params"]),
                    state=tuple((k, dt, tuple(s)) for k, dt, s in d["state"]),
                    rule=d["rule"], hyper=tuple(tuple(kv) for kv in d["hyper"]),
-                   learners=d["learners"], slots=d["slots"])
+                   learners=d["learners"], slots=d["slots"], weight_buffers=d["weight_buffers"])
 
     def digest(self) -> bytes:
         return hashlib.sha256(msgpack.packb(self.to_dict())).digest()
@@ -194,30 +224,35 @@ class Layout:
 @dataclass
 class _Offsets:
     ctl: int
-    buffer: int
+    buffer: int             # the header buffers
     buffer_size: int
-    weights: int            # within a buffer
-    state: dict = field(default_factory=dict)   # name -> offset within a buffer
+    weights: int            # the weight buffers
+    weights_size: int
+    state: dict = field(default_factory=dict)   # name -> offset within a header buffer
     slots: int = 0
     slot_size: int = 0
     total: int = 0
 
 
+def _words(layout: Layout) -> int:
+    return (GLOBAL_WORDS + layout.learners * (LEARNER_WORDS + layout.slots * SLOT_WORDS)
+            + layout.weight_buffers)
+
+
 def _offsets(layout: Layout) -> _Offsets:
-    words = GLOBAL_WORDS + layout.learners * LEARNER_WORDS + layout.learners * layout.slots * SLOT_WORDS
     ctl = 64 * 1024
-    buf = ctl + _align(8 * words)
+    buf = ctl + _align(8 * _words(layout))
     off = _align(8 * L.words(layout.learners))    # the ledger: fixed size, whatever the job's length
-    weights = off
-    off = _align(off + 4 * layout.n)
     state = {}
     for name, dtype, shape in layout.state:
         state[name] = off
         off = _align(off + np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)))
-    slots = buf + BUFFERS * off
+    weights = buf + BUFFERS * off
+    weights_size = _align(4 * layout.n)
+    slots = weights + layout.weight_buffers * weights_size
     slot_size = _align(4 * layout.n)
     total = slots + layout.learners * layout.slots * slot_size
-    return _Offsets(ctl, buf, off, weights, state, slots, slot_size, total)
+    return _Offsets(ctl, buf, off, weights, weights_size, state, slots, slot_size, total)
 
 
 class Arena:
@@ -230,11 +265,13 @@ class Arena:
         self.name, self.layout, self.meta, self.owner = name, layout, meta, owner
         self._lock = None
         self._mm = mm
+        self._ro = None         # a read-only mapping, for the weights a learner computes on
         self._off = _offsets(layout)
         raw = np.frombuffer(mm, np.uint8)
         self._raw = raw
-        words = GLOBAL_WORDS + layout.learners * (LEARNER_WORDS + layout.slots * SLOT_WORDS)
+        words = _words(layout)
         self.words = raw[self._off.ctl:self._off.ctl + 8 * words].view(np.uint64)
+        self._mark0 = words - layout.weight_buffers     # index of weight buffer 0's mark
         self.ctl = AtomicWords(self.words)
         self.job = JobWords(self.ctl, 0)
         self._learners = [LearnerWords(self.ctl, self.lw(i, 0)) for i in range(layout.learners)]
@@ -243,8 +280,9 @@ class Arena:
         n = layout.n
         self._ledgers = [self._region(self._buf(b), np.int64, (L.words(layout.learners),))
                          for b in range(BUFFERS)]
-        self._weights = [self._region(self._buf(b) + self._off.weights, np.float32, (n,))
-                         for b in range(BUFFERS)]
+        self._weights = [self._region(self._wbuf(b), np.float32, (n,))
+                         for b in range(layout.weight_buffers)]
+        self._ro_weights: list | None = None
         self._state = [{k: self._region(self._buf(b) + self._off.state[k], np.dtype(dt), tuple(s))
                         for k, dt, s in layout.state} for b in range(BUFFERS)]
         self._slots = [[self._region(self._off.slots + (i * layout.slots + s) * self._off.slot_size,
@@ -267,6 +305,7 @@ class Arena:
             arena._lock = lock              # held until close(): the owner is alive (shm.owned)
             pid, started = proc.me()        # the owner until someone says otherwise
             arena.job.owner_pid, arena.job.owner_start = pid, started
+            arena.start_at(0)               # version 0 in weight buffer 0 (PUB = 0)
         except BaseException:
             os.close(lock)
             shm.unlink(name)
@@ -319,12 +358,15 @@ class Arena:
         self.ctl.release()
         self.job = self._learners = self._headers = None
         self.words = self._raw = self._weights = self._state = self._slots = self._ledgers = None
+        self._ro_weights = None
         self.ctl = None
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a caller still holds a view; the mapping goes when that view goes
-        self._mm = None
+        for mm in (self._mm, self._ro):
+            try:
+                if mm is not None:
+                    mm.close()
+            except BufferError:
+                pass  # a caller still holds a view; the mapping goes when that view goes
+        self._mm = self._ro = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
@@ -336,12 +378,32 @@ class Arena:
     def _buf(self, b: int) -> int:
         return self._off.buffer + b * self._off.buffer_size
 
-    def _region(self, off: int, dtype, shape) -> np.ndarray:
+    def _wbuf(self, b: int) -> int:
+        return self._off.weights + b * self._off.weights_size
+
+    def _region(self, off: int, dtype, shape, raw=None) -> np.ndarray:
         count = int(np.prod(shape, dtype=np.int64))
-        return self._raw[off:off + np.dtype(dtype).itemsize * count].view(dtype).reshape(shape)
+        raw = self._raw if raw is None else raw
+        return raw[off:off + np.dtype(dtype).itemsize * count].view(dtype).reshape(shape)
 
     def weights(self, b: int) -> np.ndarray:
+        """Weight buffer b (0 <= b < layout.weight_buffers), writable: the PS's view."""
         return self._weights[b]
+
+    def readonly_weights(self, b: int) -> np.ndarray:
+        """Weight buffer b through a read-only mapping of the segment: what a learner computes
+        on in place. A write through it is a SIGSEGV, not a silent change of the PS's weights."""
+        if self._ro_weights is None:
+            self._ro = shm.attach(self.name, readonly=True)
+            raw = np.frombuffer(self._ro, np.uint8)
+            self._ro_weights = [self._region(self._wbuf(i), np.float32, (self.layout.n,), raw)
+                                for i in range(self.layout.weight_buffers)]
+        return self._ro_weights[b]
+
+    def published_weights(self) -> np.ndarray:
+        """The published version's weight buffer (the PS's view; for the owner and tests, when
+        the PS is not running: a live PS may reuse it once it publishes again)."""
+        return self._weights[self.buffer_of(self.job.published)]
 
     def state(self, b: int) -> dict[str, np.ndarray]:
         return self._state[b]
@@ -371,6 +433,32 @@ class Arena:
         at = self.sw(i, s, 0)
         return self.words[at:at + SLOT_WORDS]
 
+    def start_at(self, version: int) -> None:
+        """Before any PS or learner runs: weight buffer 0 holds `version`, the others nothing."""
+        for b in range(self.layout.weight_buffers):
+            self.set_mark(b, version if b == 0 else REUSE)
+        self.set_buffer_of(version, 0)
+
+    def mark(self, b: int, fence: bool = False) -> int:
+        """Weight buffer b's mark: the version it holds, or REUSE."""
+        return self.ctl.load(self._mark0 + b, fence)
+
+    def set_mark(self, b: int, value: int, fence: bool = False) -> None:
+        self.ctl.store(self._mark0 + b, value, fence)
+
+    def buffer_of(self, version: int) -> int:
+        """WMAP[version % 3]: the weight buffer of `version`, if it is still one of the last three
+        (check its mark)."""
+        return self.ctl.load(WMAP + version % BUFFERS)
+
+    def set_buffer_of(self, version: int, b: int) -> None:
+        self.ctl.store(WMAP + version % BUFFERS, b)
+
+    def pins(self) -> list[int | None]:
+        """The weight buffer each learner has pinned (None: none); seq_cst loads (the PS's scan
+        after its mark, docs/protocol.md "Zero-copy pull")."""
+        return [pin_buffer(self.ctl.load(self.lw(i, L_PIN), fence=True)) for i in range(self.layout.learners)]
+
     def lw(self, i: int, word: int) -> int:
         """Index of learner i's control word `word`."""
         return GLOBAL_WORDS + i * LEARNER_WORDS + word
@@ -396,22 +484,50 @@ class Arena:
         """Copy the published weights (and optionally state and ledger) into `out`; return
         (version, ledger or None).
 
-        Version v sits in buffer v % 3, which the PS rewrites only for version v + 3, and it
-        starts that after publishing v + 2. So a copy is consistent if PUB <= v + 1 after it;
-        otherwise it is retried (never handed out torn).
+        Version v's weights sit in buffer b = WMAP[v % 3] while b's mark says v: the PS marks a
+        buffer REUSE before it writes into it, so the copy is whole if the mark still says v
+        after it. The state and ledger of v sit in header v % 3, which the PS rewrites only for
+        version v + 3, after publishing v + 2: whole if PUB <= v + 1 after the copy. Otherwise
+        the copy is retried (never handed out torn).
         """
         deadline = time.monotonic() + timeout
         while True:
             v = self.job.published
-            b = v % BUFFERS
-            np.copyto(out, self._weights[b])
-            ledger = None
-            if state is not None:
-                for k, arr in self._state[b].items():
-                    np.copyto(state[k], arr)
-                ledger = self.read_ledger(b)   # torn: the version check below sends us round again
-            if self.ctl.load(PUB, fence=True) <= v + 1:
-                return v, ledger
+            b = self.buffer_of(v)
+            if self.mark(b) == v:
+                np.copyto(out, self._weights[b])
+                ledger = None
+                if state is not None:
+                    h = v % BUFFERS
+                    for k, arr in self._state[h].items():
+                        np.copyto(state[k], arr)
+                    ledger = self.read_ledger(h)   # torn: the version check below sends us round again
+                if self.mark(b, fence=True) == v and self.ctl.load(PUB, fence=True) <= v + 1:
+                    return v, ledger
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no consistent snapshot of {self.name} within {timeout} s: "
                                    "the PS publishes faster than this process can copy")
+
+    def pin(self, i: int, timeout: float = 60.0) -> tuple[int, int]:
+        """Learner i's zero-copy pull: pin the published weight buffer; (version, buffer).
+
+        The hazard-pointer handshake (docs/protocol.md, "Zero-copy pull"): load PUB and its
+        buffer b, store PIN = (v, b) (seq_cst; it replaces the learner's previous pin), then
+        load b's mark (seq_cst): if it still says v, the PS has not begun to reuse b, and from
+        now on its scan sees the pin and leaves b alone until the next pin replaces it.
+        Otherwise (the PS published again meanwhile) retry."""
+        deadline = time.monotonic() + timeout
+        at = self.lw(i, L_PIN)
+        while True:
+            v = self.job.published
+            b = self.buffer_of(v)
+            self.ctl.store(at, pin_word(v, b), fence=True)
+            if self.mark(b, fence=True) == v:
+                return v, b
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"learner {i} could not pin a published version of {self.name} "
+                                   f"within {timeout} s")
+
+    def unpin(self, i: int) -> None:
+        """Clear learner i's pin (the supervisor, after reaping it; or the learner itself)."""
+        self.ctl.store(self.lw(i, L_PIN), NOPIN, fence=True)

@@ -46,6 +46,10 @@ class JobConfig:
     checkpoint_every: int = option(0, "updates between checkpoints (0: the final one only)")
     resume: str | None = option(None, "an output folder or checkpoint to continue from")
     slots: int = option(2, "gradient slots per learner")
+    weight_buffers: int | None = option(None, "weight buffers in the arena (default: learners + 2 under asgd "
+                                        "and sync, whose learners then compute on the published weights "
+                                        "without a copy; fewer, at least 3, save memory and the learners copy)",
+                                        metavar="K")
     lease: float = option(60.0, "seconds without a heartbeat before a process is replaced")
     start_timeout: float = option(600.0, "seconds a process may take to start (imports, data)")
     ps_timeout: float = option(120.0, "seconds a learner waits on a silent PS before giving up")
@@ -70,6 +74,8 @@ class JobConfig:
         if self.steps is not None and self.steps < self.learners:
             raise ValueError(f"--steps {self.steps} is fewer than one step per learner "
                              f"({self.learners} learners)")
+        if self.weight_buffers is not None and self.weight_buffers < 3:
+            raise ValueError(f"--weight-buffers must be at least 3, not {self.weight_buffers}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, not {self.epochs}")
         if self.steps is None and self.epochs is None:

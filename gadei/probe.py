@@ -9,6 +9,7 @@ are known without the ledger, so the audit stays exact past the ledger's window 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,6 +31,8 @@ class Probe:
     """Deterministic integer gradients: the exactly-once audit (no data, no learning)."""
     probe_size: int = option(1024, "float32 elements of the one parameter w")
     probe_nan_every: int = option(0, "n > 0: the gradient of every seq k with k % n == n - 1 is NaN")
+    probe_hold: float = option(0.0, "s > 0: learner 0 holds the weights it computes on for s seconds "
+                               "each step and fails if they change meanwhile (no torn read)")
     eval_split = "train"
     # SGD at lr 1: the final weights are minus the sum of the applied integer gradients, exactly
     recipe: ClassVar[dict] = {"optimizer": "sgd", "lr": 1.0}
@@ -37,6 +40,8 @@ class Probe:
     def __post_init__(self):
         if self.probe_size < 1:
             raise ValueError(f"probe_size must be positive, not {self.probe_size}")
+        if self.probe_hold < 0:
+            raise ValueError(f"probe_hold must be 0 (never) or positive, not {self.probe_hold}")
         if self.probe_nan_every < 0:
             raise ValueError(f"probe_nan_every must be 0 (never) or positive, not {self.probe_nan_every}")
 
@@ -55,6 +60,14 @@ class Probe:
         ctx = current()
         if ctx is None:
             raise RuntimeError("the probe's gradient depends on the sequence number: run it in a learner")
+        if self.probe_hold and ctx.learner == 0:
+            # while learner 0 computes on its weights (in place on a pinned buffer, or its copy),
+            # the other learners' updates are published: they must not change under it
+            seen = model.w.detach().clone()
+            time.sleep(self.probe_hold)
+            if not torch.equal(seen, model.w.detach()):
+                raise RuntimeError("gadei probe: the weights changed while learner 0 computed on them "
+                                   "(a torn read)")
         g = torch.from_numpy(gradient(ctx.learner, ctx.seq, self.probe_size))
         if poisoned(ctx.seq, self.probe_nan_every):
             g = torch.full_like(g, float("nan"))

@@ -3,8 +3,10 @@
 One update of learner i's slot holding sequence number k (docs/protocol.md)::
 
     P1  pick    a READY slot of learner i with the smallest seq k > applied[i]
-    P2  compute W', S' = rule(W, S, g) into the unpublished buffer, and the ledger with
-                applied[i] = k into that buffer's header
+    R   reuse   a weight buffer b for version v + 1: mark b REUSE, then scan the learners'
+                pins; a pinned b is left alone and another tried (docs/protocol.md)
+    P2  compute W', S' = rule(W, S, g) into b and header (v + 1) % 3, the ledger with
+                applied[i] = k into that header; b's mark = v + 1, WMAP[(v + 1) % 3] = b
     P3  publish store PUB = v + 1                        <- the commit point
     P4  release store slot = (FREE, k)
 
@@ -62,8 +64,15 @@ class Server:
         self.recover()
 
     def recover(self) -> None:
-        """Adopt the published state and free slots whose update was published already."""
+        """Adopt the published state, clear the marks of the other weight buffers (a dead PS's
+        REUSE, or a version it wrote and never published: neither is read as valid, but a
+        clean slate keeps `gadei inspect` honest), and free slots whose update was published
+        already."""
         self.version = self.arena.job.published
+        self.cur = self.arena.buffer_of(self.version)
+        for b in range(self.arena.layout.weight_buffers):
+            if b != self.cur:
+                self.arena.set_mark(b, A.REUSE)
         self.ledger = self.arena.read_ledger(self.version % A.BUFFERS)
         self._pending = None
         for i in range(self.learners):
@@ -148,7 +157,8 @@ class Server:
         the weights and state of v unchanged, and the ledger records the seq as rejected."""
         arena, v = self.arena, self.version
         src, dst = v % A.BUFFERS, (v + 1) % A.BUFFERS
-        w_src, w_dst = arena.weights(src), arena.weights(dst)
+        wb = self.reuse()
+        w_src, w_dst = arena.weights(self.cur), arena.weights(wb)
         s_src, s_dst = arena.state(src), arena.state(dst)
         # Changed in place: if this process dies before publishing, the next PS re-reads the
         # published ledger, and until then nothing reads this one but us.
@@ -190,8 +200,34 @@ class Server:
             ledger.drop(i)
         self._dropped = []
         arena.write_ledger(dst, ledger)
-        self._staged = ledger
+        # b's mark and WMAP: no reader takes version v + 1 before P3 publishes it
+        arena.set_mark(wb, v + 1)
+        arena.set_buffer_of(v + 1, wb)
+        self._staged = (ledger, wb)
         self._pending = list(picks)
+
+    def reuse(self) -> int:
+        """R: a weight buffer to write version v + 1 into: not the published one, not pinned.
+
+        The PS's half of the hazard-pointer handshake (docs/protocol.md, "Zero-copy pull"):
+        store b's mark = REUSE, then load every learner's PIN, both seq_cst. A learner stores
+        its PIN, then loads the mark, both seq_cst: either the learner sees REUSE (and pins
+        again) or the PS sees the pin (and tries another buffer); never neither. Marking
+        before scanning is the order that matters (the model's -DBUG_SCAN_FIRST). Oldest
+        first, so with nothing pinned the buffers rotate (a copying pull has two update
+        periods); N learners pin at most N buffers, so with N + 2 one is always free."""
+        arena, K = self.arena, self.arena.layout.weight_buffers
+        age = {b: -1 if (m := arena.mark(b)) == A.REUSE else m for b in range(K) if b != self.cur}
+        order = sorted(age, key=age.get)
+        while True:
+            for b in order:
+                arena.set_mark(b, A.REUSE, fence=True)      # R1: mark
+                faults.point("ps_marked", "ps", self.version + 1)
+                if b not in arena.pins():                   # R2: scan
+                    return b
+            # every candidate pinned: only while a learner pins a stale version, or holds a
+            # pin with fewer than N + 2 buffers (the job then copies and pins nothing)
+            time.sleep(20e-6)
 
     def _checked_apply(self, w_src, g, s_src, w_dst, s_dst, delta: bool) -> bool:
         """w_dst, s_dst = rule(w_src, s_src, g) (or w_src + g for a DELTA), chunk by chunk, each
@@ -255,7 +291,7 @@ class Server:
     def publish(self) -> None:
         self.arena.job.published = self.version + 1
         self.version += 1
-        self.ledger = self._staged
+        self.ledger, self.cur = self._staged
 
     # ---- P4 ------------------------------------------------------------------------------
     def release(self) -> None:

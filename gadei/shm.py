@@ -111,17 +111,18 @@ def owned(name: str) -> bool:
         os.close(fd)             # closing drops our shared lock, if we got it
 
 
-def attach(name: str) -> mmap.mmap:
-    """Map an existing segment read-write; a clear error if it is gone or not ours."""
+def attach(name: str, readonly: bool = False) -> mmap.mmap:
+    """Map an existing segment read-write (or read-only); a clear error if it is gone or not ours."""
     try:
-        fd = os.open(SHM_DIR / name, os.O_RDWR)
+        fd = os.open(SHM_DIR / name, os.O_RDONLY if readonly else os.O_RDWR)
     except FileNotFoundError:
         raise FileNotFoundError(f"shared-memory segment {name} does not exist: the job has ended "
                                 "or was cleaned up") from None
     except PermissionError:
         raise PermissionError(f"shared-memory segment {name} belongs to another user") from None
     try:
-        return mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+        return mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED, prot)
     finally:
         os.close(fd)
 

@@ -63,11 +63,22 @@ def sweep_stale(log=print) -> list[str]:
     return removed
 
 
+def weight_buffers(cfg) -> int:
+    """The arena's weight buffers: --weight-buffers, or learners + 2 where the learners compute
+    on the published weights in place (ASGD, SYNC: they never change their weights), else 3
+    (DOWNPOUR, EASGD, EAMSGD keep a private copy, and pull by copying)."""
+    if cfg.weight_buffers is not None:
+        return cfg.weight_buffers
+    return cfg.learners + 2 if algorithms.protocol(cfg.optimizer, **cfg.hyper).direct_gradients else A.BUFFERS
+
+
 def discard_writing(arena: A.Arena, i: int) -> list[int]:
-    """Free dead learner i's WRITING slots; return their sequence numbers (now discarded).
+    """Free dead learner i's WRITING slots and clear its pin (nothing computes on that weight
+    buffer any more: the PS may reuse it); return the slots' sequence numbers (now discarded).
 
     Only call this once learner i is reaped: then nobody can still be writing those slots.
     """
+    arena.unpin(i)
     out = []
     for s in range(arena.layout.slots):
         h = arena.slot_header(i, s)
@@ -157,7 +168,8 @@ class Supervisor:
         layout = A.Layout(params=tuple(params),
                           state=tuple((k, v.dtype.name, v.shape) for k, v in state.items()),
                           rule=rule.name, hyper=tuple(sorted(rule.hyper().items())),
-                          learners=cfg.learners, slots=cfg.slots)
+                          learners=cfg.learners, slots=cfg.slots,
+                          weight_buffers=weight_buffers(cfg))
         version, ledger = 0, L.Ledger({i: L.Record() for i in range(cfg.learners)})
         if cfg.resume:
             version, flat, state, ledger = self.resume_point(layout, state)
@@ -167,7 +179,8 @@ class Supervisor:
         except shm.NoSpace as e:
             raise JobError(str(e)) from None
         b = version % A.BUFFERS
-        np.copyto(a.weights(b), flat)
+        a.start_at(version)
+        np.copyto(a.weights(0), flat)
         for k, v in state.items():
             np.copyto(a.state(b)[k], v)
         a.write_ledger(b, ledger.published())
@@ -311,7 +324,15 @@ class Supervisor:
     def conclude(self, final: bool, train_s: float) -> Outcome:
         """The job's last checkpoint and what its summary reports."""
         v, weights, ledger = self.write_checkpoint(final)
-        return Outcome(v, weights, ledger, {"restarts": self.restarts, "time_split": self.time_split(train_s)})
+        return Outcome(v, weights, ledger, {"restarts": self.restarts, "time_split": self.time_split(train_s),
+                                            "pull": self.pull_mode()})
+
+    def pull_mode(self) -> dict:
+        """How the learners pulled: in place on a pinned buffer (zero-copy), or by copying
+        (their protocol changes local weights, or --weight-buffers is below learners + 2)."""
+        layout = self.arena.layout
+        direct = algorithms.protocol(self.cfg.optimizer, **self.cfg.hyper).direct_gradients
+        return {"weight_buffers": layout.weight_buffers, "zero_copy": bool(direct and layout.zero_copy)}
 
     def time_split(self, wall_s: float) -> dict:
         """Where the time went: per learner compute, pull, push and wait; the PS's busy time.

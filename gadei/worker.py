@@ -8,13 +8,16 @@ One push of sequence number k (docs/protocol.md)::
     L4  commit  store slot = (READY, k)                  <- the learner's commit point
 
 A direct learner (ASGD, SYNC) claims before its backward pass, which then writes the gradient
-into the slot itself (L3 without a copy). A learner killed between L2 and L4 leaves a WRITING
+into the slot itself (L3 without a copy). It never changes its weights either, so with enough
+weight buffers (`Layout.zero_copy`) its pull copies nothing: it pins the published buffer and
+its model's parameters are read-only views of it until the next pull (Arena.pin). A learner killed between L2 and L4 leaves a WRITING
 slot: the supervisor, after reaping it, records k as discarded and frees the slot. Sequence
 numbers continue across restarts.
 """
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -46,6 +49,10 @@ class Worker:
         self.arena, self.i = arena, i
         # direct: backward writes the gradients straight into a claimed slot (see zero_grad)
         self.direct = direct
+        # zero-copy pull: the model computes on the published weight buffer it pins
+        self.zero_copy = direct and arena.layout.zero_copy
+        self._on: int | None = None      # the weight buffer the parameters view (zero-copy)
+        self._pinned_views: dict[int, list[torch.Tensor]] = {}
         self._held: int | None = None    # the slot claimed for the gradient being computed
         # (learner id, learners) the task sees in gadei.context: (i, arena learners), or an MPI
         # rank's global id and count when this arena is one node of a larger job
@@ -170,11 +177,29 @@ class Worker:
 
     # ---- pull ----------------------------------------------------------------------------
     def pull(self) -> int:
-        """Copy the latest consistent weights into the model; return their version."""
+        """The latest consistent weights into the model; return their version. Zero-copy: pin
+        the published buffer and point the parameters at it (no copy); else copy them."""
         t0 = time.perf_counter_ns()
-        self.fetch(self._flat_np)
+        if self.zero_copy:
+            self.version, b = self.arena.pin(self.i)
+            if b != self._on:
+                for p, view in zip(self.params, self._views_of(b)):
+                    p.data = view
+                self._on = b
+            self.arena.learner(self.i).pulled = self.version
+        else:
+            self.fetch(self._flat_np)
         self.spent("pull_ns", t0)
         return self.version
+
+    def _views_of(self, b: int) -> list[torch.Tensor]:
+        """Weight buffer b as the parameters' shapes, read-only (a write is a SIGSEGV)."""
+        if b not in self._pinned_views:
+            with warnings.catch_warnings():     # torch warns that it cannot protect them: the mapping does
+                warnings.simplefilter("ignore", UserWarning)
+                flat = torch.from_numpy(self.arena.readonly_weights(b))
+            self._pinned_views[b] = self._views(flat)[1]
+        return self._pinned_views[b]
 
     # ---- push ----------------------------------------------------------------------------
     def wait_for_ps(self, done, what: str):

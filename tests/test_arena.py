@@ -78,7 +78,7 @@ def test_invalid_job_names_are_refused():
 
 
 def test_regions_do_not_overlap(arena):
-    regions = [arena.weights(b) for b in range(A.BUFFERS)]
+    regions = [arena.weights(b) for b in range(arena.layout.weight_buffers)]
     regions += [arena.state(b)["m"] for b in range(A.BUFFERS)]
     regions += [arena.slot(i, s) for i in range(2) for s in range(2)]
     for r in regions:
@@ -90,6 +90,9 @@ def test_regions_do_not_overlap(arena):
     words = arena.words.copy()
     assert words[A.OWNER_PID] == os.getpid()        # the creator owns it
     words[[A.OWNER_PID, A.OWNER_START]] = 0
+    marks = words[-arena.layout.weight_buffers:]
+    assert marks[0] == 0 and (marks[1:] == A.REUSE).all()   # version 0 in weight buffer 0
+    words = words[:-arena.layout.weight_buffers]
     assert words.max() == 0         # the other control words were not touched
 
 

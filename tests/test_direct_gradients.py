@@ -77,8 +77,11 @@ def test_gradient_is_computed_in_the_slot_and_applied_once(setup):
             for p in reference.parameters():
                 p.sub_(0.1 * p.grad.to_dense())
         worker.pull()
+        # zero-copy (1 learner, 3 weight buffers): the model computes on the published buffer
+        assert model.lin.weight.data_ptr() == arena.readonly_weights(arena.buffer_of(worker.version)).ctypes.data + 4 * 15
         expected = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
-        np.testing.assert_allclose(worker.flat.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
+        got = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)
     pub = arena.published_ledger()[1]
     assert pub.amax(0) == 2 and pub.get(0, L.N_APPLIED) == 3 and pub.get(0, L.N_REJECTED) == 0
 
@@ -116,3 +119,41 @@ def test_two_backward_passes_accumulate_in_the_slot(setup):
     reference(x).backward()
     (2 * reference.lin(reference.lin.weight).sum()).backward()
     np.testing.assert_allclose(slot, flat_grad(reference).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_too_few_weight_buffers_fall_back_to_copying():
+    """2 learners, 3 weight buffers (< N + 2): a direct learner copies the published weights
+    into its own flat tensor (no pin), and the PS still never tears the copy."""
+    torch.manual_seed(0)
+    model = Net()
+    layout = A.Layout(params=tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
+                      state=(), rule="sgd", hyper=(("lr", 0.1),), learners=2, slots=2, weight_buffers=3)
+    arena = A.Arena.create("test-fallback", layout, {"config": {}})
+    try:
+        arena.write_ledger(0, published_empty(2))
+        worker = Worker(arena, 0, model, direct=True)
+        assert not worker.zero_copy
+        np.copyto(arena.weights(0), worker.flat.numpy())
+        ps = Server(arena, algorithms.get("sgd", lr=0.1), warn=lambda m: None)
+        for step in range(4):                   # the PS writes every buffer in turn
+            worker.pull()
+            assert model.lin.weight.data_ptr() == worker.flat.data_ptr() + 4 * 15     # its own copy
+            np.testing.assert_array_equal(worker.flat.numpy(), arena.published_weights())
+            assert arena.pins() == [None, None]
+            worker.zero_grad()
+            model(torch.tensor([1, 3, 3])).backward()
+            worker.push_gradient(samples=3)
+            assert ps.step()
+    finally:
+        arena.unlink()
+        arena.close()
+
+
+def test_pinned_weights_are_read_only(setup):
+    """A zero-copy learner's parameters are views of a read-only mapping: torch cannot write them."""
+    arena, model, _, worker = setup
+    worker.pull()
+    assert arena.pins() == [arena.buffer_of(worker.version)]
+    assert not arena.readonly_weights(0).flags.writeable
+    discard_writing(arena, 0)                     # the supervisor, after reaping it: unpinned
+    assert arena.pins() == [None]

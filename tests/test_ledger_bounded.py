@@ -81,7 +81,7 @@ def test_the_ledger_keeps_its_size_as_rejections_accumulate():
         assert led.records[0].rejected == list(range(2001 - 2 * L.WINDOW, 2000, 2))
         (c1, s1), (c2, s2) = sizes[1000], sizes[2000]
         assert c2 - c1 <= 16 and s2 - s1 <= 16, sizes      # the same integer widths: the same size
-        np.testing.assert_array_equal(arena.weights(arena.job.published % A.BUFFERS), np.full(8, -1000.0))
+        np.testing.assert_array_equal(arena.published_weights(), np.full(8, -1000.0))
     finally:
         arena.unlink()
         arena.close()

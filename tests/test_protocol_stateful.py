@@ -7,7 +7,11 @@ model of what must hold:
 - exactly-once: the published weights are always minus the sum of the probe gradients the
   published ledger says were applied; every sequence number is applied at most once; a
   discarded one never; after draining, every committed one exactly once;
-- progress: whenever work exists, some live actor has an enabled step (no deadlock).
+- progress: whenever work exists, some live actor has an enabled step (no deadlock);
+- no torn read: a learner's validated pin (the zero-copy pull, split into its two steps so
+  that the PS can run between them) names a weight buffer that keeps the version it pinned
+  until the pin is replaced or cleared, whatever the PS does (reuse, crash between its mark
+  and its scan of the pins).
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ pytestmark = pytest.mark.timeout(600)
 
 def make_arena(learners=LEARNERS, slots=2) -> A.Arena:
     layout = A.Layout(params=(("w", (SIZE,)),), state=(), rule="sgd", hyper=(("lr", 1.0),),
-                      learners=learners, slots=slots)
+                      learners=learners, slots=slots, weight_buffers=learners + 2)
     a = A.Arena.create("test-sm", layout, {"config": {}})
     a.write_ledger(0, published_empty(learners))
     return a
@@ -54,6 +58,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.slot = [None] * LEARNERS
         self.committed = [set() for _ in range(LEARNERS)]
         self.discarded = [set() for _ in range(LEARNERS)]
+        self.announced = [None] * LEARNERS         # (version, buffer) stored in PIN, not validated
+        self.pinned = [None] * LEARNERS            # (version, buffer, the weights it validated)
 
     def teardown(self):
         if hasattr(self, "arena"):
@@ -89,9 +95,32 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.committed[i].add(k)
         self.phase[i] = "idle"
 
+    # the zero-copy pull (Arena.pin), one step per rule: U1-U3 announce, U4 validate
+    @rule(i=st.integers(0, LEARNERS - 1))
+    def learner_announce(self, i):
+        a = self.arena
+        v = a.job.published
+        b = a.buffer_of(v)
+        a.ctl.store(a.lw(i, A.L_PIN), A.pin_word(v, b), fence=True)   # replaces its pin
+        self.pinned[i] = None
+        self.announced[i] = (v, b)
+
+    @precondition(lambda self: any(self.announced))
+    @rule(data=st.data())
+    def learner_validate(self, data):
+        i = data.draw(st.sampled_from([j for j, x in enumerate(self.announced) if x]))
+        v, b = self.announced[i]
+        self.announced[i] = None
+        if self.arena.mark(b, fence=True) == v:        # else: it would pin again
+            w = self.arena.weights(b).copy()
+            if v == self.arena.job.published:
+                np.testing.assert_array_equal(w, self.arena.published_weights())
+            self.pinned[i] = (v, b, w)
+
     @rule(i=st.integers(0, LEARNERS - 1))
     def learner_crash(self, i):
-        """kill -9 at any point, then what the supervisor does: reap, discard, restart."""
+        """kill -9 at any point, then what the supervisor does: reap, discard (and unpin), restart."""
+        self.announced[i] = self.pinned[i] = None
         for k in discard_writing(self.arena, i):
             assert k not in self.committed[i]
             self.discarded[i].add(k)
@@ -107,7 +136,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         out = np.empty(SIZE, np.float32)
         v, _ = self.arena.pull(out)
         assert v == self.arena.job.published or self.ps_phase != "idle"
-        np.testing.assert_array_equal(out, self.arena.weights(v % A.BUFFERS))
+        np.testing.assert_array_equal(out, self.arena.published_weights() if v == self.arena.job.published
+                                      else self.arena.weights(self.arena.buffer_of(v)))
 
     # ---- the PS ---------------------------------------------------------------------
     @precondition(lambda self: self.ps_phase == "idle")
@@ -136,10 +166,20 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.ps = Server(self.arena, self.rule, warn=lambda m: None)
         self.ps_phase = "idle"
 
+    @precondition(lambda self: self.ps_phase == "idle")
+    @rule(data=st.data())
+    def ps_crash_between_mark_and_scan(self, data):
+        """kill -9 after the PS marked a buffer REUSE (R1), before its scan of the pins (R2)."""
+        a = self.arena
+        cur = a.buffer_of(a.job.published)
+        b = data.draw(st.sampled_from([b for b in range(a.layout.weight_buffers) if b != cur]))
+        a.set_mark(b, A.REUSE, fence=True)
+        self.ps_crash()
+
     # ---- what must hold -------------------------------------------------------------
     def published_ledger(self) -> L.Ledger:
         """The published ledger joined with the discarded numbers (the supervisor's part)."""
-        pub = self.arena.read_ledger(self.arena.job.published % A.BUFFERS)
+        pub = self.arena.read_ledger(self.arena.job.published % A.BUFFERS)   # the header
         return L.Ledger.join(pub, [sorted(d) for d in self.discarded], [1] * LEARNERS, [0] * LEARNERS)
 
     @invariant()
@@ -155,8 +195,19 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert not set(applied) & self.discarded[i]
             for k in applied:
                 want -= gradient(i, k, SIZE)
-        v = self.arena.job.published
-        np.testing.assert_array_equal(self.arena.weights(v % A.BUFFERS), want)
+        np.testing.assert_array_equal(self.arena.published_weights(), want)
+
+    @invariant()
+    def no_torn_read(self):
+        """A validated pin's buffer still holds what the learner validated, and it is pinned."""
+        if not hasattr(self, "arena"):
+            return
+        for i, p in enumerate(self.pinned):
+            if p:
+                v, b, w = p
+                assert self.arena.pins()[i] == b
+                np.testing.assert_array_equal(self.arena.weights(b), w,
+                                              err_msg=f"learner {i}: pinned buffer {b} (version {v}) changed")
 
     @invariant()
     def someone_can_move(self):

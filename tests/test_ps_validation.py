@@ -38,7 +38,7 @@ def job(request):
 
 def published(arena):
     b = arena.job.published % A.BUFFERS
-    return arena.weights(b).copy(), {k: v.copy() for k, v in arena.state(b).items()}
+    return arena.published_weights().copy(), {k: v.copy() for k, v in arena.state(b).items()}
 
 
 @pytest.mark.parametrize("where", [0, S.CHUNK - 1, S.CHUNK, N - 1])

@@ -30,6 +30,8 @@ CORRECT = {
     "three": ["-DNL=3", "-DNSEQ=1", "-DLCRASH=1", "-DPCRASH=1"],    # 3 learners
     "pull": ["-DREADER", "-DLCRASH=0", "-DPCRASH=0"],               # pulls are never torn
     "idle": ["-DIDLE_CRASH", "-DLCRASH=1", "-DPCRASH=1"],           # + crashes while idle
+    "pins": ["-DPINS=1", "-DLCRASH=0", "-DPCRASH=1"],               # zero-copy pull: no torn read
+    "pins_lcrash": ["-DPINS=1", "-DLCRASH=1", "-DPCRASH=0"],        # + a learner killed while pinned
 }
 # larger bounds, about a minute each: GADEI_SPIN_FULL=1
 FULL = {
@@ -40,8 +42,9 @@ if os.environ.get("GADEI_SPIN_FULL"):
     CORRECT.update(FULL)
 # name -> (spin -D options, the assertion expected to fail)
 BUGGY = {
-    "publish_first": (["-DBUG_PUBLISH_FIRST"], "buf[((v+1)%3)].cnt"),   # applied twice
-    "scan_once": (["-DSCAN_ONCE"], "buf[(pub%3)].cnt[c]==1"),            # an update lost
+    "publish_first": (["-DBUG_PUBLISH_FIRST"], "wb[nb].cnt"),            # applied twice
+    "scan_once": (["-DSCAN_ONCE"], "wb[wmap[(pub%3)]].cnt[c]==1"),       # an update lost
+    "scan_first": (["-DPINS=1", "-DBUG_SCAN_FIRST"], "pinned[c]&&(pin[c]==nb)"),   # a torn read
 }
 
 # -O0: gcc -O2 takes ~20 s on pan.c, more than it saves on these searches

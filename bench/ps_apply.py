@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     bandwidth = memory_bandwidth(reps=3 if args.quick else 5)
     print(f"memory bandwidth (np.copyto, read+write): {bandwidth / 1e9:.1f} GB/s; "
-          f"torch threads {torch.get_num_threads()}, chunk {algorithms.rule.CHUNK} floats, "
+          f"torch threads {torch.get_num_threads()}, kernels {algorithms.rule.kernels.path()}, "
           f"{'CPU' if args.cpu_time else 'wall'} clock; load average {os.getloadavg()[0]:.2f}")
     print("floor = bytes_per_weight * P / bandwidth; eff = floor / measured (> 1: the vectors "
           "fit in cache)")
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"memory bandwidth at the end: {bandwidth_end / 1e9:.1f} GB/s; load average "
           f"{os.getloadavg()[0]:.2f}")
     result = {"config": {**vars(args), "sizes": sizes, "reps": reps,
-                         "chunk": algorithms.rule.CHUNK, "torch": torch.__version__,
+                         "kernels": algorithms.rule.kernels.path(), "torch": torch.__version__,
                          "numpy": np.__version__, "python": sys.version.split()[0],
                          "machine": platform.machine(), "cpus": os.cpu_count(),
                          "time": time.strftime("%Y-%m-%dT%H:%M:%S")},

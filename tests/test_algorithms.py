@@ -99,17 +99,17 @@ def compare_with_torch(name: str, hyper: dict, n: int, steps: int, seed: int = 0
     assert not extra, f"{label}: state keys {sorted(extra)} that torch does not keep"
 
 
-@pytest.fixture(params=[40, None], ids=["chunk40", "chunk-default"])
-def chunk(request, monkeypatch):
-    """Run with tiny chunks too, so that small vectors cross chunk boundaries."""
-    if request.param is not None:
-        monkeypatch.setattr(algorithms.rule, "CHUNK", request.param)
-    return request.param
+@pytest.fixture(params=[True, False], ids=["avx2", "plain"])
+def simd(request):
+    """Run on the kernels' AVX2 path (where the CPU has it) and on the plain C one."""
+    algorithms.rule.use_simd(request.param)
+    yield request.param
+    algorithms.rule.use_simd(True)
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
-def test_matches_torch_1000_steps(name, hyper, chunk):
+def test_matches_torch_1000_steps(name, hyper, simd):
     compare_with_torch(name, hyper, n=101, steps=1000)
 
 
@@ -118,23 +118,21 @@ def test_every_rule_has_a_case():
     assert {n for n, _ in CASES} == set(algorithms.RULES)
 
 
-# the rules that call torch's fused kernels chunk by chunk (Note [fused kernels] in rule.py)
-FUSED_CASES = [c for c in CASES if c[0] in ("adam", "adagrad")] + [
+# more variants for the first steps (Note [single-pass kernels] in rule.py)
+EVERY_STEP_CASES = CASES + [
     ("adam", {"weight_decay": 0.1, "beta1": 0.5, "eps": 1e-3}),
     ("adagrad", {"lr_decay": 0.5, "weight_decay": 0.1})]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("name,hyper", FUSED_CASES,
+@pytest.mark.parametrize("name,hyper", EVERY_STEP_CASES,
                          ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in h.items()) or 'defaults'}"
-                              for n, h in FUSED_CASES])
-@pytest.mark.parametrize("n,chunk_size", [(197, 64), (algorithms.rule.CHUNK + 7, None)],
-                         ids=["3-chunks-and-5", "default-chunk-and-7"])
-def test_fused_every_step(name, hyper, n, chunk_size, monkeypatch):
-    """The fused path against torch.optim after each of the first steps (step 1: the bias
-    corrections are largest), on sizes that end in a partial chunk, in place and out of place."""
-    if chunk_size is not None:
-        monkeypatch.setattr(algorithms.rule, "CHUNK", chunk_size)
+                              for n, h in EVERY_STEP_CASES])
+@pytest.mark.parametrize("n", [197, (1 << 18) + 7], ids=["197", "256Ki-and-7"])
+def test_every_step(name, hyper, n):
+    """Each rule against torch.optim after each of the first steps (step 1: Adam's bias
+    corrections are largest), on sizes that are no multiple of 8 (the kernels' tail) and large
+    enough for their streaming stores (1 MiB), in place and out of place."""
     rng = np.random.default_rng(7)
     w = rng.standard_normal(n).astype(np.float32)
     param = torch.nn.Parameter(torch.from_numpy(w.copy()))
@@ -202,15 +200,14 @@ def rule_and_hyper(draw):
 @settings(max_examples=60, deadline=None)
 @given(case=rule_and_hyper(), n=st.integers(1, 300), steps=st.integers(1, 25),
        seed=st.integers(0, 2**16), scale=st.sampled_from([0.0, 1e-3, 1.0, 100.0]),
-       chunk=st.sampled_from([8, 1 << 18]))
-def test_matches_torch_hypothesis(case, n, steps, seed, scale, chunk):
+       simd=st.booleans())
+def test_matches_torch_hypothesis(case, n, steps, seed, scale, simd):
     name, hyper = case
-    saved = algorithms.rule.CHUNK
-    algorithms.rule.CHUNK = chunk
+    algorithms.rule.use_simd(simd)
     try:
         compare_with_torch(name, hyper, n=n, steps=steps, seed=seed, scale=scale)
     finally:
-        algorithms.rule.CHUNK = saved
+        algorithms.rule.use_simd(True)
 
 
 @pytest.mark.timeout(30)
@@ -235,7 +232,7 @@ def copy_state(state):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
-def test_out_of_place_equals_in_place(name, hyper, chunk):
+def test_out_of_place_equals_in_place(name, hyper, simd):
     """Double-buffered (A -> B -> A) equals in place bit for bit; inputs and grad untouched."""
     n, rule = 77, algorithms.get(name, **hyper)
     rng = np.random.default_rng(3)
@@ -365,7 +362,7 @@ def test_get_errors():
 def test_bad_buffers(name):
     rule = algorithms.get(name)
     state = rule.init_state(4)
-    with pytest.raises(ValueError, match=re.escape("must be float32, got torch.float64")):
+    with pytest.raises(ValueError, match=re.escape("must be float32, got float64")):
         rule.apply(np.zeros(4), np.zeros(4, np.float32), state)
     with pytest.raises(ValueError, match=re.escape("shapes (4,) and (5,)")):
         rule.apply(np.zeros(4, np.float32), np.zeros(5, np.float32), state)

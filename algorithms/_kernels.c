@@ -32,7 +32,9 @@
 
 /* Outputs of at least this many bytes are written with non-temporal stores (Note [one pass, out
  * of place]); a smaller update stays in the cache, where the next reader finds it. */
+#ifndef STREAM_MIN_BYTES
 #define STREAM_MIN_BYTES (1 << 20)
+#endif
 
 /* The most vectors a rule's call takes */
 #define RULE_VECTORS 9

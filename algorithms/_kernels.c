@@ -179,7 +179,8 @@ static int run(Loop plain, Loop avx2, const void *args, float *const *outs, int 
     int bad = plain(args, 0, head, 0);
     bad |= avx2(args, head, body, nt);
     if (nt)
-        _mm_sfence();                 /* the streamed stores are visible before we return */
+        _mm_sfence();       /* streamed stores are weakly ordered: without the fence the PS's
+                               publish (a plain store) could be seen before the weights */
     bad |= plain(args, body, n, 0);
     return bad;
 #else

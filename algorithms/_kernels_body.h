@@ -18,172 +18,180 @@
 /* g + wd * w: torch's grad.add(param, alpha=weight_decay) */
 #define DECAY(g, w, wd, on) ((on) ? FMA((wd), (w), (g)) : (g))
 
-TARGET static int NAME(sgd_loop)(const SgdArgs *a, Py_ssize_t i, Py_ssize_t end, int nt)
+TARGET static int NAME(sgd_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
-    const V nlr = SET(-a->lr), wd = SET(a->wd);
+    const SgdArgs a = *(const SgdArgs *)args;   /* a copy: no store below can change it */
+    const V nlr = SET(-a.lr), wd = SET(a.wd);
     BAD_T bad = BAD_INIT;
     (void)nt;
     for (; i < end; i += W) {
-        V w = LD(a->w + i), g = LD(a->g + i);
+        V w = LD(a.w + i), g = LD(a.g + i);
         BAD_ADD(bad, g);
-        g = DECAY(g, w, wd, a->decay);
-        ST(a->wo + i, FMA(nlr, g, w));                       /* w - lr * g */
+        g = DECAY(g, w, wd, a.decay);
+        ST(a.wo + i, FMA(nlr, g, w));                       /* w - lr * g */
     }
     return BAD_ANY(bad);
 }
 
-TARGET static int NAME(msgd_loop)(const MsgdArgs *a, Py_ssize_t i, Py_ssize_t end, int nt)
+TARGET static int NAME(msgd_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
-    const V nlr = SET(-a->lr), wd = SET(a->wd), mom = SET(a->momentum), keep = SET(a->keep);
+    const MsgdArgs a = *(const MsgdArgs *)args;   /* a copy: no store below can change it */
+    const V nlr = SET(-a.lr), wd = SET(a.wd), mom = SET(a.momentum), keep = SET(a.keep);
     BAD_T bad = BAD_INIT;
     (void)nt;
     for (; i < end; i += W) {
-        V w = LD(a->w + i), g = LD(a->g + i), b;
+        V w = LD(a.w + i), g = LD(a.g + i), b;
         BAD_ADD(bad, g);
-        g = DECAY(g, w, wd, a->decay);
-        if (a->first)
+        g = DECAY(g, w, wd, a.decay);
+        if (a.first)
             b = g;                                           /* b_1 = g_1 */
         else
-            b = FMA(keep, g, MUL(LD(a->b + i), mom));        /* momentum * b + (1 - dampening) * g */
-        ST(a->bo + i, b);
-        if (a->nesterov)
+            b = FMA(keep, g, MUL(LD(a.b + i), mom));        /* momentum * b + (1 - dampening) * g */
+        ST(a.bo + i, b);
+        if (a.nesterov)
             b = FMA(mom, b, g);                              /* g + momentum * b */
-        ST(a->wo + i, FMA(nlr, b, w));
+        ST(a.wo + i, FMA(nlr, b, w));
     }
     return BAD_ANY(bad);
 }
 
-TARGET static int NAME(adam_loop)(const AdamArgs *a, Py_ssize_t i, Py_ssize_t end, int nt)
+TARGET static int NAME(adam_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
-    const V wd = SET(a->wd), shrink = SET(a->shrink), c1 = SET(a->c1), b2 = SET(a->beta2),
-            omb2 = SET(a->one_minus_beta2), bc2 = SET(a->bc2_sqrt), eps = SET(a->eps),
-            nss = SET(-a->step_size);
+    const AdamArgs a = *(const AdamArgs *)args;   /* a copy: no store below can change it */
+    const V wd = SET(a.wd), shrink = SET(a.shrink), c1 = SET(a.c1), b2 = SET(a.beta2),
+            omb2 = SET(a.one_minus_beta2), bc2 = SET(a.bc2_sqrt), eps = SET(a.eps),
+            nss = SET(-a.step_size);
     BAD_T bad = BAD_INIT;
     (void)nt;
     for (; i < end; i += W) {
-        V w = LD(a->w + i), g = LD(a->g + i);
+        V w = LD(a.w + i), g = LD(a.g + i);
         BAD_ADD(bad, g);
-        if (a->decoupled)
+        if (a.decoupled)
             w = MUL(w, shrink);                              /* w * (1 - lr * weight_decay) */
         else
-            g = DECAY(g, w, wd, a->decay);
-        V m = LERP(LD(a->m + i), g, c1, a->small1);          /* m.lerp_(g, 1 - beta1) */
-        V v = ADD(MUL(LD(a->v + i), b2), MUL(MUL(omb2, g), g));   /* v * beta2 + (1 - beta2) g^2 */
-        ST(a->mo + i, m);
-        ST(a->vo + i, v);
-        if (a->amsgrad) {
-            v = MAX(LD(a->x + i), v);                        /* vmax = max(vmax, v) */
-            ST(a->xo + i, v);
+            g = DECAY(g, w, wd, a.decay);
+        V m = LERP(LD(a.m + i), g, c1, a.small1);          /* m.lerp_(g, 1 - beta1) */
+        V v = ADD(MUL(LD(a.v + i), b2), MUL(MUL(omb2, g), g));   /* v * beta2 + (1 - beta2) g^2 */
+        ST(a.mo + i, m);
+        ST(a.vo + i, v);
+        if (a.amsgrad) {
+            v = MAX(LD(a.x + i), v);                        /* vmax = max(vmax, v) */
+            ST(a.xo + i, v);
         }
         V denom = ADD(DIV(SQRT(v), bc2), eps);               /* sqrt(v) / sqrt(1 - beta2^t) + eps */
-        ST(a->wo + i, FMA(nss, DIV(m, denom), w));           /* w - lr / (1 - beta1^t) * m / denom */
+        ST(a.wo + i, FMA(nss, DIV(m, denom), w));           /* w - lr / (1 - beta1^t) * m / denom */
     }
     return BAD_ANY(bad);
 }
 
-TARGET static int NAME(adagrad_loop)(const AdagradArgs *a, Py_ssize_t i, Py_ssize_t end, int nt)
+TARGET static int NAME(adagrad_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
-    const V wd = SET(a->wd), eps = SET(a->eps), nclr = SET(-a->clr);
+    const AdagradArgs a = *(const AdagradArgs *)args;   /* a copy: no store below can change it */
+    const V wd = SET(a.wd), eps = SET(a.eps), nclr = SET(-a.clr);
     BAD_T bad = BAD_INIT;
     (void)nt;
     for (; i < end; i += W) {
-        V w = LD(a->w + i), g = LD(a->g + i);
+        V w = LD(a.w + i), g = LD(a.g + i);
         BAD_ADD(bad, g);
-        g = DECAY(g, w, wd, a->decay);
-        V s = ADD(LD(a->s + i), MUL(g, g));                  /* s + g^2 */
-        ST(a->so + i, s);
+        g = DECAY(g, w, wd, a.decay);
+        V s = ADD(LD(a.s + i), MUL(g, g));                  /* s + g^2 */
+        ST(a.so + i, s);
         V std = ADD(SQRT(s), eps);
-        ST(a->wo + i, FMA(nclr, DIV(g, std), w));           /* w - clr * g / (sqrt(s) + eps) */
+        ST(a.wo + i, FMA(nclr, DIV(g, std), w));           /* w - clr * g / (sqrt(s) + eps) */
     }
     return BAD_ANY(bad);
 }
 
-TARGET static int NAME(adadelta_loop)(const AdadeltaArgs *a, Py_ssize_t i, Py_ssize_t end, int nt)
+TARGET static int NAME(adadelta_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
-    const V wd = SET(a->wd), rho = SET(a->rho), omr = SET(a->one_minus_rho), eps = SET(a->eps),
-            nlr = SET(-a->lr);
+    const AdadeltaArgs a = *(const AdadeltaArgs *)args;   /* a copy: no store below can change it */
+    const V wd = SET(a.wd), rho = SET(a.rho), omr = SET(a.one_minus_rho), eps = SET(a.eps),
+            nlr = SET(-a.lr);
     BAD_T bad = BAD_INIT;
     (void)nt;
     for (; i < end; i += W) {
-        V w = LD(a->w + i), g = LD(a->g + i), u = LD(a->u + i);
+        V w = LD(a.w + i), g = LD(a.g + i), u = LD(a.u + i);
         BAD_ADD(bad, g);
-        g = DECAY(g, w, wd, a->decay);
-        V v = ADD(MUL(LD(a->v + i), rho), MUL(MUL(omr, g), g));          /* rho v + (1 - rho) g^2 */
-        ST(a->vo + i, v);
+        g = DECAY(g, w, wd, a.decay);
+        V v = ADD(MUL(LD(a.v + i), rho), MUL(MUL(omr, g), g));          /* rho v + (1 - rho) g^2 */
+        ST(a.vo + i, v);
         V std = SQRT(ADD(v, eps));
         V delta = MUL(DIV(SQRT(ADD(u, eps)), std), g);                   /* sqrt(u + eps) / std * g */
-        ST(a->uo + i, ADD(MUL(u, rho), MUL(MUL(omr, delta), delta)));    /* rho u + (1 - rho) d^2 */
-        ST(a->wo + i, FMA(nlr, delta, w));
+        ST(a.uo + i, ADD(MUL(u, rho), MUL(MUL(omr, delta), delta)));    /* rho u + (1 - rho) d^2 */
+        ST(a.wo + i, FMA(nlr, delta, w));
     }
     return BAD_ANY(bad);
 }
 
-TARGET static int NAME(rmsprop_loop)(const RmspropArgs *a, Py_ssize_t i, Py_ssize_t end, int nt)
+TARGET static int NAME(rmsprop_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
-    const V wd = SET(a->wd), al = SET(a->alpha), oma = SET(a->one_minus_alpha), eps = SET(a->eps),
-            ca = SET(a->c_alpha), mom = SET(a->momentum), nlr = SET(-a->lr);
+    const RmspropArgs a = *(const RmspropArgs *)args;   /* a copy: no store below can change it */
+    const V wd = SET(a.wd), al = SET(a.alpha), oma = SET(a.one_minus_alpha), eps = SET(a.eps),
+            ca = SET(a.c_alpha), mom = SET(a.momentum), nlr = SET(-a.lr);
     BAD_T bad = BAD_INIT;
     (void)nt;
     for (; i < end; i += W) {
-        V w = LD(a->w + i), g = LD(a->g + i), avg;
+        V w = LD(a.w + i), g = LD(a.g + i), avg;
         BAD_ADD(bad, g);
-        g = DECAY(g, w, wd, a->decay);
-        V v = ADD(MUL(LD(a->v + i), al), MUL(MUL(oma, g), g));           /* alpha v + (1 - alpha) g^2 */
-        ST(a->vo + i, v);
-        if (a->centered) {
-            V m = LERP(LD(a->m + i), g, ca, a->small_alpha);            /* m.lerp_(g, 1 - alpha) */
-            ST(a->mo + i, m);
+        g = DECAY(g, w, wd, a.decay);
+        V v = ADD(MUL(LD(a.v + i), al), MUL(MUL(oma, g), g));           /* alpha v + (1 - alpha) g^2 */
+        ST(a.vo + i, v);
+        if (a.centered) {
+            V m = LERP(LD(a.m + i), g, ca, a.small_alpha);            /* m.lerp_(g, 1 - alpha) */
+            ST(a.mo + i, m);
             avg = SQRT(SUB(v, MUL(m, m)));
         } else {
             avg = SQRT(v);
         }
         avg = ADD(avg, eps);
-        if (a->with_momentum) {
-            V b = ADD(MUL(LD(a->b + i), mom), DIV(g, avg));              /* momentum b + g / avg */
-            ST(a->bo + i, b);
-            ST(a->wo + i, FMA(nlr, b, w));
+        if (a.with_momentum) {
+            V b = ADD(MUL(LD(a.b + i), mom), DIV(g, avg));              /* momentum b + g / avg */
+            ST(a.bo + i, b);
+            ST(a.wo + i, FMA(nlr, b, w));
         } else {
-            ST(a->wo + i, FMA(nlr, DIV(g, avg), w));
+            ST(a.wo + i, FMA(nlr, DIV(g, avg), w));
         }
     }
     return BAD_ANY(bad);
 }
 
-TARGET static int NAME(adamax_loop)(const AdamaxArgs *a, Py_ssize_t i, Py_ssize_t end, int nt)
+TARGET static int NAME(adamax_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
-    const V wd = SET(a->wd), c1 = SET(a->c1), b2 = SET(a->beta2), eps = SET(a->eps),
-            nclr = SET(-a->clr);
+    const AdamaxArgs a = *(const AdamaxArgs *)args;   /* a copy: no store below can change it */
+    const V wd = SET(a.wd), c1 = SET(a.c1), b2 = SET(a.beta2), eps = SET(a.eps),
+            nclr = SET(-a.clr);
     BAD_T bad = BAD_INIT;
     (void)nt;
     for (; i < end; i += W) {
-        V w = LD(a->w + i), g = LD(a->g + i);
+        V w = LD(a.w + i), g = LD(a.g + i);
         BAD_ADD(bad, g);
-        g = DECAY(g, w, wd, a->decay);
-        V m = LERP(LD(a->m + i), g, c1, a->small1);                       /* m.lerp_(g, 1 - beta1) */
-        V u = MAX(MUL(LD(a->u + i), b2), ADD(ABS(g), eps));               /* max(beta2 u, |g| + eps) */
-        ST(a->mo + i, m);
-        ST(a->uo + i, u);
-        ST(a->wo + i, FMA(nclr, DIV(m, u), w));                          /* w - clr * m / u */
+        g = DECAY(g, w, wd, a.decay);
+        V m = LERP(LD(a.m + i), g, c1, a.small1);                       /* m.lerp_(g, 1 - beta1) */
+        V u = MAX(MUL(LD(a.u + i), b2), ADD(ABS(g), eps));               /* max(beta2 u, |g| + eps) */
+        ST(a.mo + i, m);
+        ST(a.uo + i, u);
+        ST(a.wo + i, FMA(nclr, DIV(m, u), w));                          /* w - clr * m / u */
     }
     return BAD_ANY(bad);
 }
 
 /* out = (g_0 + g_1 + ... + g_{k-1}) * (1 / k), summed in that order (k >= 2) */
-TARGET static int NAME(mean_loop)(const MeanArgs *a, Py_ssize_t i, Py_ssize_t end, int nt)
+TARGET static int NAME(mean_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
-    const V scale = SET(a->scale);
+    const MeanArgs a = *(const MeanArgs *)args;   /* a copy: no store below can change it */
+    const V scale = SET(a.scale);
     BAD_T bad = BAD_INIT;
     (void)nt;
     for (; i < end; i += W) {
-        V x = LD(a->g[0] + i), s;
+        V x = LD(a.g[0] + i), s;
         BAD_ADD(bad, x);
         s = x;
-        for (int j = 1; j < a->k; j++) {
-            x = LD(a->g[j] + i);
+        for (int j = 1; j < a.k; j++) {
+            x = LD(a.g[j] + i);
             BAD_ADD(bad, x);
             s = ADD(s, x);
         }
-        ST(a->out + i, MUL(s, scale));
+        ST(a.out + i, MUL(s, scale));
     }
     return BAD_ANY(bad);
 }

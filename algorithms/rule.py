@@ -12,9 +12,12 @@ vectorises them), so results equal torch.optim's to float32 rounding; in place a
 agree bit for bit, and so do the AVX2 path and the plain C one (``use_simd``).
 
 What that leaves (10M weights, CPU clock, one core of a 2-core EPYC; docs/performance.md
-section 5): the simple rules (SGD, MSGD, Adagrad, Adam) run at 0.8-1.0 of the bandwidth floor
-out of place; the floor counts bytes, not the square roots and divisions per weight that
-RMSprop and Adadelta need (one core's divider caps them below it).
+section 5): in place the kernels run above the bandwidth floor; through the PS, out of place,
+every rule runs at 0.7-1.0 of it (Adam 0.83), and only if the arena keeps its vectors at
+distinct offsets within their pages (Note [staggered regions] in gadei/arena.py: seven streams
+at one page offset share one memory channel, and Adam took 12 ms instead of 7.3). Adam's
+square root and two divisions per weight cost ~0.6 ns per weight even in cache, three quarters
+of its memory time, which leaves the loop little slack to hide memory stalls in.
 
 Before the kernels, the rules were chains of torch ops run chunk by chunk in cache, and Adam and
 Adagrad called torch's fused (in-place) kernels after staging copies of their inputs; both

@@ -20,8 +20,10 @@ The "PS" columns (``measure_ps``) time the real parameter server's whole update 
 shared memory: pick the slot, apply the rule out of place into the unpublished buffer, write
 the ledger, publish, free the slot. ``--compare-torch`` adds, for reference, the same
 rule applied in place (A -> A) and ``torch.optim``'s single-tensor step (in place, one whole-vector
-op after another). Out of place costs more than in place even at the floor: the output is a
-third stream, and writing it first reads it into cache (write-allocate).
+op after another). Out of place costs more than in place even at the floor: more streams (the
+kernels write them with streaming stores, so no output line is read first). ``measure_rule``
+uses plain numpy arrays, which sit at one offset within their pages; the arena staggers its
+vectors (Note [staggered regions] in gadei/arena.py), so the PS columns can beat the bare rule's.
 """
 from __future__ import annotations
 

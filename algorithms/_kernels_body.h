@@ -18,6 +18,9 @@
 /* g + wd * w: torch's grad.add(param, alpha=weight_decay) */
 #define DECAY(g, w, wd, on) ((on) ? FMA((wd), (w), (g)) : (g))
 
+/* torch.addcdiv(x, t1, t2, value=c) as ATen computes it: x + (c * t1) / t2, nothing fused */
+#define ADDCDIV(x, c, t1, t2) ADD((x), DIV(MUL((c), (t1)), (t2)))
+
 TARGET static int NAME(sgd_loop)(const void *args, Py_ssize_t i, Py_ssize_t end, int nt)
 {
     const SgdArgs a = *(const SgdArgs *)args;   /* a copy: no store below can change it */
@@ -79,7 +82,7 @@ TARGET static int NAME(adam_loop)(const void *args, Py_ssize_t i, Py_ssize_t end
             ST(a.xo + i, v);
         }
         V denom = ADD(DIV(SQRT(v), bc2), eps);               /* sqrt(v) / sqrt(1 - beta2^t) + eps */
-        ST(a.wo + i, FMA(nss, DIV(m, denom), w));           /* w - lr / (1 - beta1^t) * m / denom */
+        ST(a.wo + i, ADDCDIV(w, nss, m, denom));            /* w - lr / (1 - beta1^t) * m / denom */
     }
     return BAD_ANY(bad);
 }
@@ -97,7 +100,7 @@ TARGET static int NAME(adagrad_loop)(const void *args, Py_ssize_t i, Py_ssize_t 
         V s = ADD(LD(a.s + i), MUL(g, g));                  /* s + g^2 */
         ST(a.so + i, s);
         V std = ADD(SQRT(s), eps);
-        ST(a.wo + i, FMA(nclr, DIV(g, std), w));           /* w - clr * g / (sqrt(s) + eps) */
+        ST(a.wo + i, ADDCDIV(w, nclr, g, std));             /* w - clr * g / (sqrt(s) + eps) */
     }
     return BAD_ANY(bad);
 }
@@ -149,7 +152,7 @@ TARGET static int NAME(rmsprop_loop)(const void *args, Py_ssize_t i, Py_ssize_t 
             ST(a.bo + i, b);
             ST(a.wo + i, FMA(nlr, b, w));
         } else {
-            ST(a.wo + i, FMA(nlr, DIV(g, avg), w));
+            ST(a.wo + i, ADDCDIV(w, nlr, g, avg));
         }
     }
     return BAD_ANY(bad);
@@ -170,7 +173,7 @@ TARGET static int NAME(adamax_loop)(const void *args, Py_ssize_t i, Py_ssize_t e
         V u = MAX(MUL(LD(a.u + i), b2), ADD(ABS(g), eps));               /* max(beta2 u, |g| + eps) */
         ST(a.mo + i, m);
         ST(a.uo + i, u);
-        ST(a.wo + i, FMA(nclr, DIV(m, u), w));                          /* w - clr * m / u */
+        ST(a.wo + i, ADDCDIV(w, nclr, m, u));                           /* w - clr * m / u */
     }
     return BAD_ANY(bad);
 }
@@ -198,3 +201,4 @@ TARGET static int NAME(mean_loop)(const void *args, Py_ssize_t i, Py_ssize_t end
 
 #undef LERP
 #undef DECAY
+#undef ADDCDIV

@@ -9,14 +9,18 @@
  *
  * Each loop runs over elements [i, end) (end - i a multiple of W) and returns nonzero when an
  * element of the gradient was not finite. The ops and their order are torch.optim's
- * single-tensor ones (vectorised as ATen vectorises them: add with alpha and lerp are one FMA),
- * so the results equal torch.optim's to float32 rounding. */
+ * single-tensor ones, rounded as ATen rounds them (add with alpha, lerp and addcmul end in one
+ * FMA; addcdiv does not), so the results equal torch.optim's to float32 rounding. */
 
 /* torch.lerp(s, e, weight) as ATen vectorises it: c = weight (small) or weight - 1, base = s or e */
 #define LERP(s, e, c, small) FMA((c), SUB((e), (s)), (small) ? (s) : (e))
 
 /* g + wd * w: torch's grad.add(param, alpha=weight_decay) */
 #define DECAY(g, w, wd, on) ((on) ? FMA((wd), (w), (g)) : (g))
+
+/* torch.addcmul(x, t1, t2, value=c) as ATen computes it: x + (c * t1) * t2, the last
+ * multiply-add fused */
+#define ADDCMUL(x, c, t1, t2) FMA(MUL((c), (t1)), (t2), (x))
 
 /* torch.addcdiv(x, t1, t2, value=c) as ATen computes it: x + (c * t1) / t2, nothing fused */
 #define ADDCDIV(x, c, t1, t2) ADD((x), DIV(MUL((c), (t1)), (t2)))
@@ -74,7 +78,7 @@ TARGET static int NAME(adam_loop)(const void *args, Py_ssize_t i, Py_ssize_t end
         else
             g = DECAY(g, w, wd, a.decay);
         V m = LERP(LD(a.m + i), g, c1, a.small1);          /* m.lerp_(g, 1 - beta1) */
-        V v = ADD(MUL(LD(a.v + i), b2), MUL(MUL(omb2, g), g));   /* v * beta2 + (1 - beta2) g^2 */
+        V v = ADDCMUL(MUL(LD(a.v + i), b2), omb2, g, g);        /* v * beta2 + (1 - beta2) g^2 */
         ST(a.mo + i, m);
         ST(a.vo + i, v);
         if (a.amsgrad) {
@@ -97,7 +101,7 @@ TARGET static int NAME(adagrad_loop)(const void *args, Py_ssize_t i, Py_ssize_t 
         V w = LD(a.w + i), g = LD(a.g + i);
         BAD_ADD(bad, g);
         g = DECAY(g, w, wd, a.decay);
-        V s = ADD(LD(a.s + i), MUL(g, g));                  /* s + g^2 */
+        V s = ADDCMUL(LD(a.s + i), SET(1.0f), g, g);       /* s + g^2 */
         ST(a.so + i, s);
         V std = ADD(SQRT(s), eps);
         ST(a.wo + i, ADDCDIV(w, nclr, g, std));             /* w - clr * g / (sqrt(s) + eps) */
@@ -116,11 +120,11 @@ TARGET static int NAME(adadelta_loop)(const void *args, Py_ssize_t i, Py_ssize_t
         V w = LD(a.w + i), g = LD(a.g + i), u = LD(a.u + i);
         BAD_ADD(bad, g);
         g = DECAY(g, w, wd, a.decay);
-        V v = ADD(MUL(LD(a.v + i), rho), MUL(MUL(omr, g), g));          /* rho v + (1 - rho) g^2 */
+        V v = ADDCMUL(MUL(LD(a.v + i), rho), omr, g, g);                /* rho v + (1 - rho) g^2 */
         ST(a.vo + i, v);
         V std = SQRT(ADD(v, eps));
         V delta = MUL(DIV(SQRT(ADD(u, eps)), std), g);                   /* sqrt(u + eps) / std * g */
-        ST(a.uo + i, ADD(MUL(u, rho), MUL(MUL(omr, delta), delta)));    /* rho u + (1 - rho) d^2 */
+        ST(a.uo + i, ADDCMUL(MUL(u, rho), omr, delta, delta));          /* rho u + (1 - rho) d^2 */
         ST(a.wo + i, FMA(nlr, delta, w));
     }
     return BAD_ANY(bad);
@@ -137,12 +141,12 @@ TARGET static int NAME(rmsprop_loop)(const void *args, Py_ssize_t i, Py_ssize_t 
         V w = LD(a.w + i), g = LD(a.g + i), avg;
         BAD_ADD(bad, g);
         g = DECAY(g, w, wd, a.decay);
-        V v = ADD(MUL(LD(a.v + i), al), MUL(MUL(oma, g), g));           /* alpha v + (1 - alpha) g^2 */
+        V v = ADDCMUL(MUL(LD(a.v + i), al), oma, g, g);                 /* alpha v + (1 - alpha) g^2 */
         ST(a.vo + i, v);
         if (a.centered) {
             V m = LERP(LD(a.m + i), g, ca, a.small_alpha);            /* m.lerp_(g, 1 - alpha) */
             ST(a.mo + i, m);
-            avg = SQRT(SUB(v, MUL(m, m)));
+            avg = SQRT(ADDCMUL(v, SET(-1.0f), m, m));                       /* v - m^2 */
         } else {
             avg = SQRT(v);
         }
@@ -201,4 +205,5 @@ TARGET static int NAME(mean_loop)(const void *args, Py_ssize_t i, Py_ssize_t end
 
 #undef LERP
 #undef DECAY
+#undef ADDCMUL
 #undef ADDCDIV

@@ -81,8 +81,11 @@ def compare_with_torch(name: str, hyper: dict, n: int, steps: int, seed: int = 0
                        ill_conditioned: bool = False) -> None:
     """Run rule `name` (in place) and torch.optim side by side; compare weights and all state.
 
-    `ill_conditioned`: where weights or state differ by more than `rtol`, accept them if they are as
-    close to torch.optim's float64 result as torch.optim's float32 ones are. Some random
+    `ill_conditioned`: where weights or state differ by more than `rtol`, accept them if they are
+    about as close to torch.optim's float64 result as torch.optim's float32 ones are (within 10x:
+    two float32 runs of a recurrence that amplifies rounding land at random distances from the
+    exact result; a rule with a wrong formula or hyper-parameter misses by orders of magnitude
+    more, as `test_check_can_fail`'s does). Some random
     settings amplify rounding (a zero gradient with weight decay under an adaptive rule: the
     step is weight decay over its own root mean square, and centered RMSprop takes the square
     root of a difference of near-equal numbers), and torch's float32 sqrt is not correctly rounded
@@ -119,7 +122,7 @@ def compare_with_torch(name: str, hyper: dict, n: int, steps: int, seed: int = 0
                    np.atleast_1d(opt64.state[exact][k].numpy())) for k, r in ref_state.items()]
         for what, ours, ref32, ref64 in pairs:
             ours_err, torch_err = np.abs(ours - ref64).max(), np.abs(ref32 - ref64).max()
-            assert ours_err <= 2 * torch_err + rtol * np.abs(ref64).max(), \
+            assert ours_err <= 10 * torch_err + rtol * np.abs(ref64).max(), \
                 f"{label}: {what} {ours_err:.3g} from the float64 result, torch.optim's {torch_err:.3g}"
     extra = set(state) - set(ref_state) - {"step"}
     assert not extra, f"{label}: state keys {sorted(extra)} that torch does not keep"

@@ -13,7 +13,7 @@ agree bit for bit, and so do the AVX2 path and the plain C one (``use_simd``).
 
 What that leaves (10M weights, CPU clock, one core of a 2-core EPYC; docs/performance.md
 section 5): in place the kernels run above the bandwidth floor; through the PS, out of place,
-every rule runs at 0.7-1.0 of it (Adam 0.83), and only if the arena keeps its vectors at
+every rule runs at 0.7-1.0 of it (Adam 0.83-0.97), and only if the arena keeps its vectors at
 distinct offsets within their pages (Note [staggered regions] in gadei/arena.py: seven streams
 at one page offset share one memory channel, and Adam took 12 ms instead of 7.3). Adam's
 square root and two divisions per weight cost ~0.6 ns per weight even in cache, three quarters

@@ -1,4 +1,11 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# The update rules' single-pass kernels (algorithms/_kernels.c): plain C, with an AVX2 path chosen
+# at run time. -ffp-contract=off: the compiler fuses no multiply-add of its own, so the AVX2 and
+# plain paths do the same float operations (Note [two paths, one result] there).
+KERNELS = Extension("algorithms._kernels", ["algorithms/_kernels.c"],
+                    depends=["algorithms/_kernels_body.h"],
+                    extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno"])
 
 setup(
     name="gadei",
@@ -6,6 +13,7 @@ setup(
     description="Shared-memory parameter server with exactly-once, deadlock-free updates",
     python_requires=">=3.11",
     package_data={"gadei.serve": ["static/*"]},
+    ext_modules=[KERNELS],
     packages=find_packages(include=["gadei", "gadei.*", "algorithms", "algorithms.*",
                                     "qa_tasks", "qa_tasks.*", "bench", "bench.*"]),
     install_requires=[

@@ -4,11 +4,12 @@ One registry, one way in::
 
     rule = algorithms.get("sgd", lr=0.1)
     state = rule.init_state(n)                      # dict[str, np.ndarray], float32 (+ counters)
-    rule.apply(weights, grad, state)                # in place
+    rule.apply(weights, grad, state)                # in place; True when grad was finite
     rule.apply(weights, grad, state, out_weights=w2, out_state=s2)   # out of place (PS double buffering)
 
 Adding a rule: write one file in this folder with a pure update function and a thin class
-(see ``sgd.py``), then add one line to ``RULES`` below.
+(see ``sgd.py``), then add one line to ``RULES`` below. The built-in rules' math is compiled
+(``_kernels.c``, Note [single-pass kernels] in ``rule.py``); a new rule may be numpy or torch.
 """
 from __future__ import annotations
 

@@ -12,24 +12,17 @@ weight.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
+from algorithms.rule import Rule, check_ranges, counter, kernels, state_views, step_counter, targets, zeros
 
 
-def adadelta(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
-             w_out: torch.Tensor, v_out: torch.Tensor, u_out: torch.Tensor, *, lr: float,
-             rho: float, eps: float, weight_decay: float) -> None:
-    """One Adadelta step. Outputs may alias inputs."""
-    for w_, g_, v_, u_, wo, vo, uo, d, std, delta in chunks([w, g, v, u, w_out, v_out, u_out], 3):
-        if weight_decay:
-            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
-        torch.mul(v_, rho, out=vo).addcmul_(g_, g_, value=1 - rho)
-        torch.add(vo, eps, out=std).sqrt_()
-        torch.add(u_, eps, out=delta).sqrt_()
-        delta.div_(std).mul_(g_)
-        torch.mul(u_, rho, out=uo).addcmul_(delta, delta, value=1 - rho)
-        torch.add(w_, delta, alpha=-lr, out=wo)
+def adadelta(w: np.ndarray, g: np.ndarray, v: np.ndarray, u: np.ndarray, w_out: np.ndarray,
+             v_out: np.ndarray, u_out: np.ndarray, *, lr: float, rho: float, eps: float,
+             weight_decay: float) -> bool:
+    """One Adadelta step. Outputs may alias inputs. One pass (Note [single-pass kernels] in
+    rule.py); True when every element of `g` is finite."""
+    return kernels.adadelta(w, g, v, u, w_out, v_out, u_out, lr=lr, rho=rho, eps=eps,
+                            weight_decay=weight_decay)
 
 
 class Adadelta(Rule):
@@ -44,9 +37,10 @@ class Adadelta(Rule):
     def init_state(self, n: int) -> dict[str, np.ndarray]:
         return {"square_avg": zeros(n), "acc_delta": zeros(n), "step": step_counter()}
 
-    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> bool:
         w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         (v, u), (v_out, u_out) = state_views(state, out_state, ["square_avg", "acc_delta"])
-        adadelta(w, g, v, u, w_out, v_out, u_out, lr=self.lr, rho=self.rho, eps=self.eps,
-                 weight_decay=self.weight_decay)
+        finite = adadelta(w, g, v, u, w_out, v_out, u_out, lr=self.lr, rho=self.rho,
+                          eps=self.eps, weight_decay=self.weight_decay)
         out_state["step"][0] = counter(state) + 1
+        return finite

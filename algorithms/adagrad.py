@@ -11,23 +11,16 @@ State: ``sum`` (s), ``step`` (t, counter). Memory floor: 20 bytes per weight.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from algorithms.rule import (Rule, check_ranges, chunks, counter, stage, state_views, step_counter,
-                             step_tensor, targets)
+from algorithms.rule import Rule, check_ranges, counter, kernels, state_views, step_counter, targets
 
 
-def adagrad(w: torch.Tensor, g: torch.Tensor, s: torch.Tensor, w_out: torch.Tensor,
-            s_out: torch.Tensor, *, step: float, lr: float, lr_decay: float, eps: float,
-            weight_decay: float) -> None:
-    """One Adagrad step; `step` is t (1 on the first update). Outputs may alias inputs. torch's
-    fused kernel (``torch.optim.Adagrad(fused=True)``), chunk by chunk: see Note [fused
-    kernels]."""
-    t = step_tensor(step)
-    for w_, g_, s_, wo, so in chunks([w, g, s, w_out, s_out]):
-        stage([w_, s_], [wo, so])
-        torch._fused_adagrad_([wo], [g_], [so], [t], lr=lr, lr_decay=lr_decay,
-                              weight_decay=weight_decay, eps=eps, maximize=False)
+def adagrad(w: np.ndarray, g: np.ndarray, s: np.ndarray, w_out: np.ndarray, s_out: np.ndarray,
+            *, step: float, lr: float, lr_decay: float, eps: float, weight_decay: float) -> bool:
+    """One Adagrad step; `step` is t (1 on the first update). Outputs may alias inputs. One pass
+    (Note [single-pass kernels] in rule.py); True when every element of `g` is finite."""
+    return kernels.adagrad(w, g, s, w_out, s_out, step=step, lr=lr, lr_decay=lr_decay, eps=eps,
+                           weight_decay=weight_decay)
 
 
 class Adagrad(Rule):
@@ -45,10 +38,11 @@ class Adagrad(Rule):
         return {"sum": np.full(n, self.initial_accumulator_value, np.float32),
                 "step": step_counter()}
 
-    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> bool:
         w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         step = counter(state) + 1
         (s,), (s_out,) = state_views(state, out_state, ["sum"])
-        adagrad(w, g, s, w_out, s_out, step=step, lr=self.lr, lr_decay=self.lr_decay,
-                eps=self.eps, weight_decay=self.weight_decay)
+        finite = adagrad(w, g, s, w_out, s_out, step=step, lr=self.lr, lr_decay=self.lr_decay,
+                         eps=self.eps, weight_decay=self.weight_decay)
         out_state["step"][0] = step
+        return finite

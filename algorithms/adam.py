@@ -16,27 +16,24 @@ State: ``exp_avg`` (m), ``exp_avg_sq`` (v), ``max_exp_avg_sq`` (vmax, if amsgrad
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from algorithms.rule import (Rule, check_ranges, chunks, counter, stage, state_views, step_counter,
-                             step_tensor, targets, zeros)
+from algorithms.rule import Rule, check_ranges, counter, kernels, state_views, step_counter, targets, zeros
 
 
-def adam(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-         w_out: torch.Tensor, m_out: torch.Tensor, v_out: torch.Tensor, *, step: float,
-         lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-         decoupled_weight_decay: bool = False, amsgrad: bool = False,
-         vmax: torch.Tensor | None = None, vmax_out: torch.Tensor | None = None) -> None:
+def adam(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, w_out: np.ndarray,
+         m_out: np.ndarray, v_out: np.ndarray, *, step: float, lr: float, beta1: float,
+         beta2: float, eps: float, weight_decay: float, decoupled_weight_decay: bool = False,
+         amsgrad: bool = False, vmax: np.ndarray | None = None,
+         vmax_out: np.ndarray | None = None) -> bool:
     """One Adam step; `step` is t (1 on the first update); `vmax`/`vmax_out` needed with
-    amsgrad. Outputs may alias inputs. torch's fused kernel (``torch.optim.Adam(fused=True)``),
-    chunk by chunk: see Note [fused kernels]."""
-    kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
-    t = step_tensor(step)
-    for w_, g_, m_, v_, x_, wo, mo, vo, xo in chunks(
-            [w, g, m, v, vmax, w_out, m_out, v_out, vmax_out]):
-        stage([w_, m_, v_, x_], [wo, mo, vo, xo])
-        kernel([wo], [g_], [mo], [vo], [xo] if amsgrad else [], [t], lr=lr, beta1=beta1,
-               beta2=beta2, weight_decay=weight_decay, eps=eps, amsgrad=amsgrad, maximize=False)
+    amsgrad. Outputs may alias inputs. One pass (Note [single-pass kernels] in rule.py); True
+    when every element of `g` is finite."""
+    if amsgrad and (vmax is None or vmax_out is None):
+        raise ValueError("adam: amsgrad needs vmax and vmax_out")
+    extra = (vmax, vmax_out) if amsgrad else ()
+    return kernels.adam(w, g, m, v, w_out, m_out, v_out, *extra, step=step, lr=lr, beta1=beta1,
+                        beta2=beta2, eps=eps, weight_decay=weight_decay,
+                        decoupled_weight_decay=decoupled_weight_decay)
 
 
 class Adam(Rule):
@@ -59,13 +56,14 @@ class Adam(Rule):
         state["step"] = step_counter()
         return state
 
-    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> bool:
         w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         step = counter(state) + 1
         keys = ["exp_avg", "exp_avg_sq", "max_exp_avg_sq" if self.amsgrad else None]
         (m, v, x), (m_out, v_out, x_out) = state_views(state, out_state, keys)
-        adam(w, g, m, v, w_out, m_out, v_out, step=step, lr=self.lr, beta1=self.beta1,
-             beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay,
-             decoupled_weight_decay=self.decoupled_weight_decay, amsgrad=self.amsgrad,
-             vmax=x, vmax_out=x_out)
+        finite = adam(w, g, m, v, w_out, m_out, v_out, step=step, lr=self.lr, beta1=self.beta1,
+                      beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay,
+                      decoupled_weight_decay=self.decoupled_weight_decay, amsgrad=self.amsgrad,
+                      vmax=x, vmax_out=x_out)
         out_state["step"][0] = step
+        return finite

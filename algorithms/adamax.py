@@ -11,23 +11,17 @@ State: ``exp_avg`` (m), ``exp_inf`` (u), ``step`` (t, counter). Memory floor: 28
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
+from algorithms.rule import Rule, check_ranges, counter, kernels, state_views, step_counter, targets, zeros
 
 
-def adamax(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, u: torch.Tensor,
-           w_out: torch.Tensor, m_out: torch.Tensor, u_out: torch.Tensor, *, step: float,
-           lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    """One Adamax step; `step` is t (1 on the first update). Outputs may alias inputs."""
-    clr = lr / (1 - beta1 ** step)
-    for w_, g_, m_, u_, wo, mo, uo, d, a in chunks([w, g, m, u, w_out, m_out, u_out], 2):
-        if weight_decay:
-            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
-        torch.lerp(m_, g_, 1 - beta1, out=mo)
-        torch.abs(g_, out=a).add_(eps)
-        torch.maximum(torch.mul(u_, beta2, out=uo), a, out=uo)
-        torch.addcdiv(w_, mo, uo, value=-clr, out=wo)
+def adamax(w: np.ndarray, g: np.ndarray, m: np.ndarray, u: np.ndarray, w_out: np.ndarray,
+           m_out: np.ndarray, u_out: np.ndarray, *, step: float, lr: float, beta1: float,
+           beta2: float, eps: float, weight_decay: float) -> bool:
+    """One Adamax step; `step` is t (1 on the first update). Outputs may alias inputs. One pass
+    (Note [single-pass kernels] in rule.py); True when every element of `g` is finite."""
+    return kernels.adamax(w, g, m, u, w_out, m_out, u_out, step=step, lr=lr, beta1=beta1,
+                          beta2=beta2, eps=eps, weight_decay=weight_decay)
 
 
 class Adamax(Rule):
@@ -43,10 +37,11 @@ class Adamax(Rule):
     def init_state(self, n: int) -> dict[str, np.ndarray]:
         return {"exp_avg": zeros(n), "exp_inf": zeros(n), "step": step_counter()}
 
-    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> bool:
         w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         step = counter(state) + 1
         (m, u), (m_out, u_out) = state_views(state, out_state, ["exp_avg", "exp_inf"])
-        adamax(w, g, m, u, w_out, m_out, u_out, step=step, lr=self.lr, beta1=self.beta1,
-               beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
+        finite = adamax(w, g, m, u, w_out, m_out, u_out, step=step, lr=self.lr, beta1=self.beta1,
+                        beta2=self.beta2, eps=self.eps, weight_decay=self.weight_decay)
         out_state["step"][0] = step
+        return finite

@@ -13,29 +13,19 @@ State: ``momentum_buffer`` (b), ``step`` (t, counter). Memory floor: 20 bytes pe
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
+from algorithms.rule import Rule, check_ranges, counter, kernels, state_views, step_counter, targets, zeros
 from algorithms.sgd import sgd
 
 
-def msgd(w: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, w_out: torch.Tensor,
-         buf_out: torch.Tensor, *, step: float, lr: float, momentum: float, dampening: float,
-         nesterov: bool, weight_decay: float) -> None:
-    """One momentum-SGD step; `step` is t (1 on the first update). Outputs may alias inputs."""
-    for w_, g_, b_, wo, bo, d, u in chunks([w, g, buf, w_out, buf_out], 2):
-        if weight_decay:
-            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
-        if step == 1:
-            bo.copy_(g_)
-        else:
-            torch.mul(b_, momentum, out=bo)
-            bo.add_(g_, alpha=1 - dampening)
-        if nesterov:
-            torch.add(g_, bo, alpha=momentum, out=u)
-            torch.add(w_, u, alpha=-lr, out=wo)
-        else:
-            torch.add(w_, bo, alpha=-lr, out=wo)
+def msgd(w: np.ndarray, g: np.ndarray, buf: np.ndarray, w_out: np.ndarray,
+         buf_out: np.ndarray, *, step: float, lr: float, momentum: float, dampening: float,
+         nesterov: bool, weight_decay: float) -> bool:
+    """One momentum-SGD step; `step` is t (1 on the first update: `buf` is not read). Outputs
+    may alias inputs. One pass (Note [single-pass kernels] in rule.py); True when every element
+    of `g` is finite."""
+    return kernels.msgd(w, g, buf, w_out, buf_out, first=step == 1, lr=lr, momentum=momentum,
+                        dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
 
 
 class MSGD(Rule):
@@ -58,14 +48,15 @@ class MSGD(Rule):
             return {"step": step_counter()}
         return {"momentum_buffer": zeros(n), "step": step_counter()}
 
-    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> bool:
         w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         step = counter(state) + 1
         if self.momentum == 0:
-            sgd(w, g, w_out, lr=self.lr, weight_decay=self.weight_decay)
+            finite = sgd(w, g, w_out, lr=self.lr, weight_decay=self.weight_decay)
         else:
             (buf,), (buf_out,) = state_views(state, out_state, ["momentum_buffer"])
-            msgd(w, g, buf, w_out, buf_out, step=step, lr=self.lr, momentum=self.momentum,
-                 dampening=self.dampening, nesterov=self.nesterov,
-                 weight_decay=self.weight_decay)
+            finite = msgd(w, g, buf, w_out, buf_out, step=step, lr=self.lr,
+                          momentum=self.momentum, dampening=self.dampening,
+                          nesterov=self.nesterov, weight_decay=self.weight_decay)
         out_state["step"][0] = step
+        return finite

@@ -17,34 +17,24 @@ centered), ``step`` (t, counter). Memory floor: 20 bytes per weight, +8 with mom
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from algorithms.rule import Rule, check_ranges, chunks, counter, state_views, step_counter, targets, zeros
+from algorithms.rule import Rule, check_ranges, counter, kernels, state_views, step_counter, targets, zeros
 
 
-def rmsprop(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor, w_out: torch.Tensor,
-            v_out: torch.Tensor, *, lr: float, alpha: float, eps: float, weight_decay: float,
-            momentum: float = 0.0, b: torch.Tensor | None = None,
-            b_out: torch.Tensor | None = None, centered: bool = False,
-            m: torch.Tensor | None = None, m_out: torch.Tensor | None = None) -> None:
+def rmsprop(w: np.ndarray, g: np.ndarray, v: np.ndarray, w_out: np.ndarray, v_out: np.ndarray,
+            *, lr: float, alpha: float, eps: float, weight_decay: float, momentum: float = 0.0,
+            b: np.ndarray | None = None, b_out: np.ndarray | None = None,
+            centered: bool = False, m: np.ndarray | None = None,
+            m_out: np.ndarray | None = None) -> bool:
     """One RMSprop step; `b`/`b_out` needed when momentum > 0, `m`/`m_out` when centered.
-    Outputs may alias inputs."""
-    for w_, g_, v_, b_, m_, wo, vo, bo, mo, d, avg in chunks(
-            [w, g, v, b, m, w_out, v_out, b_out, m_out], 2):
-        if weight_decay:
-            g_ = torch.add(g_, w_, alpha=weight_decay, out=d)
-        torch.mul(v_, alpha, out=vo).addcmul_(g_, g_, value=1 - alpha)
-        if centered:
-            torch.lerp(m_, g_, 1 - alpha, out=mo)
-            torch.addcmul(vo, mo, mo, value=-1, out=avg).sqrt_()
-        else:
-            torch.sqrt(vo, out=avg)
-        avg.add_(eps)
-        if momentum > 0:
-            torch.mul(b_, momentum, out=bo).addcdiv_(g_, avg)
-            torch.add(w_, bo, alpha=-lr, out=wo)
-        else:
-            torch.addcdiv(w_, g_, avg, value=-lr, out=wo)
+    Outputs may alias inputs. One pass (Note [single-pass kernels] in rule.py); True when every
+    element of `g` is finite."""
+    if (momentum > 0 and (b is None or b_out is None)) or (centered and (m is None or m_out is None)):
+        raise ValueError("rmsprop: momentum > 0 needs b and b_out; centered needs m and m_out")
+    return kernels.rmsprop(w, g, v, w_out, v_out, b if momentum > 0 else None,
+                           b_out if momentum > 0 else None, m if centered else None,
+                           m_out if centered else None, lr=lr, alpha=alpha, eps=eps,
+                           weight_decay=weight_decay, momentum=momentum)
 
 
 class RMSprop(Rule):
@@ -67,10 +57,11 @@ class RMSprop(Rule):
         state["step"] = step_counter()
         return state
 
-    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> bool:
         w, g, w_out, out_state = targets(weights, grad, state, out_weights, out_state)
         (v, b, m), (v_out, b_out, m_out) = state_views(state, out_state, self._keys())
-        rmsprop(w, g, v, w_out, v_out, lr=self.lr, alpha=self.alpha, eps=self.eps,
-                weight_decay=self.weight_decay, momentum=self.momentum, b=b, b_out=b_out,
-                centered=self.centered, m=m, m_out=m_out)
+        finite = rmsprop(w, g, v, w_out, v_out, lr=self.lr, alpha=self.alpha, eps=self.eps,
+                         weight_decay=self.weight_decay, momentum=self.momentum, b=b,
+                         b_out=b_out, centered=self.centered, m=m, m_out=m_out)
         out_state["step"][0] = counter(state) + 1
+        return finite

@@ -1,96 +1,77 @@
 """The interface every server-side update rule implements, and the helpers they share.
 
-Note [one pass over memory]: an update rule written as a chain of whole-vector torch ops makes
-one trip to main memory per op (Adam: about ten), and the parameter server is bound by memory
-bandwidth. The rules therefore walk the vectors in cache-sized chunks (``chunks``): every op of
-the chain runs on a chunk that is still in cache, so each weight, gradient and state entry is
-read from memory once and written once -- the floor ``bytes_per_weight`` counts. Within a chunk
-the ops are the same ops, in the same order, as ``torch.optim``'s single-tensor code, so the
-results agree with torch to float32 rounding (in practice bit for bit).
+Note [single-pass kernels]: the parameter server is bound by memory bandwidth, and applies an
+update out of place (it reads the published buffer's weights and state and the gradient slot,
+and writes the unpublished buffer). Each rule is therefore one compiled loop
+(``algorithms/_kernels.c``, the module ``algorithms._kernels``): it reads every input vector
+once, writes every output vector once (with non-temporal stores when out of place, so the
+output's lines are not first read from memory), and checks the gradient for NaN/Inf as it reads
+it, returning whether it was finite -- the PS's validation costs no pass of its own. The loop's
+float operations are torch.optim's single-tensor ones in the same order (vectorised as ATen
+vectorises them), so results equal torch.optim's to float32 rounding; in place and out of place
+agree bit for bit, and so do the AVX2 path and the plain C one (``use_simd``).
 
-Note [fused kernels]: even in cache, each eager op costs ~0.2 ns per element on one thread, so a
-rule of five to ten ops stays at 0.2-0.5 of the bandwidth floor. Where torch has a fused CPU
-kernel for a rule (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_adagrad_``: the kernels
-behind ``torch.optim``'s ``fused=True``), the rule calls it chunk by chunk instead: one
-vectorised loop reads each input once and writes each output once. The kernels work in place;
-out of place (the double-buffered PS), ``stage`` first copies the chunk's inputs into the output
-chunk, where the kernel finds them in cache. They are torch.optim's own ``fused=True`` code,
-which torch tests against its single-tensor code to float32 rounding; so do our tests.
+What that leaves (10M weights, CPU clock, one core of a 2-core EPYC; docs/performance.md
+section 5): in place the kernels run above the bandwidth floor; through the PS, out of place,
+every rule runs at 0.7-1.0 of it (Adam 0.83-0.97), and only if the arena keeps its vectors at
+distinct offsets within their pages (Note [staggered regions] in gadei/arena.py: seven streams
+at one page offset share one memory channel, and Adam took 12 ms instead of 7.3). Adam's
+square root and two divisions per weight cost ~0.6 ns per weight even in cache, three quarters
+of its memory time, which leaves the loop little slack to hide memory stalls in.
 
-What that leaves (CPU clock, 2-core EPYC, 10M weights; docs/performance.md section 5): Adam in
-place runs at the floor (8.1 ms against 7.7), out of place at ~0.4 (18-21 ms): the staging
-copies (10-14 ms: the output lines are read before they are written, and a plain copy gets ~20
-GB/s) and the kernel's arithmetic (6 ms of square roots and divisions, measured in L2) follow
-one another instead of overlapping. Only a single-pass out-of-place kernel would overlap them,
-and torch has none. For MSGD (three cheap ops) the staging costs more than the fused kernel
-saves, so it stays eager.
+Before the kernels, the rules were chains of torch ops run chunk by chunk in cache, and Adam and
+Adagrad called torch's fused (in-place) kernels after staging copies of their inputs; both
+stayed at 0.2-0.5 of the floor out of place (history in docs/performance.md section 5).
 """
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-# Floats per chunk and per torch thread. Each op costs ~2-3 us of dispatch on top of its work, so
-# chunks must be large; 256 Ki floats (1 MiB per array, ~10 MiB for all arrays and scratch of a
-# chunk) stay in L3 and keep dispatch under ~5 %. Measured on a 2-core EPYC (1 MiB L2, 32 MiB L3),
-# Adam on 10M weights: 64 Ki 28-33 ms, 128 Ki 26-31, 256 Ki 28, 1 Mi 29-31, unchunked 80 ms.
-CHUNK = 1 << 18
+try:
+    from algorithms import _kernels as kernels
+except ImportError as e:       # the extension is built by `pip install -e .` (setup.py)
+    raise ImportError(
+        "gadei's compiled update kernels (algorithms._kernels) are not built or do not load "
+        f"({e}). Reinstall on a machine with a C compiler (gcc or clang) and the Python headers: "
+        "`pip install -e .` from the repository root (or `python setup.py build_ext --inplace`)."
+    ) from e
 
 
-def as_tensor(x) -> torch.Tensor:
-    """A torch view of a float32 numpy array (shared memory stays shared: no copy)."""
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+def as_array(x) -> np.ndarray:
+    """A numpy view of `x` (a CPU torch tensor shares its memory: no copy)."""
+    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def vectors(weights, grad) -> tuple[torch.Tensor, torch.Tensor]:
-    """`weights` and `grad` as torch views, checked to be flat float32 vectors of one length."""
-    w, g = as_tensor(weights), as_tensor(grad)
-    if w.dtype != torch.float32 or g.dtype != torch.float32:
+def vectors(weights, grad) -> tuple[np.ndarray, np.ndarray]:
+    """`weights` and `grad` as numpy views, checked to be flat float32 vectors of one length."""
+    w, g = as_array(weights), as_array(grad)
+    if w.dtype != np.float32 or g.dtype != np.float32:
         raise ValueError(f"weights and grad must be float32, got {w.dtype} and {g.dtype}")
-    if w.dim() != 1 or w.shape != g.shape:
+    if w.ndim != 1 or w.shape != g.shape:
         raise ValueError(f"weights and grad must be flat and of one length, got shapes "
-                         f"{tuple(w.shape)} and {tuple(g.shape)}")
+                         f"{w.shape} and {g.shape}")
     return w, g
 
 
-def chunks(tensors: list[torch.Tensor | None], n_scratch: int = 0
-           ) -> Iterator[tuple[torch.Tensor | None, ...]]:
-    """Cache-sized views of `tensors` (flat, one length; None stays None), chunk by chunk.
-
-    Each tuple holds the chunk views of `tensors` followed by `n_scratch` scratch views of the
-    same length, which the caller may overwrite (allocated once per call: ``n_scratch`` chunks,
-    not vectors). See Note [one pass over memory].
-    """
-    n = next(t for t in tensors if t is not None).numel()
-    size = CHUNK * max(1, torch.get_num_threads())
-    if n <= size:  # one chunk: no splitting overhead for small vectors
-        yield (*tensors, *(torch.empty(n) for _ in range(n_scratch)))
-        return
-    scratch = [torch.empty(size) for _ in range(n_scratch)]
-    parts = [t.split(size) if t is not None else None for t in tensors]
-    for i in range((n + size - 1) // size):
-        m = min(size, n - i * size)
-        yield (*(p[i] if p is not None else None for p in parts),
-               *(s if m == size else s[:m] for s in scratch))
+def apply_delta(w, d, w_out) -> bool:
+    """w_out = w + d (a DOWNPOUR or EASGD learner's delta), in one pass; True when every
+    element of `d` is finite. `w_out` may be `w`."""
+    return kernels.add(as_array(w), as_array(d), as_array(w_out))
 
 
-def stage(inputs: list[torch.Tensor | None], outputs: list[torch.Tensor | None]) -> None:
-    """Copy each chunk of `inputs` into its chunk of `outputs` unless they are the same memory
-    (in place), so that a fused kernel that works in place (``torch._fused_adam_``, ...) can
-    apply an update out of place. Called chunk by chunk, the kernel then finds the copies in
-    cache: see Note [fused kernels]."""
-    for a, b in zip(inputs, outputs):
-        if a is not None and a.data_ptr() != b.data_ptr():
-            b.copy_(a)
+def mean(out, grads: list) -> bool:
+    """out = (grads[0] + grads[1] + ...) / len(grads) (two or more, summed in that order), in one
+    pass; True when every element of every gradient is finite."""
+    return kernels.mean(as_array(out), [as_array(g) for g in grads])
 
 
-def step_tensor(step: float) -> torch.Tensor:
-    """The step count t as torch.optim keeps it for its fused kernels: a float32 scalar tensor
-    (the kernels compute the bias corrections from it; they do not advance it)."""
-    return torch.tensor(step, dtype=torch.float32)
+def use_simd(on: bool) -> bool:
+    """Run the kernels' AVX2 path where the CPU has it (True, the default) or the plain C one
+    (tests compare them); returns whether the AVX2 path is now used."""
+    return kernels.use_simd(on)
 
 
 # torch.optim's range of each hyper-parameter: (name in the error, upper bound, bound included);
@@ -113,10 +94,10 @@ def check_ranges(**values: float) -> None:
 
 
 def targets(weights, grad, state, out_weights, out_state):
-    """(w, g, w_out, out_state) for `apply`: torch views of the inputs, and where the result
+    """(w, g, w_out, out_state) for `apply`: numpy views of the inputs, and where the result
     goes (in place where `out_*` is None)."""
     w, g = vectors(weights, grad)
-    w_out = w if out_weights is None else as_tensor(out_weights)
+    w_out = w if out_weights is None else as_array(out_weights)
     return w, g, w_out, (state if out_state is None else out_state)
 
 
@@ -133,9 +114,11 @@ class Rule:
 
     - ``init_state(n) -> dict[str, np.ndarray]``: the optimizer state for ``n`` weights; float32
       arrays of shape ``(n,)`` plus counters as arrays of shape ``(1,)`` (float64 or int64).
-    - ``apply(weights, grad, state, out_weights=None, out_state=None)``: write the updated
-      weights and state into ``out_*`` (same layout as the inputs), or in place where None.
-      ``grad`` is only read. The inputs are never modified when ``out_*`` are given.
+    - ``apply(weights, grad, state, out_weights=None, out_state=None) -> bool | None``: write
+      the updated weights and state into ``out_*`` (same layout as the inputs), or in place
+      where None. ``grad`` is only read. The inputs are never modified when ``out_*`` are
+      given. Returns whether every element of ``grad`` was finite (the built-in rules check it
+      in their one pass); a rule that returns None leaves the check to the PS (one more read).
 
     ``bytes_per_weight`` is the memory traffic one update must make per weight: read the weight,
     the gradient and each state vector, write the weight and each state vector
@@ -153,7 +136,7 @@ class Rule:
     def init_state(self, n: int) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> bool | None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -162,12 +145,12 @@ class Rule:
 
 
 def state_views(state: dict, out_state: dict | None, keys: list[str | None]
-                ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
-    """Torch views of the state vectors `keys` (None -> None) in `state` and in `out_state`
+                ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """Numpy views of the state vectors `keys` (None -> None) in `state` and in `out_state`
     (`state` itself when None)."""
     out_state = state if out_state is None else out_state
-    ins = [as_tensor(state[k]) if k is not None else None for k in keys]
-    outs = [as_tensor(out_state[k]) if k is not None else None for k in keys]
+    ins = [as_array(state[k]) if k is not None else None for k in keys]
+    outs = [as_array(out_state[k]) if k is not None else None for k in keys]
     return ins, outs
 
 

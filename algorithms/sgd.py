@@ -9,23 +9,18 @@ State: none. Memory floor: 12 bytes per weight (read w, g; write w).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from algorithms.rule import Rule, as_tensor, check_ranges, chunks, vectors
+from algorithms.rule import Rule, as_array, check_ranges, kernels, vectors
 
 
-def sgd(w: torch.Tensor, g: torch.Tensor, out: torch.Tensor, *, lr: float,
-        weight_decay: float) -> None:
-    """out = w - lr * (g + weight_decay * w), in one pass over memory.
+def sgd(w: np.ndarray, g: np.ndarray, out: np.ndarray, *, lr: float,
+        weight_decay: float) -> bool:
+    """out = w - lr * (g + weight_decay * w), in one pass over memory (Note [single-pass
+    kernels] in rule.py); True when every element of `g` is finite.
 
     `out` may alias `w`; `g` is only read.
     """
-    if not weight_decay:
-        torch.add(w, g, alpha=-lr, out=out)
-        return
-    for w_, g_, o_, d in chunks([w, g, out], 1):
-        torch.add(g_, w_, alpha=weight_decay, out=d)
-        torch.add(w_, d, alpha=-lr, out=o_)
+    return kernels.sgd(w, g, out, lr=lr, weight_decay=weight_decay)
 
 
 class SGD(Rule):
@@ -39,7 +34,7 @@ class SGD(Rule):
     def init_state(self, n: int) -> dict[str, np.ndarray]:
         return {}
 
-    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> None:
+    def apply(self, weights, grad, state, out_weights=None, out_state=None) -> bool:
         w, g = vectors(weights, grad)
-        out = w if out_weights is None else as_tensor(out_weights)
-        sgd(w, g, out, lr=self.lr, weight_decay=self.weight_decay)
+        out = w if out_weights is None else as_array(out_weights)
+        return sgd(w, g, out, lr=self.lr, weight_decay=self.weight_decay)

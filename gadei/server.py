@@ -22,20 +22,14 @@ import time
 import numpy as np
 import torch
 
+from algorithms.rule import apply_delta, mean
 from gadei import arena as A
 from gadei import faults, proc, shm
 
 
-
-# Floats per chunk and torch thread of the apply pass (4 MiB per vector: a rule splits it
-# further into its own chunks, algorithms/rule.py). Large enough that a job of up to 1M weights
-# is one chunk (each chunk costs ~10 us of calls), small enough that a chunk the rule has just
-# streamed through is still in the cache when the check reads it.
-CHUNK = 1 << 20
-
-
 def finite(x: np.ndarray) -> bool:
-    """No NaN or Inf in `x` (one read; the min and max of a chunk with a NaN are NaN)."""
+    """No NaN or Inf in `x` (one read of its own: for the rare paths, and for a rule that does
+    not check its gradient; the min and max of a vector with a NaN are NaN)."""
     lo, hi = torch.aminmax(torch.from_numpy(x))
     return math.isfinite(lo.item()) and math.isfinite(hi.item())
 
@@ -54,7 +48,6 @@ class Server:
         self._round_start = None
         self._dropped: list[int] = []
         self._scratch = None
-        self._chunk = CHUNK * max(1, torch.get_num_threads())   # the rules' chunk: in cache
         self.learners, self.slots = arena.layout.learners, arena.layout.slots
         self._ctrl = [[arena.sw(i, s, A.S_CTRL) for s in range(self.slots)] for i in range(self.learners)]
         self._next = 0              # round-robin start, so no learner starves
@@ -151,8 +144,8 @@ class Server:
         """Write version v+1 (weights, state, ledger) into the unpublished buffer, from one
         committed slot (ASGD) or a round of them (SYNC: their gradients averaged).
 
-        The payload is checked for NaN/Inf chunk by chunk inside the pass that applies it (each
-        chunk checked, then applied while in cache), so validation costs no pass over memory
+        The payload is checked for NaN/Inf inside the pass that applies it (the rule's kernel
+        checks each gradient element as it reads it), so validation costs no pass over memory
         of its own. A non-finite payload abandons what was written: version v+1 then carries
         the weights and state of v unchanged, and the ledger records the seq as rejected."""
         arena, v = self.arena, self.version
@@ -230,62 +223,33 @@ class Server:
             time.sleep(20e-6)
 
     def _checked_apply(self, w_src, g, s_src, w_dst, s_dst, delta: bool) -> bool:
-        """w_dst, s_dst = rule(w_src, s_src, g) (or w_src + g for a DELTA), chunk by chunk, each
-        chunk of g checked finite right after it is applied (the rule streamed it from memory
-        together with the weights; the check reads it from cache); False (and a partial write)
-        at the first chunk that is not.
-
-        Applying a rule chunk by chunk is exact: every rule is element-wise (torch.optim's
-        single-tensor ops), and out of place its counters (shape (1,)) are read from s_src and
-        written to s_dst, the same value for every chunk."""
-        n, size = g.size, self._chunk
-        for a in range(0, n, size):
-            b = min(n, a + size)
-            if delta:
-                torch.add(torch.from_numpy(w_src[a:b]), torch.from_numpy(g[a:b]), out=torch.from_numpy(w_dst[a:b]))
-            elif b - a == n:
-                self.rule.apply(w_src, g, s_src, out_weights=w_dst, out_state=s_dst)
-            else:
-                self.rule.apply(w_src[a:b], g[a:b], self._part(s_src, a, b), out_weights=w_dst[a:b],
-                                out_state=self._part(s_dst, a, b))
-            if not finite(g[a:b]):
-                return False
+        """w_dst, s_dst = rule(w_src, s_src, g) (or w_src + g for a DELTA) in one pass that also
+        checks g for NaN/Inf (algorithms/rule.py, Note [single-pass kernels]); False when g is
+        not finite (what was written is then discarded by the caller)."""
         if delta:
+            if not apply_delta(w_src, g, w_dst):
+                return False
             for key in s_src:
                 np.copyto(s_dst[key], s_src[key])
-        return True
-
-    def _part(self, state: dict, a: int, b: int) -> dict:
-        """Elements [a, b) of the state vectors; the counters whole."""
-        n = self.arena.layout.n
-        return {k: (x[a:b] if x.ndim == 1 and x.shape[0] == n else x) for k, x in state.items()}
+            return True
+        ok = self.rule.apply(w_src, g, s_src, out_weights=w_dst, out_state=s_dst)
+        return finite(g) if ok is None else ok      # None: a rule that does not check g
 
     def _checked_mean(self, slots: dict) -> tuple[np.ndarray | None, set]:
-        """SYNC: the mean of the round's gradients, each chunk of each checked finite right after
-        the pass that sums it read it; (mean, the non-finite ones), or (None, ...) when fewer than two are
-        finite (one is then applied as it is). A gradient found non-finite part way restarts
-        the mean without it (the rare path)."""
+        """SYNC: the mean of the round's gradients, in one pass that also checks them for NaN/Inf;
+        (mean, the non-finite ones), or (None, ...) when fewer than two are finite (one is then
+        applied as it is). When one is not finite (the rare path), each is checked on its own
+        and the mean taken again without the bad ones."""
         if self._scratch is None:
             self._scratch = np.empty(self.arena.layout.n, np.float32)
-        n, size, bad = self.arena.layout.n, self._chunk, set()
-        while True:
-            live = [key for key in slots if key not in bad]
-            if len(live) < 2:
-                return None, bad
-            for a in range(0, n, size):
-                b = min(n, a + size)
-                parts = [slots[key][a:b] for key in live]
-                out = torch.from_numpy(self._scratch[a:b])
-                torch.add(torch.from_numpy(parts[0]), torch.from_numpy(parts[1]), out=out)
-                for x in parts[2:]:
-                    out.add_(torch.from_numpy(x))
-                out.mul_(1.0 / len(live))
-                found = [key for key, x in zip(live, parts) if not finite(x)]    # in cache now
-                if found:
-                    bad.update(found)
-                    break
-            else:
-                return self._scratch, bad
+        if mean(self._scratch, list(slots.values())):
+            return self._scratch, set()
+        bad = {key for key, x in slots.items() if not finite(x)}
+        live = [x for key, x in slots.items() if key not in bad]
+        if len(live) < 2:
+            return None, bad
+        mean(self._scratch, live)
+        return self._scratch, bad
 
     # ---- P3 ------------------------------------------------------------------------------
     def publish(self) -> None:

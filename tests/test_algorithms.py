@@ -77,10 +77,23 @@ def gradients(seed: int, n: int, steps: int, scale: float = 1.0):
 
 
 def compare_with_torch(name: str, hyper: dict, n: int, steps: int, seed: int = 0,
-                       scale: float = 1.0, rtol: float = 1e-5) -> None:
-    """Run rule `name` (in place) and torch.optim side by side; compare weights and all state."""
+                       scale: float = 1.0, rtol: float = 1e-5,
+                       ill_conditioned: bool = False) -> None:
+    """Run rule `name` (in place) and torch.optim side by side; compare weights and all state.
+
+    `ill_conditioned`: where weights or state differ by more than `rtol`, accept them if they are
+    about as close to torch.optim's float64 result as torch.optim's float32 ones are (within 10x:
+    two float32 runs of a recurrence that amplifies rounding land at random distances from the
+    exact result; a rule with a wrong formula or hyper-parameter misses by orders of magnitude
+    more, as `test_check_can_fail`'s does). Some random
+    settings amplify rounding (a zero gradient with weight decay under an adaptive rule: the
+    step is weight decay over its own root mean square, and centered RMSprop takes the square
+    root of a difference of near-equal numbers), and torch's float32 sqrt is not correctly rounded
+    where the kernels' is (it differs from the IEEE square root on ~19 % of random inputs), so
+    one unit in the last place can grow past any rtol."""
     rng = np.random.default_rng(seed + 1)
     w = rng.standard_normal(n).astype(np.float32)
+    w0 = w.copy()
     param = torch.nn.Parameter(torch.from_numpy(w.copy()))
     opt = torch_optimizer(name, hyper, param)
     rule = algorithms.get(name, **hyper)
@@ -90,26 +103,42 @@ def compare_with_torch(name: str, hyper: dict, n: int, steps: int, seed: int = 0
         param.grad = torch.from_numpy(g.copy())
         opt.step()
     label = f"{name}{hyper} after {steps} steps"
-    assert_close(f"{label}: weights", w, param.detach().numpy(), rtol)
     ref_state = opt.state[param]
-    for key, ref in ref_state.items():
-        assert key in state, f"{label}: state has no {key!r} (torch has {sorted(ref_state)})"
-        assert_close(f"{label}: state[{key!r}]", state[key], np.atleast_1d(ref.numpy()), rtol)
+    try:
+        assert_close(f"{label}: weights", w, param.detach().numpy(), rtol)
+        for key, ref in ref_state.items():
+            assert key in state, f"{label}: state has no {key!r} (torch has {sorted(ref_state)})"
+            assert_close(f"{label}: state[{key!r}]", state[key], np.atleast_1d(ref.numpy()), rtol)
+    except AssertionError:
+        if not ill_conditioned:
+            raise
+        exact = torch.nn.Parameter(torch.from_numpy(w0.astype(np.float64)))
+        opt64 = torch_optimizer(name, hyper, exact)
+        for g in gradients(seed, n, steps, scale):
+            exact.grad = torch.from_numpy(g.astype(np.float64))
+            opt64.step()
+        pairs = [("weights", w, param.detach().numpy(), exact.detach().numpy())]
+        pairs += [(f"state[{k!r}]", state[k], np.atleast_1d(r.numpy()),
+                   np.atleast_1d(opt64.state[exact][k].numpy())) for k, r in ref_state.items()]
+        for what, ours, ref32, ref64 in pairs:
+            ours_err, torch_err = np.abs(ours - ref64).max(), np.abs(ref32 - ref64).max()
+            assert ours_err <= 10 * torch_err + rtol * np.abs(ref64).max(), \
+                f"{label}: {what} {ours_err:.3g} from the float64 result, torch.optim's {torch_err:.3g}"
     extra = set(state) - set(ref_state) - {"step"}
     assert not extra, f"{label}: state keys {sorted(extra)} that torch does not keep"
 
 
-@pytest.fixture(params=[40, None], ids=["chunk40", "chunk-default"])
-def chunk(request, monkeypatch):
-    """Run with tiny chunks too, so that small vectors cross chunk boundaries."""
-    if request.param is not None:
-        monkeypatch.setattr(algorithms.rule, "CHUNK", request.param)
-    return request.param
+@pytest.fixture(params=[True, False], ids=["avx2", "plain"])
+def simd(request):
+    """Run on the kernels' AVX2 path (where the CPU has it) and on the plain C one."""
+    algorithms.rule.use_simd(request.param)
+    yield request.param
+    algorithms.rule.use_simd(True)
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
-def test_matches_torch_1000_steps(name, hyper, chunk):
+def test_matches_torch_1000_steps(name, hyper, simd):
     compare_with_torch(name, hyper, n=101, steps=1000)
 
 
@@ -118,23 +147,21 @@ def test_every_rule_has_a_case():
     assert {n for n, _ in CASES} == set(algorithms.RULES)
 
 
-# the rules that call torch's fused kernels chunk by chunk (Note [fused kernels] in rule.py)
-FUSED_CASES = [c for c in CASES if c[0] in ("adam", "adagrad")] + [
+# more variants for the first steps (Note [single-pass kernels] in rule.py)
+EVERY_STEP_CASES = CASES + [
     ("adam", {"weight_decay": 0.1, "beta1": 0.5, "eps": 1e-3}),
     ("adagrad", {"lr_decay": 0.5, "weight_decay": 0.1})]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("name,hyper", FUSED_CASES,
+@pytest.mark.parametrize("name,hyper", EVERY_STEP_CASES,
                          ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in h.items()) or 'defaults'}"
-                              for n, h in FUSED_CASES])
-@pytest.mark.parametrize("n,chunk_size", [(197, 64), (algorithms.rule.CHUNK + 7, None)],
-                         ids=["3-chunks-and-5", "default-chunk-and-7"])
-def test_fused_every_step(name, hyper, n, chunk_size, monkeypatch):
-    """The fused path against torch.optim after each of the first steps (step 1: the bias
-    corrections are largest), on sizes that end in a partial chunk, in place and out of place."""
-    if chunk_size is not None:
-        monkeypatch.setattr(algorithms.rule, "CHUNK", chunk_size)
+                              for n, h in EVERY_STEP_CASES])
+@pytest.mark.parametrize("n", [197, (1 << 18) + 7], ids=["197", "256Ki-and-7"])
+def test_every_step(name, hyper, n):
+    """Each rule against torch.optim after each of the first steps (step 1: Adam's bias
+    corrections are largest), on sizes that are no multiple of 8 (the kernels' tail) and large
+    enough for their streaming stores (1 MiB), in place and out of place."""
     rng = np.random.default_rng(7)
     w = rng.standard_normal(n).astype(np.float32)
     param = torch.nn.Parameter(torch.from_numpy(w.copy()))
@@ -202,15 +229,15 @@ def rule_and_hyper(draw):
 @settings(max_examples=60, deadline=None)
 @given(case=rule_and_hyper(), n=st.integers(1, 300), steps=st.integers(1, 25),
        seed=st.integers(0, 2**16), scale=st.sampled_from([0.0, 1e-3, 1.0, 100.0]),
-       chunk=st.sampled_from([8, 1 << 18]))
-def test_matches_torch_hypothesis(case, n, steps, seed, scale, chunk):
+       simd=st.booleans())
+def test_matches_torch_hypothesis(case, n, steps, seed, scale, simd):
     name, hyper = case
-    saved = algorithms.rule.CHUNK
-    algorithms.rule.CHUNK = chunk
+    algorithms.rule.use_simd(simd)
     try:
-        compare_with_torch(name, hyper, n=n, steps=steps, seed=seed, scale=scale)
+        compare_with_torch(name, hyper, n=n, steps=steps, seed=seed, scale=scale,
+                           ill_conditioned=True)
     finally:
-        algorithms.rule.CHUNK = saved
+        algorithms.rule.use_simd(True)
 
 
 @pytest.mark.timeout(30)
@@ -235,7 +262,7 @@ def copy_state(state):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
-def test_out_of_place_equals_in_place(name, hyper, chunk):
+def test_out_of_place_equals_in_place(name, hyper, simd):
     """Double-buffered (A -> B -> A) equals in place bit for bit; inputs and grad untouched."""
     n, rule = 77, algorithms.get(name, **hyper)
     rng = np.random.default_rng(3)
@@ -365,7 +392,7 @@ def test_get_errors():
 def test_bad_buffers(name):
     rule = algorithms.get(name)
     state = rule.init_state(4)
-    with pytest.raises(ValueError, match=re.escape("must be float32, got torch.float64")):
+    with pytest.raises(ValueError, match=re.escape("must be float32, got float64")):
         rule.apply(np.zeros(4), np.zeros(4, np.float32), state)
     with pytest.raises(ValueError, match=re.escape("shapes (4,) and (5,)")):
         rule.apply(np.zeros(4, np.float32), np.zeros(5, np.float32), state)

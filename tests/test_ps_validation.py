@@ -1,8 +1,10 @@
-"""The PS checks a payload for NaN/Inf chunk by chunk inside the pass that applies it (issue #19,
-item 2): a non-finite chunk anywhere abandons the version (the weights and state carry over),
-and applying a rule chunk by chunk is bit for bit the rule applied whole."""
+"""The PS checks a payload for NaN/Inf inside the pass that applies it (issue #19, item 2: the
+rule's kernel checks each gradient element as it reads it): a non-finite element anywhere
+abandons the version (the weights and state carry over), and the PS's update is bit for bit the
+rule applied on its own. SYNC's mean checks its gradients in its one pass too."""
 from __future__ import annotations
 
+import contextlib
 import numpy as np
 import pytest
 import torch
@@ -10,18 +12,23 @@ import torch
 import algorithms
 from gadei import arena as A
 from gadei import ledger as L
-from gadei import server as S
 from gadei.server import Server
 from gadei.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
 
-N = 2 * S.CHUNK + 12345          # three chunks, the last one short
+N = (2 << 20) + 12345      # large enough for the kernels' streaming stores, not a multiple of 8
 
 
 @pytest.fixture(params=["adam", "sgd"])
 def job(request):
-    rule = algorithms.protocol(request.param, lr=0.01).rule
+    with make_job(algorithms.protocol(request.param, lr=0.01).rule) as j:
+        yield j
+
+
+@contextlib.contextmanager
+def make_job(rule):
+    """(arena, rule, two workers) for `rule` on N weights; the arena is freed after."""
     state = rule.init_state(N)
     layout = A.Layout(params=(("w", (N,)),), state=tuple((k, v.dtype.name, v.shape) for k, v in state.items()),
                       rule=rule.name, hyper=tuple(sorted(rule.hyper().items())), learners=2)
@@ -31,9 +38,11 @@ def job(request):
     for k, v in state.items():
         arena.state(0)[k][:] = v
     arena.write_ledger(0, L.published_empty(2))
-    yield arena, rule, [Worker(arena, i) for i in range(2)]
-    arena.unlink()
-    arena.close()
+    try:
+        yield arena, rule, [Worker(arena, i) for i in range(2)]
+    finally:
+        arena.unlink()
+        arena.close()
 
 
 def published(arena):
@@ -41,8 +50,8 @@ def published(arena):
     return arena.published_weights().copy(), {k: v.copy() for k, v in arena.state(b).items()}
 
 
-@pytest.mark.parametrize("where", [0, S.CHUNK - 1, S.CHUNK, N - 1])
-def test_a_non_finite_chunk_anywhere_abandons_the_version(job, where):
+@pytest.mark.parametrize("where", [0, 3, N // 2, N - 9, N - 1])    # head, body, tail
+def test_a_non_finite_element_anywhere_abandons_the_version(job, where):
     arena, rule, (w0, _) = job
     ps = Server(arena, rule, warn=lambda m: None)
     g = torch.from_numpy(np.random.default_rng(1).standard_normal(N, dtype=np.float32))
@@ -62,7 +71,7 @@ def test_a_non_finite_chunk_anywhere_abandons_the_version(job, where):
     assert (pub.get(0, L.N_APPLIED), pub.get(0, L.N_REJECTED), pub.rejected(0)) == (1, 1, [1])
 
 
-def test_the_chunked_apply_equals_the_rule_applied_whole(job):
+def test_the_ps_update_equals_the_rule_applied_alone(job):
     arena, rule, (w0, _) = job
     ps = Server(arena, rule, warn=lambda m: None)
     rng = np.random.default_rng(2)
@@ -97,3 +106,27 @@ def test_sync_drops_the_non_finite_gradient_of_a_round(job):
     np.testing.assert_array_equal(published(arena)[0], out_w)
     pub = arena.published_ledger()[1]
     assert (pub.get(0, L.N_REJECTED), pub.get(1, L.N_APPLIED)) == (1, 1)
+
+
+class UncheckedSGD(type(algorithms.get("sgd"))):
+    """A rule written in numpy, as a user's own may be: `apply` returns None (it does not check
+    the gradient), so the PS reads the gradient once more to check it."""
+
+    def apply(self, weights, grad, state, out_weights=None, out_state=None):
+        out = weights if out_weights is None else out_weights
+        np.subtract(weights, np.float32(self.lr) * grad, out=out)
+
+
+def test_a_rule_that_does_not_check_is_checked_by_the_ps():
+    with make_job(UncheckedSGD(lr=0.01)) as (arena, rule, (w0, _)):
+        ps = Server(arena, rule, warn=lambda m: None)
+        g = np.random.default_rng(4).standard_normal(N, dtype=np.float32)
+        w0.push(A.GRADIENT, torch.from_numpy(g))
+        assert ps.step()
+        before = published(arena)
+        g[N - 1] = np.nan
+        w0.push(A.GRADIENT, torch.from_numpy(g))
+        assert ps.step()
+        np.testing.assert_array_equal(published(arena)[0], before[0])
+        pub = arena.published_ledger()[1]
+        assert (pub.get(0, L.N_APPLIED), pub.get(0, L.N_REJECTED)) == (1, 1)

@@ -97,25 +97,26 @@ def test_regions_do_not_overlap(arena):
 
 
 def test_vectors_start_at_distinct_page_offsets():
-    """Note [staggered regions]: the vectors one update streams (a buffer's weights and state,
-    the slot, the other buffer's) start 32-byte aligned at distinct offsets within their pages,
-    so the kernel's streaming stores apply and its streams do not share a memory channel."""
+    """Note [staggered regions]: the vectors one update streams (a header's state and the next
+    header's, the published weight buffer and the one being written, the slot) start 32-byte
+    aligned at distinct offsets within their pages, so the kernel's streaming stores apply and
+    its streams do not share a memory channel."""
     lay = A.Layout(params=(("w", (5000,)),), rule="adam", hyper=(), learners=3, slots=2,
                    state=(("exp_avg", "float32", (5000,)), ("exp_avg_sq", "float32", (5000,)),
-                          ("max_exp_avg_sq", "float32", (5000,)), ("step", "float64", (1,))))
+                          ("max_exp_avg_sq", "float32", (5000,)), ("step", "float64", (1,))),
+                   weight_buffers=5)
     a = A.Arena.create("test-arena-stagger", lay, {"config": {}})
     try:
         def offset(x):
             return x.ctypes.data % A.PAGE
-        buffer = [offset(a.weights(0))] + [offset(a.state(0)[k]) for k in
-                                           ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
-        assert buffer == [offset(a.weights(1))] + [offset(a.state(1)[k]) for k in
-                                                   ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
-        for i in range(3):
-            for s in range(2):
-                seen = buffer + [offset(a.slot(i, s))]
-                assert len(set(seen)) == len(seen), f"slot ({i}, {s}): page offsets {seen}"
-                assert all(o % 32 == 0 for o in seen), f"not 32-byte aligned: {seen}"
+        state = [offset(a.state(0)[k]) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
+        for b in range(1, A.BUFFERS):
+            assert state == [offset(a.state(b)[k]) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
+        weights = [offset(a.weights(b)) for b in range(5)]
+        slots = [offset(a.slot(i, s)) for i in range(3) for s in range(2)]
+        seen = state + weights + slots
+        assert len(set(seen)) == len(seen), f"page offsets {seen}"
+        assert all(o % 32 == 0 for o in seen), f"not 32-byte aligned: {seen}"
     finally:
         a.unlink()
         a.close()

@@ -317,6 +317,35 @@ def log_mel(audio: np.ndarray | torch.Tensor, fbank: torch.Tensor, normalize: bo
     return feats.contiguous()
 
 
+def cepstra(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """(T, k) cepstral coefficients 0..k-1 of (T, M) log-mel features: the orthonormal DCT-II
+    over the mel axis (MFCC without liftering; the mean/variance normalisation that follows
+    would undo a lifter's per-coefficient scale). Dropping the high coefficients smooths the
+    spectrum, and with it the pitch harmonics that narrow low mel filters resolve."""
+    m = feats.shape[1]
+    if not 1 <= k <= m:
+        raise ValueError(f"cepstra must be in 1..{m} (the mel bins), got {k}")
+    n = torch.arange(m, dtype=torch.float64)[:, None]
+    q = torch.arange(k, dtype=torch.float64)[None]
+    dct = torch.cos(math.pi * q * (n + 0.5) / m) * math.sqrt(2.0 / m)
+    dct[:, 0] /= math.sqrt(2.0)
+    return feats @ dct.to(feats.dtype)
+
+
+def normalize(feats: list[torch.Tensor], groups: list) -> list[torch.Tensor]:
+    """Mean/variance normalisation of each feature dimension over all frames of the utterances
+    that share a group key: one key per utterance is per-utterance normalisation (as log_mel's),
+    the speaker as the key is speaker-level normalisation (cepstral mean and variance
+    normalisation over all of a speaker's utterances)."""
+    if len(feats) != len(groups):
+        raise ValueError(f"{len(feats)} feature arrays but {len(groups)} group keys")
+    stats = {}
+    for key in dict.fromkeys(groups):
+        frames = torch.cat([f for f, g in zip(feats, groups) if g == key])
+        stats[key] = frames.mean(0), frames.std(0, correction=0) + 1e-5
+    return [((f - stats[g][0]) / stats[g][1]).contiguous() for f, g in zip(feats, groups)]
+
+
 # ---------------------------------------------------------------------------------------------
 # augmentation, for speaker independence (training utterances only)
 

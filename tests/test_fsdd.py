@@ -257,6 +257,21 @@ def test_vtlp_warp_scales_low_frequencies_and_keeps_the_band(alpha):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("factor", [0.8, 1.0, 1.25])
+def test_stretch_changes_the_tempo_and_keeps_the_spectra(factor):
+    feats = torch.from_numpy(np.random.default_rng(2).normal(0, 1, (100, 6)).astype(np.float32))
+    out = fsdd.stretch(feats, factor)
+    assert out.shape == (round(100 / factor), 6)
+    torch.testing.assert_close(out[0], feats[0]) and torch.testing.assert_close(out[-1], feats[-1])
+    # each output frame lies between its two neighbours in the input (linear interpolation)
+    pos = torch.linspace(0, 99, len(out))
+    lo, hi = feats[pos.floor().long()], feats[pos.ceil().long()]
+    assert (out >= torch.minimum(lo, hi) - 1e-5).all() and (out <= torch.maximum(lo, hi) + 1e-5).all()
+    with pytest.raises(ValueError, match="must be > 0"):
+        fsdd.stretch(feats, 0.0)
+
+
+@pytest.mark.timeout(60)
 def test_spec_augment_masks_bands_and_spans():
     import torch
     feats = torch.randn(300, 40) + 5                 # no zeros of its own

@@ -83,6 +83,8 @@ class ASR:
     dropout: float = option(0.1, "dropout in the encoder")
     speed: float = option(0.1, "speed perturbation: each training utterance plays at a factor drawn from "
                                "[1 - speed, 1 + speed] (0: off)")
+    tempo: float = option(0.0, "tempo perturbation: each training utterance's feature frames stretched to play "
+                               "at a factor from [1 - tempo, 1 + tempo], pitch and formants unchanged (0: off)")
     vtlp: float = option(0.1, "vocal-tract-length perturbation: each training utterance's mel filter "
                               "frequencies scaled by a factor from [1 - vtlp, 1 + vtlp] (0: off)")
     freq_masks: int = option(2, "SpecAugment: frequency masks per training utterance")
@@ -115,9 +117,9 @@ class ASR:
             raise ValueError(f"cepstra must be in 0..n_mels ({self.n_mels}), got {self.cepstra}")
         if self.level < 0 or self.gain < 0:
             raise ValueError(f"level and gain must be >= 0, got level={self.level}, gain={self.gain}")
-        if not 0.0 <= self.speed < 1.0 or not 0.0 <= self.vtlp < 0.5:
-            raise ValueError(f"speed must be in [0, 1) and vtlp in [0, 0.5), got speed={self.speed}, "
-                             f"vtlp={self.vtlp}")
+        if not 0.0 <= self.speed < 1.0 or not 0.0 <= self.tempo < 1.0 or not 0.0 <= self.vtlp < 0.5:
+            raise ValueError(f"speed and tempo must be in [0, 1) and vtlp in [0, 0.5), got speed={self.speed}, "
+                             f"tempo={self.tempo}, vtlp={self.vtlp}")
         if min(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width) < 0:
             raise ValueError("SpecAugment's mask counts and widths must be >= 0")
         if self.batch < 1 or self.eval_batch < 1:
@@ -217,14 +219,15 @@ class ASR:
     def perturbed(self, utt: fsdd.Utterance, rng: np.random.Generator) -> torch.Tensor:
         """Unnormalised features of a training utterance (its recordings' gains already drawn in
         `batches`), perturbed so that the model meets more voices than the training speakers':
-        speed (tempo and pitch), vocal-tract length (formants)."""
+        speed (tempo and pitch), vocal-tract length (formants), tempo alone."""
         audio = utt.audio
         if self.speed:
             audio = fsdd.speed_perturb(audio, rng.uniform(1 - self.speed, 1 + self.speed))
         fbank = self.fbank
         if self.vtlp:
             fbank = fsdd.mel_filterbank(self.n_mels, warp=rng.uniform(1 - self.vtlp, 1 + self.vtlp))
-        return self.raw_features(audio, fbank)
+        feats = self.raw_features(audio, fbank)
+        return fsdd.stretch(feats, rng.uniform(1 - self.tempo, 1 + self.tempo)) if self.tempo else feats
 
     def masked(self, feats: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """SpecAugment's masks on normalised features (the masked values are the mean, 0)."""

@@ -371,6 +371,19 @@ def _antialias(up: int, down: int) -> np.ndarray:
     return firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
 
 
+def stretch(feats: torch.Tensor, factor: float) -> torch.Tensor:
+    """(T, M) features played `factor` times as fast without changing their spectra: the frames
+    linearly interpolated to round(T / factor) (tempo perturbation; the pitch and the formants
+    stay, where speed_perturb moves them with the tempo)."""
+    if factor <= 0:
+        raise ValueError(f"a tempo factor must be > 0, got {factor}")
+    t = max(1, round(len(feats) / factor))
+    if t == len(feats):
+        return feats
+    out = torch.nn.functional.interpolate(feats.T[None], size=t, mode="linear", align_corners=True)
+    return out[0].T.contiguous()
+
+
 def spec_augment(feats: torch.Tensor, rng: np.random.Generator, freq_masks: int, freq_width: int,
                  time_masks: int, time_width: int) -> torch.Tensor:
     """(T, M) features with `freq_masks` bands of up to `freq_width` mel bins and `time_masks`

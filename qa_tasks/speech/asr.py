@@ -71,9 +71,9 @@ class ASR:
     n_mels: int = option(40, "log-mel bins per frame")
     cepstra: int = option(0, "0: the log-mels are the features; K > 0: their first K cepstral coefficients "
                              "(DCT over the mel bins, MFCC), smoother, with less of the speaker's pitch")
-    norm: str = option("utterance", "feature mean/variance normalisation over each 'utterance', or over all of "
-                                    "a 'speaker''s utterances in the set (training: a learner's epoch; evaluation: "
-                                    "the split scored, i.e. unsupervised adaptation to the speakers scored)")
+    norm: str = option("speaker", "feature mean/variance normalisation over all of a 'speaker''s utterances in "
+                                  "the set (training: a learner's epoch; evaluation: the split scored, i.e. "
+                                  "unsupervised adaptation to the speakers scored) or over each 'utterance'")
     d_model: int = option(64, "encoder width")
     heads: int = option(4, "attention heads per layer")
     layers: int = option(6, "encoder layers (L)")
@@ -237,13 +237,16 @@ class ASR:
 
     def eval_set(self, split: str) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
         """Features and digits of a split's fixed utterances (composed from `seed`; round 0 is
-        the same whatever eval_rounds), cached."""
+        the same whatever eval_rounds: each round is normalised on its own), cached."""
         if split not in self._eval:
             self.split_recordings(split)                  # a clear error for a bad split name
             index = fsdd.SPLITS.index("all" if split == "heldout" else split)   # heldout = all of one folder
-            utts = [u for r in range(self.eval_rounds)
-                    for u in self.utterances(split, [self.seed, index] + ([r] if r else []))]
-            self._eval[split] = (self.features(utts), [u.digits for u in utts])
+            feats, digits = [], []
+            for r in range(self.eval_rounds):
+                utts = self.utterances(split, [self.seed, index] + ([r] if r else []))
+                feats += self.features(utts)
+                digits += [u.digits for u in utts]
+            self._eval[split] = (feats, digits)
         return self._eval[split]
 
     @staticmethod

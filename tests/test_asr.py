@@ -95,7 +95,7 @@ def test_shards_are_disjoint_and_batches_deterministic(recordings_dir):
     # train_on="all" (the default): every recording trains
     assert sorted(digits(shards[0]) + digits(shards[1])) == sorted(r.digit + 1 for r in task.recordings)
     batch = next(iter(task.batches(0, 1, seed=0)))
-    assert batch["feats"].shape[0] == task.batch_size(batch) == 4 and batch["feats"].shape[2] == 40
+    assert batch["feats"].shape[0] == task.batch_size(batch) == 4 and batch["feats"].shape[2] == task.cepstra == 13
 
 
 @pytest.mark.timeout(300)          # 107 s measured at load average 11

@@ -69,8 +69,9 @@ class ASR:
     level: float = option(0.05, "each recording scaled to this RMS before joining (full scale 1; 0: as recorded)")
     gain: float = option(10.0, "training recordings' level varied by a random gain of up to +-gain dB")
     n_mels: int = option(40, "log-mel bins per frame")
-    cepstra: int = option(0, "0: the log-mels are the features; K > 0: their first K cepstral coefficients "
-                             "(DCT over the mel bins, MFCC), smoother, with less of the speaker's pitch")
+    cepstra: int = option(13, "K > 0: the features are the first K cepstral coefficients of the log-mels "
+                              "(DCT over the mel bins, MFCC), smoother, with less of the speaker's pitch; "
+                              "0: the log-mels themselves")
     norm: str = option("speaker", "feature mean/variance normalisation over all of a 'speaker''s utterances in "
                                   "the set (training: a learner's epoch; evaluation: the split scored, i.e. "
                                   "unsupervised adaptation to the speakers scored) or over each 'utterance'")
@@ -88,7 +89,7 @@ class ASR:
     vtlp: float = option(0.1, "vocal-tract-length perturbation: each training utterance's mel filter "
                               "frequencies scaled by a factor from [1 - vtlp, 1 + vtlp] (0: off)")
     freq_masks: int = option(2, "SpecAugment: frequency masks per training utterance")
-    freq_mask_width: int = option(8, "SpecAugment: widest frequency mask, in mel bins")
+    freq_mask_width: int = option(3, "SpecAugment: widest frequency mask, in feature bins (cepstra or mels)")
     time_masks: float = option(1.0, "SpecAugment: time masks per second of training utterance")
     time_mask_width: int = option(8, "SpecAugment: widest time mask, in 10 ms frames")
     inter_ctc_weight: float = option(0.3, "w in (1 - w) CTC_final + w CTC_inter (0 turns intermediate CTC off)")

@@ -18,9 +18,11 @@ by length, so a call pads little; 1: one utterance at a time):
                         computes there): on a shared machine, wall time mostly measures waiting
                         for a core, CPU time what the model itself costs
 
-Speaker independence (FSDD has five speakers): per-utterance mean/variance normalisation of
-the features, and on training utterances speed perturbation, vocal-tract-length perturbation
-and SpecAugment's masks (`perturbed`, `masked`). By default every recording of the data folder
+Speaker independence (FSDD has five speakers): 13 cepstral coefficients (MFCC) normalised in
+mean and variance over each speaker's utterances in the set (`norm`: in evaluation the split
+scored, so an unseen speaker is normalised over his own recordings, unsupervised adaptation), and
+on training utterances speed perturbation, vocal-tract-length perturbation and SpecAugment's
+masks (`perturbed`, `masked`). By default every recording of the data folder
 trains (`train_on="all"`): the measure of generalisation is a speaker the model never heard,
 `holdout` within the folder (split "heldout") or a folder of its own (split "all").
 

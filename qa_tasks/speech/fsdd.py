@@ -19,6 +19,7 @@ Features: log-mel filterbank, 25 ms Hann window, 10 ms hop, no centering padding
     mel(f)   = 2595 * log10(1 + f / 700)                  (HTK)
     fbank[m] = triangle rising from f[m] to f[m+1], falling to f[m+2], f = mel^-1(linspace)
     logmel   = log(max(power @ fbank^T, 1e-10)), then per-utterance mean/variance normalisation
+    cepstra  = logmel @ DCT-II (orthonormal), the first K columns (MFCC; `cepstra`)
 
 Sources: a folder of WAVs (or one holding ``recordings/``), or a tar / tar.gz of them. Decoded
 audio is cached as .npy under ``cache_dir("asr")`` (never beside the data), keyed by the source's

@@ -72,11 +72,14 @@ def test_error_rates():
     (dict(d_model=30, heads=4), "multiple of heads"),
     (dict(spike_extension=-1), "spike_extension"),
     (dict(train_on="valid"), "train_on must be 'all' or 'train'"),
-    (dict(speed=1.0), "speed must be in"),
+    (dict(speed=1.0), "speed and tempo must be in"),
     (dict(gain=-1.0), "level and gain must be >= 0"),
     (dict(vtlp=-0.1), "vtlp in"),
+    (dict(tempo=1.0), "speed and tempo must be in"),
     (dict(freq_masks=-1), "mask counts and widths"),
     (dict(speakers="gen0,gen1", holdout="gen2"), "outside speakers"),
+    (dict(norm="global"), "norm must be 'utterance' or 'speaker'"),
+    (dict(cepstra=41), r"cepstra must be in 0..n_mels \(40\)"),
 ])
 def test_asr_bad_options_fail_at_construction(options, message):
     with pytest.raises(ValueError, match=message):
@@ -92,7 +95,7 @@ def test_shards_are_disjoint_and_batches_deterministic(recordings_dir):
     # train_on="all" (the default): every recording trains
     assert sorted(digits(shards[0]) + digits(shards[1])) == sorted(r.digit + 1 for r in task.recordings)
     batch = next(iter(task.batches(0, 1, seed=0)))
-    assert batch["feats"].shape[0] == task.batch_size(batch) == 4 and batch["feats"].shape[2] == 40
+    assert batch["feats"].shape[0] == task.batch_size(batch) == 4 and batch["feats"].shape[2] == task.cepstra == 13
 
 
 @pytest.mark.timeout(300)          # 107 s measured at load average 11
@@ -189,7 +192,7 @@ def test_augmentation_is_seeded_and_off_means_the_plain_features(recordings_dir)
     task = ASR(data="real", data_dir=str(recordings_dir), batch=4, **TINY, **PLAIN)
     utts = fsdd.join(task.split_recordings("train"), [0, 2, 0], task.max_digits, noise=task.noise, level=task.level)
     order = np.random.default_rng([2, 0]).permutation(len(utts))
-    first = [task.features(utts[j]) for j in order[:4]]
+    first = [task.features(utts)[j] for j in order[:4]]
     assert all(torch.equal(f, plain[0]["feats"][i, :len(f)]) for i, f in enumerate(first))
     # augmented: other values; speed perturbation changes the lengths
     assert not torch.equal(plain[0]["feats"], aug[0]["feats"])
@@ -214,3 +217,27 @@ def test_eval_split_all_scores_every_recording_of_an_unseen_speakers_folder(reco
     assert metrics["digits"] == 120 and 0 <= metrics["wer"] and metrics["utterances"] >= 120 / 7
     r = run_gadei("eval", "--task", "asr", "--checkpoint", out, "--split", "test", "--data-dir", cid)
     assert r.returncode != 0 and "use --split all" in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_speaker_norm_and_cepstra_shape_the_features(recordings_dir):
+    """norm="speaker" normalises over all of a speaker's utterances in the set scored (each
+    speaker's frames together: mean 0, variance 1), cepstra=K gives K features, in evaluation
+    and in training batches alike, and the model takes them."""
+    task = ASR(data="real", data_dir=str(recordings_dir), norm="speaker", cepstra=13, batch=4, **TINY)
+    feats, _ = task.eval_set("test")
+    utts = task.utterances("test", [task.seed, fsdd.SPLITS.index("test")])
+    assert [len(f) for f in feats] == [fsdd.n_frames(len(u.audio)) for u in utts]
+    for speaker in ("ann", "bob"):
+        frames = torch.cat([f for f, u in zip(feats, utts) if u.speaker == speaker])
+        assert frames.shape[1] == 13
+        torch.testing.assert_close(frames.mean(0), torch.zeros(13), atol=1e-4, rtol=0)
+        torch.testing.assert_close(frames.std(0, correction=0), torch.ones(13), atol=1e-3, rtol=0)
+    assert max(abs(float(f.mean(0).abs().max())) for f in feats) > 0.05    # not per utterance
+    batch = next(iter(task.batches(0, 1, seed=0)))
+    assert batch["feats"].shape[2] == 13
+    lp, out_lens = task.build_model().full(batch["feats"], batch["lens"])
+    assert lp.shape[2] == 11 and torch.isfinite(lp).all()
+    # per utterance: each utterance on its own
+    plain = ASR(data="real", data_dir=str(recordings_dir), norm="utterance", **TINY).eval_set("test")[0]
+    assert all(abs(float(f.mean(0).abs().max())) < 1e-4 for f in plain)

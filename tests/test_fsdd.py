@@ -5,7 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import scipy.fft
 import scipy.signal
+import torch
 
 from qa_tasks.speech import fsdd
 from qa_tasks.speech.asr import ASR
@@ -167,6 +169,37 @@ def test_log_mel_frames_and_values(n):
         fsdd.log_mel(x[:199], fb)
 
 
+@pytest.mark.timeout(60)
+def test_cepstra_are_the_orthonormal_dct_of_the_log_mels():
+    feats = fsdd.log_mel(np.random.default_rng(0).normal(0, 0.1, 4000).astype(np.float32),
+                         fsdd.mel_filterbank(40), normalize=False)
+    np.testing.assert_allclose(fsdd.cepstra(feats, 13).numpy(),
+                               scipy.fft.dct(feats.numpy().astype(np.float64), type=2, norm="ortho", axis=1)[:, :13],
+                               rtol=1e-4, atol=1e-3)
+    # all 40 coefficients keep the frame's energy (orthonormal): nothing lost but the order
+    np.testing.assert_allclose(fsdd.cepstra(feats, 40).norm(dim=1), feats.norm(dim=1), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"cepstra must be in 1..40"):
+        fsdd.cepstra(feats, 41)
+
+
+@pytest.mark.timeout(60)
+def test_normalize_over_utterances_or_groups():
+    rng = np.random.default_rng(1)
+    feats = [torch.from_numpy(rng.normal(3.0, 2.0, (n, 5)).astype(np.float32)) for n in (7, 11, 4)]
+    # one key per utterance: log_mel's per-utterance normalisation
+    for f, g in zip(feats, fsdd.normalize(feats, [0, 1, 2])):
+        torch.testing.assert_close(g, (f - f.mean(0)) / (f.std(0, correction=0) + 1e-5))
+    # a shared key: the statistics of the group's frames together, each frame kept in place
+    out = fsdd.normalize(feats, ["a", "b", "a"])
+    together = torch.cat([out[0], out[2]])
+    torch.testing.assert_close(together.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(together.std(0, correction=0), torch.ones(5), atol=1e-4, rtol=0)
+    assert not torch.allclose(out[0].mean(0), torch.zeros(5), atol=1e-3)   # not each on its own
+    torch.testing.assert_close(out[1], fsdd.normalize([feats[1]], ["b"])[0])
+    with pytest.raises(ValueError, match="3 feature arrays but 2 group keys"):
+        fsdd.normalize(feats, ["a", "b"])
+
+
 # -- augmentation ------------------------------------------------------------------------------
 
 
@@ -221,6 +254,21 @@ def test_vtlp_warp_scales_low_frequencies_and_keeps_the_band(alpha):
     moved = centre(fb)[10:25] / centre(plain)[10:25]                       # filters below the knee
     np.testing.assert_allclose(moved, alpha, rtol=0.06)
     np.testing.assert_array_equal(fsdd.mel_filterbank(40, warp=1.0).numpy(), plain)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("factor", [0.8, 1.0, 1.25])
+def test_stretch_changes_the_tempo_and_keeps_the_spectra(factor):
+    feats = torch.from_numpy(np.random.default_rng(2).normal(0, 1, (100, 6)).astype(np.float32))
+    out = fsdd.stretch(feats, factor)
+    assert out.shape == (round(100 / factor), 6)
+    torch.testing.assert_close(out[0], feats[0]) and torch.testing.assert_close(out[-1], feats[-1])
+    # each output frame lies between its two neighbours in the input (linear interpolation)
+    pos = torch.linspace(0, 99, len(out))
+    lo, hi = feats[pos.floor().long()], feats[pos.ceil().long()]
+    assert (out >= torch.minimum(lo, hi) - 1e-5).all() and (out <= torch.maximum(lo, hi) + 1e-5).all()
+    with pytest.raises(ValueError, match="must be > 0"):
+        fsdd.stretch(feats, 0.0)
 
 
 @pytest.mark.timeout(60)

@@ -18,9 +18,11 @@ by length, so a call pads little; 1: one utterance at a time):
                         computes there): on a shared machine, wall time mostly measures waiting
                         for a core, CPU time what the model itself costs
 
-Speaker independence (FSDD has five speakers): per-utterance mean/variance normalisation of
-the features, and on training utterances speed perturbation, vocal-tract-length perturbation
-and SpecAugment's masks (`train_features`). By default every recording of the data folder
+Speaker independence (FSDD has five speakers): 13 cepstral coefficients (MFCC) normalised in
+mean and variance over each speaker's utterances in the set (`norm`: in evaluation the split
+scored, so an unseen speaker is normalised over his own recordings, unsupervised adaptation), and
+on training utterances speed perturbation, vocal-tract-length perturbation and SpecAugment's
+masks (`perturbed`, `masked`). By default every recording of the data folder
 trains (`train_on="all"`): the measure of generalisation is a speaker the model never heard,
 `holdout` within the folder (split "heldout") or a folder of its own (split "all").
 
@@ -69,6 +71,12 @@ class ASR:
     level: float = option(0.05, "each recording scaled to this RMS before joining (full scale 1; 0: as recorded)")
     gain: float = option(10.0, "training recordings' level varied by a random gain of up to +-gain dB")
     n_mels: int = option(40, "log-mel bins per frame")
+    cepstra: int = option(13, "K > 0: the features are the first K cepstral coefficients of the log-mels "
+                              "(DCT over the mel bins, MFCC), smoother, with less of the speaker's pitch; "
+                              "0: the log-mels themselves")
+    norm: str = option("speaker", "feature mean/variance normalisation over all of a 'speaker''s utterances in "
+                                  "the set (training: a learner's epoch; evaluation: the split scored, i.e. "
+                                  "unsupervised adaptation to the speakers scored) or over each 'utterance'")
     d_model: int = option(64, "encoder width")
     heads: int = option(4, "attention heads per layer")
     layers: int = option(6, "encoder layers (L)")
@@ -78,10 +86,12 @@ class ASR:
     dropout: float = option(0.1, "dropout in the encoder")
     speed: float = option(0.1, "speed perturbation: each training utterance plays at a factor drawn from "
                                "[1 - speed, 1 + speed] (0: off)")
+    tempo: float = option(0.0, "tempo perturbation: each training utterance's feature frames stretched to play "
+                               "at a factor from [1 - tempo, 1 + tempo], pitch and formants unchanged (0: off)")
     vtlp: float = option(0.1, "vocal-tract-length perturbation: each training utterance's mel filter "
                               "frequencies scaled by a factor from [1 - vtlp, 1 + vtlp] (0: off)")
     freq_masks: int = option(2, "SpecAugment: frequency masks per training utterance")
-    freq_mask_width: int = option(8, "SpecAugment: widest frequency mask, in mel bins")
+    freq_mask_width: int = option(3, "SpecAugment: widest frequency mask, in feature bins (cepstra or mels)")
     time_masks: float = option(1.0, "SpecAugment: time masks per second of training utterance")
     time_mask_width: int = option(8, "SpecAugment: widest time mask, in 10 ms frames")
     inter_ctc_weight: float = option(0.3, "w in (1 - w) CTC_final + w CTC_inter (0 turns intermediate CTC off)")
@@ -104,11 +114,15 @@ class ASR:
         self.real = use_real_data(self.data, self.data_dir)
         if self.train_on not in ("all", "train"):
             raise ValueError(f"train_on must be 'all' or 'train', not {self.train_on!r}")
+        if self.norm not in ("utterance", "speaker"):
+            raise ValueError(f"norm must be 'utterance' or 'speaker', not {self.norm!r}")
+        if not 0 <= self.cepstra <= self.n_mels:
+            raise ValueError(f"cepstra must be in 0..n_mels ({self.n_mels}), got {self.cepstra}")
         if self.level < 0 or self.gain < 0:
             raise ValueError(f"level and gain must be >= 0, got level={self.level}, gain={self.gain}")
-        if not 0.0 <= self.speed < 1.0 or not 0.0 <= self.vtlp < 0.5:
-            raise ValueError(f"speed must be in [0, 1) and vtlp in [0, 0.5), got speed={self.speed}, "
-                             f"vtlp={self.vtlp}")
+        if not 0.0 <= self.speed < 1.0 or not 0.0 <= self.tempo < 1.0 or not 0.0 <= self.vtlp < 0.5:
+            raise ValueError(f"speed and tempo must be in [0, 1) and vtlp in [0, 0.5), got speed={self.speed}, "
+                             f"tempo={self.tempo}, vtlp={self.vtlp}")
         if min(self.freq_masks, self.freq_mask_width, self.time_masks, self.time_mask_width) < 0:
             raise ValueError("SpecAugment's mask counts and widths must be >= 0")
         if self.batch < 1 or self.eval_batch < 1:
@@ -130,7 +144,7 @@ class ASR:
             raise ValueError(f"holdout {self.holdout!r} names speakers outside speakers={self.speakers!r}")
         # what the job's evaluation (and `gadei eval` without --split) scores
         self.eval_split = "heldout" if self.holdout_list else "test"
-        self.model_options = dict(n_mels=self.n_mels, d_model=self.d_model, heads=self.heads,
+        self.model_options = dict(n_mels=self.cepstra or self.n_mels, d_model=self.d_model, heads=self.heads,
                                   layers=self.layers, inter_layer=self.inter_layer, ff_dim=self.ff_dim,
                                   conv_channels=self.conv_channels, dropout=self.dropout,
                                   factorized=bool(self.factorized))
@@ -189,34 +203,53 @@ class ASR:
     def utterances(self, split: str, seed) -> list[fsdd.Utterance]:
         return fsdd.join(self.split_recordings(split), seed, self.max_digits, noise=self.noise, level=self.level)
 
-    def features(self, utt: fsdd.Utterance) -> torch.Tensor:
-        return fsdd.log_mel(utt.audio, self.fbank)                               # (T, M)
+    def raw_features(self, audio: np.ndarray, fbank: torch.Tensor) -> torch.Tensor:
+        """(T, n_mels or cepstra) features of one utterance before normalisation."""
+        feats = fsdd.log_mel(audio, fbank, normalize=False)
+        return fsdd.cepstra(feats, self.cepstra) if self.cepstra else feats
 
-    def train_features(self, utt: fsdd.Utterance, rng: np.random.Generator) -> torch.Tensor:
-        """Features of a training utterance (its recordings' gains already drawn in `batches`),
-        perturbed so that the model meets more voices than the training speakers': speed (tempo
-        and pitch), vocal-tract length (formants), then SpecAugment's masks. Per-utterance mean/variance normalisation (in log_mel) already
-        removes the channel and the loudness."""
+    def normalized(self, feats: list[torch.Tensor], utts: list[fsdd.Utterance]) -> list[torch.Tensor]:
+        """Mean/variance normalised per utterance or per speaker (`norm`): either removes the
+        channel and the loudness; over a speaker's utterances it also removes that speaker's
+        average spectrum with statistics steadier than one short utterance's."""
+        groups = range(len(utts)) if self.norm == "utterance" else [u.speaker for u in utts]
+        return fsdd.normalize(feats, list(groups))
+
+    def features(self, utts: list[fsdd.Utterance]) -> list[torch.Tensor]:
+        """Normalised features of a set of utterances (`norm` decides over what)."""
+        return self.normalized([self.raw_features(u.audio, self.fbank) for u in utts], utts)
+
+    def perturbed(self, utt: fsdd.Utterance, rng: np.random.Generator) -> torch.Tensor:
+        """Unnormalised features of a training utterance (its recordings' gains already drawn in
+        `batches`), perturbed so that the model meets more voices than the training speakers':
+        speed (tempo and pitch), vocal-tract length (formants), tempo alone."""
         audio = utt.audio
         if self.speed:
             audio = fsdd.speed_perturb(audio, rng.uniform(1 - self.speed, 1 + self.speed))
         fbank = self.fbank
         if self.vtlp:
             fbank = fsdd.mel_filterbank(self.n_mels, warp=rng.uniform(1 - self.vtlp, 1 + self.vtlp))
-        feats = fsdd.log_mel(audio, fbank)
+        feats = self.raw_features(audio, fbank)
+        return fsdd.stretch(feats, rng.uniform(1 - self.tempo, 1 + self.tempo)) if self.tempo else feats
+
+    def masked(self, feats: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """SpecAugment's masks on normalised features (the masked values are the mean, 0)."""
         time_masks = int(rng.poisson(self.time_masks * len(feats) / 100)) if self.time_masks else 0
         return fsdd.spec_augment(feats, rng, self.freq_masks, self.freq_mask_width, time_masks,
                                  self.time_mask_width)
 
     def eval_set(self, split: str) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
         """Features and digits of a split's fixed utterances (composed from `seed`; round 0 is
-        the same whatever eval_rounds), cached."""
+        the same whatever eval_rounds: each round is normalised on its own), cached."""
         if split not in self._eval:
             self.split_recordings(split)                  # a clear error for a bad split name
             index = fsdd.SPLITS.index("all" if split == "heldout" else split)   # heldout = all of one folder
-            utts = [u for r in range(self.eval_rounds)
-                    for u in self.utterances(split, [self.seed, index] + ([r] if r else []))]
-            self._eval[split] = ([self.features(u) for u in utts], [u.digits for u in utts])
+            feats, digits = [], []
+            for r in range(self.eval_rounds):
+                utts = self.utterances(split, [self.seed, index] + ([r] if r else []))
+                feats += self.features(utts)
+                digits += [u.digits for u in utts]
+            self._eval[split] = (feats, digits)
         return self._eval[split]
 
     @staticmethod
@@ -239,16 +272,17 @@ class ASR:
     def batches(self, learner: int, learners: int, seed: int):
         """One epoch of this learner's shard: its train recordings (every learners-th, so shards are
         disjoint whatever the seeds) joined into fresh utterances by `seed`, shuffled, augmented
-        (`train_features`), batched."""
+        (`perturbed`, normalised over the epoch's utterances per `norm`, `masked`), batched."""
         check_learner(learner, learners)
         shard = self.split_recordings("train")[learner::learners]
         utts = fsdd.join(shard, [self.seed, seed, learner], self.max_digits, noise=self.noise, level=self.level,
                          gain_db=self.gain)
         order = np.random.default_rng([seed, learner]).permutation(len(utts))
         rng = np.random.default_rng([self.seed, seed, learner, 1])
+        feats = self.normalized([self.perturbed(u, rng) for u in utts], utts)
         for start in range(0, len(order), self.batch):
-            chosen = [utts[j] for j in order[start:start + self.batch]]
-            yield self.collate([self.train_features(u, rng) for u in chosen], [u.digits for u in chosen])
+            chosen = order[start:start + self.batch]
+            yield self.collate([self.masked(feats[j], rng) for j in chosen], [utts[j].digits for j in chosen])
 
     @staticmethod
     def batch_size(batch) -> int:

@@ -19,6 +19,7 @@ Features: log-mel filterbank, 25 ms Hann window, 10 ms hop, no centering padding
     mel(f)   = 2595 * log10(1 + f / 700)                  (HTK)
     fbank[m] = triangle rising from f[m] to f[m+1], falling to f[m+2], f = mel^-1(linspace)
     logmel   = log(max(power @ fbank^T, 1e-10)), then per-utterance mean/variance normalisation
+    cepstra  = logmel @ DCT-II (orthonormal), the first K columns (MFCC; `cepstra`)
 
 Sources: a folder of WAVs (or one holding ``recordings/``), or a tar / tar.gz of them. Decoded
 audio is cached as .npy under ``cache_dir("asr")`` (never beside the data), keyed by the source's
@@ -317,6 +318,35 @@ def log_mel(audio: np.ndarray | torch.Tensor, fbank: torch.Tensor, normalize: bo
     return feats.contiguous()
 
 
+def cepstra(feats: torch.Tensor, k: int) -> torch.Tensor:
+    """(T, k) cepstral coefficients 0..k-1 of (T, M) log-mel features: the orthonormal DCT-II
+    over the mel axis (MFCC without liftering; the mean/variance normalisation that follows
+    would undo a lifter's per-coefficient scale). Dropping the high coefficients smooths the
+    spectrum, and with it the pitch harmonics that narrow low mel filters resolve."""
+    m = feats.shape[1]
+    if not 1 <= k <= m:
+        raise ValueError(f"cepstra must be in 1..{m} (the mel bins), got {k}")
+    n = torch.arange(m, dtype=torch.float64)[:, None]
+    q = torch.arange(k, dtype=torch.float64)[None]
+    dct = torch.cos(math.pi * q * (n + 0.5) / m) * math.sqrt(2.0 / m)
+    dct[:, 0] /= math.sqrt(2.0)
+    return feats @ dct.to(feats.dtype)
+
+
+def normalize(feats: list[torch.Tensor], groups: list) -> list[torch.Tensor]:
+    """Mean/variance normalisation of each feature dimension over all frames of the utterances
+    that share a group key: one key per utterance is per-utterance normalisation (as log_mel's),
+    the speaker as the key is speaker-level normalisation (cepstral mean and variance
+    normalisation over all of a speaker's utterances)."""
+    if len(feats) != len(groups):
+        raise ValueError(f"{len(feats)} feature arrays but {len(groups)} group keys")
+    stats = {}
+    for key in dict.fromkeys(groups):
+        frames = torch.cat([f for f, g in zip(feats, groups) if g == key])
+        stats[key] = frames.mean(0), frames.std(0, correction=0) + 1e-5
+    return [((f - stats[g][0]) / stats[g][1]).contiguous() for f, g in zip(feats, groups)]
+
+
 # ---------------------------------------------------------------------------------------------
 # augmentation, for speaker independence (training utterances only)
 
@@ -340,6 +370,19 @@ def _antialias(up: int, down: int) -> np.ndarray:
     from scipy.signal import firwin
     rate = max(up, down)
     return firwin(2 * 10 * rate + 1, 1.0 / rate, window=("kaiser", 5.0))
+
+
+def stretch(feats: torch.Tensor, factor: float) -> torch.Tensor:
+    """(T, M) features played `factor` times as fast without changing their spectra: the frames
+    linearly interpolated to round(T / factor) (tempo perturbation; the pitch and the formants
+    stay, where speed_perturb moves them with the tempo)."""
+    if factor <= 0:
+        raise ValueError(f"a tempo factor must be > 0, got {factor}")
+    t = max(1, round(len(feats) / factor))
+    if t == len(feats):
+        return feats
+    out = torch.nn.functional.interpolate(feats.T[None], size=t, mode="linear", align_corners=True)
+    return out[0].T.contiguous()
 
 
 def spec_augment(feats: torch.Tensor, rng: np.random.Generator, freq_masks: int, freq_width: int,

@@ -55,7 +55,8 @@ def test_batches_shard_the_pairs_disjointly():
     assert batch.margin_ok[:, 7:].all()
     model = task.build_model()
     assert task.loss(model, batch).dim() == 0
-    margin = QA(data="generated", objective="margin", batch=50, negatives=7, pool_negatives=2, **SMALL)
+    margin = QA(data="generated", objective="margin", interaction="none", batch=50, negatives=7,
+                pool_negatives=2, **SMALL)
     assert margin.loss(model, batch).dim() == 0
     seen = []
     for learner in range(3):
@@ -75,6 +76,10 @@ def test_batches_shard_the_pairs_disjointly():
     (dict(temperature=0.0), "temperature must be positive"),
     (dict(negatives=-1), "negatives and pool_negatives must be 0 or more"),
     (dict(objective="margin", negatives=0, pool_negatives=0), "the margin objective needs negatives"),
+    (dict(interaction="drmm"), "interaction must be one of knrm, none"),
+    (dict(objective="margin", negatives=5), "interaction 'knrm' trains with the softmax objective"),
+    (dict(pool_negatives=0, negatives=5), "interaction 'knrm' trains with the softmax objective"),
+    (dict(kernels=1), "kernels must be at least 2"),
     (dict(pick="random"), "pick must be"),
     (dict(eval_questions=-1), "eval_questions must be"),
     (dict(widths="3,12", question_len=10), "widest convolution"),
@@ -109,10 +114,11 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("objective", ["softmax", "margin"])
-def test_short_training_run_lowers_the_loss_and_beats_chance(objective):
+@pytest.mark.parametrize("objective, interaction", [("softmax", "knrm"), ("softmax", "none"),
+                                                    ("margin", "none")])
+def test_short_training_run_lowers_the_loss_and_beats_chance(objective, interaction):
     task = QA(data="generated", batch=32, negatives=20, margin=0.1, similarity="cosine", objective=objective,
-              **{**SMALL, "embed_dim": 32, "hidden": 32, "filters": 32})
+              interaction=interaction, **{**SMALL, "embed_dim": 32, "hidden": 32, "filters": 32})
     per_epoch = sum(1 for _ in task.batches(0, 1, seed=0))
     losses, model = plain_train(task, steps=3 * per_epoch, lr=1e-2)
     epoch_losses = [np.mean(losses[e * per_epoch:(e + 1) * per_epoch]) for e in range(3)]

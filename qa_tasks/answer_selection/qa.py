@@ -32,6 +32,7 @@ tower misses (docs/results/qa.md: 0.1915 -> 0.210 on valid).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -44,11 +45,12 @@ from gadei.task import option
 from ..common import checked_options, data_dir_option, data_option, evaluating, shard, use_real_data
 from . import insuranceqa, word2vec
 from .insuranceqa import PAD, Split, generated_corpus
-from .model import SIMILARITIES, AnswerSelector, Tower, ranking_loss, softmax_loss
+from .model import SIMILARITIES, AnswerSelector, KernelMatch, Tower, ranking_loss, softmax_loss
 from .pools import candidates, idf_bow, pool_metrics
 
 EMBEDDINGS = ("word2vec", "random")
 OBJECTIVES = ("softmax", "margin")
+INTERACTIONS = ("knrm", "none")
 
 
 class Batch(NamedTuple):
@@ -97,6 +99,10 @@ class QA:
     pick: str = option("first", 'which negative a question trains on: "first" (the first in a random '
                                 'order that violates the margin, as the reference) or "hardest" (from '
                                 'a random start it collapses all encodings together)')
+    interaction: str = option("knrm", '"knrm" (add a kernel-pooling score over the question x answer word '
+                                      'cosines, trained on each question\'s own pool negatives) or "none" '
+                                      '(the towers alone)')
+    kernels: int = option(11, "knrm: RBF kernels (an exact-match one and kernels-1 soft ones over -1..1)")
     batch: int = option(64, "questions per batch")
     bow_weight: float = option(0.5, "evaluation: score = the model's similarity + this x the IDF "
                                     "bag-of-words cosine (the lexical match the SOLR pools rank by)")
@@ -133,6 +139,13 @@ class QA:
                              f"'hardest' (highest-scoring negative), not {self.pick!r}")
         if not self.margin > 0:
             raise ValueError(f"margin must be positive, not {self.margin}")
+        if self.interaction not in INTERACTIONS:
+            raise ValueError(f"interaction must be one of {', '.join(INTERACTIONS)}, not {self.interaction!r}")
+        if self.interaction == "knrm" and (self.objective != "softmax" or self.pool_negatives == 0):
+            raise ValueError("interaction 'knrm' trains with the softmax objective on each question's own "
+                             "pool negatives (pool_negatives >= 1); use interaction 'none' otherwise")
+        if self.interaction == "knrm" and self.kernels < 2:
+            raise ValueError(f"kernels must be at least 2 (exact match and one soft kernel), not {self.kernels}")
         if self.eval_questions < 0:
             raise ValueError(f"eval_questions must be 0 (all) or a positive count, not {self.eval_questions}")
         if max(self._widths) > min(self.question_len, self.answer_len):
@@ -165,10 +178,13 @@ class QA:
 
     def build_model(self) -> nn.Module:
         tower = Tower(len(self.corpus.vocab), self.embed_dim, self.hidden, self.filters, self._widths)
+        match = KernelMatch(len(self.corpus.vocab), self.embed_dim, self.kernels) if self.interaction == "knrm" else None
         if self.embeddings == "word2vec":
+            vectors = torch.from_numpy(self.word_vectors())
             with torch.no_grad():
-                tower.embed.weight.copy_(torch.from_numpy(self.word_vectors()))
-        return AnswerSelector(tower, self.similarity, self.gamma, self.c)
+                for embed in [tower.embed] + ([match.embed] if match else []):
+                    embed.weight.copy_(vectors)
+        return AnswerSelector(tower, self.similarity, self.gamma, self.c, match)
 
     def word_vectors(self) -> np.ndarray:
         """word2vec over the answer collection and the train questions (the texts the vocabulary
@@ -239,13 +255,35 @@ class QA:
         if self.objective == "softmax":
             answers = torch.cat([pos_vecs, shared, own])                  # (B + K + B*j, D)
             scores = model.score(q[:, None, :], answers[None, :, :])      # (B, B + K + B*j)
-            return softmax_loss(scores / self.temperature, batch.softmax_ok)
+            loss = softmax_loss(scores / self.temperature, batch.softmax_ok)
+            if model.match is not None:
+                loss = loss + self.joint_loss(model, batch, scores)
+            return loss
         pos = model.score(q, pos_vecs)                                    # (B,)
         neg = model.score(q[:, None, :], shared[None, :, :])              # (B, K)
         if j:
             neg = torch.cat([neg, model.score(q[:, None, :], own.view(b, j, -1))], dim=1)   # (B, K + j)
         return ranking_loss(pos, neg, batch.margin_ok, self.margin,
                             batch.order if self.pick == "first" else None)
+
+    def joint_loss(self, model: nn.Module, batch: Batch, scores: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each question's ground truth among itself and its own pool negatives
+        (the kind of candidates a pool holds), scored by the towers plus the kernel match.
+        scores: the towers' (B, B + K + B*j) from `loss`."""
+        b, j = len(batch.questions), self.pool_negatives
+        k = batch.shared.shape[0]
+        own_cols = b + k + torch.arange(b)[:, None] * j + torch.arange(j)[None, :]      # (B, j)
+        cols = torch.cat([torch.arange(b)[:, None], own_cols], dim=1)                  # (B, 1 + j)
+        width = max(batch.positives.shape[1], batch.pooled.shape[1])
+        answers = torch.cat([nn.functional.pad(batch.positives, (0, width - batch.positives.shape[1]), value=PAD)[:, None],
+                             nn.functional.pad(batch.pooled, (0, width - batch.pooled.shape[1]), value=PAD).view(b, j, width)],
+                            dim=1)                                                      # (B, 1 + j, La)
+        questions = batch.questions[:, None, :].expand(-1, 1 + j, -1)
+        match = model.match(questions.reshape(b * (1 + j), -1), answers.view(b * (1 + j), width)).view(b, 1 + j)
+        joint = (scores.gather(1, cols) + match) / self.temperature
+        ok = batch.softmax_ok.gather(1, cols)
+        return nn.functional.cross_entropy(joint.masked_fill(~ok, -math.inf),
+                                           torch.zeros(b, dtype=torch.long))
 
     def _split(self, split: str) -> tuple[Split, int]:
         if split not in self.corpus.splits:
@@ -281,16 +319,29 @@ class QA:
 
             bow = self._bow_scorer(split) if self.bow_weight else None
 
+            vocab = model.match.words(torch.arange(len(self.corpus.vocab))) if model.match else None
+
             def model_scores(q_rows, cand_rows):
                 with torch.no_grad():
                     a = answer_vecs[torch.from_numpy(np.maximum(cand_rows, 0))]     # (c, P, D)
                     scores = model.score(q_vecs[torch.from_numpy(q_rows)][:, None, :], a).numpy()
+                    if vocab is not None:
+                        scores += self._match_scores(model.match, vocab, q_tokens[q_rows], cand_rows)
                 return scores + self.bow_weight * bow(q_rows, cand_rows) if bow else scores
 
             metrics = pool_metrics(model_scores, data, n)
         metrics.update(self.bow_metrics(split))
         metrics["questions"] = float(n)
         return metrics
+
+    def _match_scores(self, match: KernelMatch, vocab: torch.Tensor, q_tokens: np.ndarray,
+                      cand_rows: np.ndarray) -> np.ndarray:
+        """The kernel match of each question (c, Lq) with its candidates (c, P) -> (c, P)."""
+        out = np.zeros(cand_rows.shape, dtype=np.float32)
+        for i, (q, rows) in enumerate(zip(q_tokens, cand_rows)):
+            out[i] = match.pool(self._trim(q[None])[0], self._trim(self._answers[np.maximum(rows, 0)]),
+                                vocab).numpy()
+        return out
 
     def bow_metrics(self, split: str) -> dict[str, float]:
         """The IDF bag-of-words cosine baseline through the same pool code (cached per split)."""

@@ -103,6 +103,12 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     # overlap: medicare, does, cover, dental): answer 2 wins, so q1 is wrong; q0 "what is life
     # insurance ?" prefers answer 3 ("whole life insurance ... life") over answer 1: right
     assert m["bow_top1"] == 0.5
+    # the parts of the score, one (questions, candidates) array each; with no kernel match, none
+    parts = task.pool_scores(task.build_model(), "valid")
+    assert set(parts) == {"towers", "match", "bow"}
+    assert len({p.shape for p in parts.values()}) == 1 and parts["towers"].shape[0] == 2
+    towers = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", interaction="none", **SMALL)
+    assert set(towers.pool_scores(towers.build_model(), "valid")) == {"towers", "bow"}
     # the baseline's sparse matrices must not reorder the corpus under the model
     np.testing.assert_array_equal(task.corpus.answers.values, before)
     with pytest.raises(ValueError, match="no split 'test'"):
@@ -113,7 +119,7 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     assert (m["top1"], m["top1_raw_pool"]) == (m["bow_top1"], m["bow_top1_raw_pool"])
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(300)     # seconds quiet; under a load of 9 the knrm case took over a minute
 @pytest.mark.parametrize("objective, interaction", [("softmax", "knrm"), ("softmax", "none"),
                                                     ("margin", "none")])
 def test_short_training_run_lowers_the_loss_and_beats_chance(objective, interaction):

@@ -307,8 +307,22 @@ class QA:
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """top-1 over the pools of `split` (first `eval_questions`), model and BoW baseline."""
         data, n = self._split(split)
-        with evaluating(model):
-            cands, _, _ = candidates(data, n)
+        parts = self.pool_scores(model, split)
+        total = parts["towers"] + parts.get("match", 0.0)
+        if self.bow_weight:
+            total = total + self.bow_weight * parts["bow"]
+        metrics = pool_metrics(lambda q_rows, cand_rows: total[q_rows], data, n)
+        metrics.update(self.bow_metrics(split))
+        metrics["questions"] = float(n)
+        return metrics
+
+    def pool_scores(self, model: nn.Module, split: str, chunk: int = 64) -> dict[str, np.ndarray]:
+        """The parts of the score of each candidate of `split`'s first `eval_questions` pools,
+        (n, P) arrays in `pools.candidates` order: "towers" (their similarity), "match" (the
+        kernel match, with interaction knrm) and "bow" (the IDF bag-of-words cosine)."""
+        data, n = self._split(split)
+        cands, _, _ = candidates(data, n)
+        with evaluating(model), torch.no_grad():
             # encode each answer the pools hold once, then score pools by lookup
             needed = np.unique(cands[cands >= 0])
             answer_vecs = torch.zeros(len(self.corpus.answers), model.tower.dim)
@@ -316,27 +330,21 @@ class QA:
                                                                  self._answer_lengths[needed])
             q_tokens = data.questions.padded(self.question_len)[:n]
             q_vecs = self._encode(model, q_tokens, (q_tokens != PAD).sum(1))
+            towers = np.zeros(cands.shape, dtype=np.float32)
+            for s in range(0, n, chunk):    # in chunks: all n x P encodings at once are GBs
+                a = answer_vecs[torch.from_numpy(np.maximum(cands[s:s + chunk], 0))]    # (c, P, D)
+                towers[s:s + chunk] = model.score(q_vecs[s:s + chunk, None, :], a).numpy()
+            parts = {"towers": towers}
+            if model.match is not None:
+                parts["match"] = self._match_scores(model.match, q_tokens, cands)
+        bow = self._bow_scorer(split)
+        parts["bow"] = np.concatenate([bow(np.arange(s, min(s + chunk, n)), cands[s:s + chunk])
+                                       for s in range(0, n, chunk)])
+        return parts
 
-            bow = self._bow_scorer(split) if self.bow_weight else None
-
-            vocab = model.match.words(torch.arange(len(self.corpus.vocab))) if model.match else None
-
-            def model_scores(q_rows, cand_rows):
-                with torch.no_grad():
-                    a = answer_vecs[torch.from_numpy(np.maximum(cand_rows, 0))]     # (c, P, D)
-                    scores = model.score(q_vecs[torch.from_numpy(q_rows)][:, None, :], a).numpy()
-                    if vocab is not None:
-                        scores += self._match_scores(model.match, vocab, q_tokens[q_rows], cand_rows)
-                return scores + self.bow_weight * bow(q_rows, cand_rows) if bow else scores
-
-            metrics = pool_metrics(model_scores, data, n)
-        metrics.update(self.bow_metrics(split))
-        metrics["questions"] = float(n)
-        return metrics
-
-    def _match_scores(self, match: KernelMatch, vocab: torch.Tensor, q_tokens: np.ndarray,
-                      cand_rows: np.ndarray) -> np.ndarray:
-        """The kernel match of each question (c, Lq) with its candidates (c, P) -> (c, P)."""
+    def _match_scores(self, match: KernelMatch, q_tokens: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:
+        """The kernel match of each question (n, Lq) with its candidates (n, P) -> (n, P)."""
+        vocab = match.words(torch.arange(len(self.corpus.vocab)))
         out = np.zeros(cand_rows.shape, dtype=np.float32)
         for i, (q, rows) in enumerate(zip(q_tokens, cand_rows)):
             out[i] = match.pool(self._trim(q[None])[0], self._trim(self._answers[np.maximum(rows, 0)]),

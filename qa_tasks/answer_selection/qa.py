@@ -1,4 +1,5 @@
-"""`qa`: answer selection on InsuranceQA V2 with shared-weight CNN towers (Feng et al., ASRU 2015).
+"""`qa`: answer selection on InsuranceQA V2 with shared-weight CNN towers (Feng et al., ASRU 2015)
+and a kernel-pooling match of the two texts' words (K-NRM, Xiong et al., SIGIR 2017).
 
 Data: insuranceqa.py (the published files, or a generated corpus). Model: model.py, the tower's
 embedding starting, as theirs, from word2vec trained on the corpus (word2vec.py); the two
@@ -22,6 +23,14 @@ are made of. Two objectives (`objective`):
   question's `negatives` + `pool_negatives` candidates in a random order, and the question trains
   on its first violator (or its hardest negative): the loss the reference's search would reach
   with the same draws.
+
+With `interaction` "knrm" (the default) the score of a (question, answer) pair is the towers'
+cosine plus a kernel match (model.py's `KernelMatch`, K-NRM with question-word gates: the word x
+word cosines of the two texts, which the towers never compare), and a second cross-entropy trains
+that sum: each question's ground truth against its own `pool_negatives`, the candidates an
+evaluation pool is made of. The towers keep their softmax over the whole batch; the match, costing
+a (question words x answer words x kernels) array per pair, sees only the question's own
+candidates (about 20 % more per step than the towers alone; at evaluation every pool candidate).
 
 Metric: top-1 accuracy over each question's candidate pool (V2 ``*.500.pool.solr.<split>``, plus
 the question's ground truths; pools.py; also over the pools as released and over the questions

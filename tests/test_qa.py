@@ -55,8 +55,7 @@ def test_batches_shard_the_pairs_disjointly():
     assert batch.margin_ok[:, 7:].all()
     model = task.build_model()
     assert task.loss(model, batch).dim() == 0
-    margin = QA(data="generated", objective="margin", interaction="none", batch=50, negatives=7,
-                pool_negatives=2, **SMALL)
+    margin = QA(data="generated", objective="margin", batch=50, negatives=7, pool_negatives=2, **SMALL)
     assert margin.loss(model, batch).dim() == 0
     seen = []
     for learner in range(3):
@@ -77,9 +76,10 @@ def test_batches_shard_the_pairs_disjointly():
     (dict(negatives=-1), "negatives and pool_negatives must be 0 or more"),
     (dict(objective="margin", negatives=0, pool_negatives=0), "the margin objective needs negatives"),
     (dict(interaction="drmm"), "interaction must be one of knrm, none"),
-    (dict(objective="margin", negatives=5), "interaction 'knrm' trains with the softmax objective"),
-    (dict(pool_negatives=0, negatives=5), "interaction 'knrm' trains with the softmax objective"),
-    (dict(kernels=1), "kernels must be at least 2"),
+    (dict(interaction="knrm", objective="margin", negatives=5), "interaction 'knrm' trains with the softmax"),
+    (dict(interaction="knrm", pool_negatives=0, negatives=5), "interaction 'knrm' trains with the softmax"),
+    (dict(interaction="knrm", kernels=1), "kernels must be at least 2"),
+    (dict(match_vectors="frozen"), "match_vectors must be 'trained' or 'fixed'"),
     (dict(pick="random"), "pick must be"),
     (dict(eval_questions=-1), "eval_questions must be"),
     (dict(widths="3,12", question_len=10), "widest convolution"),
@@ -92,7 +92,7 @@ def test_qa_bad_options_fail_at_construction(options, message):
 @pytest.mark.timeout(30)
 def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path):
     write_release(tmp_path)
-    task = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", **SMALL)
+    task = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", interaction="knrm", **SMALL)
     before = task.corpus.answers.values.copy()
     torch.manual_seed(0)
     m = task.evaluate(task.build_model(), "valid")
@@ -107,14 +107,15 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     parts = task.pool_scores(task.build_model(), "valid")
     assert set(parts) == {"towers", "match", "bow"}
     assert len({p.shape for p in parts.values()}) == 1 and parts["towers"].shape[0] == 2
-    towers = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", interaction="none", **SMALL)
+    towers = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", **SMALL)
     assert set(towers.pool_scores(towers.build_model(), "valid")) == {"towers", "bow"}
     # the baseline's sparse matrices must not reorder the corpus under the model
     np.testing.assert_array_equal(task.corpus.answers.values, before)
     with pytest.raises(ValueError, match="no split 'test'"):
         task.evaluate(task.build_model(), "test")
     # bow_weight adds the baseline's cosine to the model's score: a large weight ranks as it does
-    lexical = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", bow_weight=1e6, **SMALL)
+    lexical = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", bow_weight=1e6,
+                 interaction="knrm", match_vectors="fixed", **SMALL)
     m = lexical.evaluate(lexical.build_model(), "valid")
     assert (m["top1"], m["top1_raw_pool"]) == (m["bow_top1"], m["bow_top1_raw_pool"])
 

@@ -123,3 +123,13 @@ def test_kernel_match_trains_its_embedding_gate_and_output():
     match(torch.randint(1, 30, (4, 3)), torch.randint(1, 30, (4, 7))).sum().backward()
     for p in (match.embed.weight, match.gate.weight, match.out.weight):
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_kernel_match_with_fixed_vectors_has_no_embedding_parameter():
+    vectors = torch.randn(30, 8)
+    fixed = KernelMatch(vocab_size=30, embed_dim=8, fixed=vectors)
+    assert {name for name, _ in fixed.named_parameters()} == {"gate.weight", "gate.bias", "out.weight", "out.bias"}
+    assert "fixed" not in fixed.state_dict()          # rebuilt with the model, never checkpointed
+    assert torch.allclose(fixed.words(torch.tensor([3])), nn.functional.normalize(vectors[3:4], dim=-1))
+    with pytest.raises(ValueError, match="fixed vectors must be"):
+        KernelMatch(vocab_size=30, embed_dim=4, fixed=vectors)

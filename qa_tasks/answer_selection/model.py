@@ -130,9 +130,17 @@ class KernelMatch(nn.Module):
     """K-NRM over word vectors with question-word gating: `forward(q, a)` scores (N, Lq) question
     tokens against (N, La) answer tokens, row by row, -> (N,)."""
 
-    def __init__(self, vocab_size: int, embed_dim: int, kernels: int = 11):
+    def __init__(self, vocab_size: int, embed_dim: int, kernels: int = 11, fixed: torch.Tensor | None = None):
+        """`fixed`: (vocab_size, embed_dim) word vectors kept as they are (a buffer, rebuilt with
+        the model, so no parameter); None: an embedding trained with the rest."""
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+        if fixed is None:
+            self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+        else:
+            if tuple(fixed.shape) != (vocab_size, embed_dim):
+                raise ValueError(f"fixed vectors must be {(vocab_size, embed_dim)}, not {tuple(fixed.shape)}")
+            self.embed = None
+            self.register_buffer("fixed", fixed.clone(), persistent=False)
         mu, sigma = kernel_centres(kernels)
         self.register_buffer("mu", mu, persistent=False)
         self.register_buffer("sigma", sigma, persistent=False)
@@ -144,7 +152,8 @@ class KernelMatch(nn.Module):
 
     def words(self, tokens: torch.Tensor) -> torch.Tensor:
         """(..., L) ids -> unit word vectors (..., L, E) (PAD's vector is 0, so its cosines are 0)."""
-        return nn.functional.normalize(self.embed(tokens), dim=-1)
+        vectors = self.embed(tokens) if self.embed is not None else nn.functional.embedding(tokens, self.fixed)
+        return nn.functional.normalize(vectors, dim=-1)
 
     def forward(self, q_tokens: torch.Tensor, a_tokens: torch.Tensor) -> torch.Tensor:
         q = self.words(q_tokens)

@@ -24,7 +24,7 @@ are made of. Two objectives (`objective`):
   on its first violator (or its hardest negative): the loss the reference's search would reach
   with the same draws.
 
-With `interaction` "knrm" (the default) the score of a (question, answer) pair is the towers'
+With `interaction` "knrm" (an option: it did not beat the towers alone, docs/results/qa.md) the score of a (question, answer) pair is the towers'
 cosine plus a kernel match (model.py's `KernelMatch`, K-NRM with question-word gates: the word x
 word cosines of the two texts, which the towers never compare), and a second cross-entropy trains
 that sum: each question's ground truth against its own `pool_negatives`, the candidates an
@@ -108,10 +108,13 @@ class QA:
     pick: str = option("first", 'which negative a question trains on: "first" (the first in a random '
                                 'order that violates the margin, as the reference) or "hardest" (from '
                                 'a random start it collapses all encodings together)')
-    interaction: str = option("knrm", '"knrm" (add a kernel-pooling score over the question x answer word '
-                                      'cosines, trained on each question\'s own pool negatives) or "none" '
-                                      '(the towers alone)')
+    interaction: str = option("none", '"none" (the towers alone) or "knrm" (add a kernel-pooling score '
+                                      'over the question x answer word cosines, trained on each question\'s '
+                                      'own pool negatives; measured below the towers alone on valid, '
+                                      'docs/results/qa.md)')
     kernels: int = option(11, "knrm: RBF kernels (an exact-match one and kernels-1 soft ones over -1..1)")
+    match_vectors: str = option("trained", 'knrm: its word vectors "trained" (from the word2vec start) or '
+                                           '"fixed" (the word2vec vectors as they are)')
     batch: int = option(64, "questions per batch")
     bow_weight: float = option(0.5, "evaluation: score = the model's similarity + this x the IDF "
                                     "bag-of-words cosine (the lexical match the SOLR pools rank by)")
@@ -153,6 +156,8 @@ class QA:
         if self.interaction == "knrm" and (self.objective != "softmax" or self.pool_negatives == 0):
             raise ValueError("interaction 'knrm' trains with the softmax objective on each question's own "
                              "pool negatives (pool_negatives >= 1); use interaction 'none' otherwise")
+        if self.match_vectors not in ("trained", "fixed"):
+            raise ValueError(f"match_vectors must be 'trained' or 'fixed', not {self.match_vectors!r}")
         if self.interaction == "knrm" and self.kernels < 2:
             raise ValueError(f"kernels must be at least 2 (exact match and one soft kernel), not {self.kernels}")
         if self.eval_questions < 0:
@@ -187,11 +192,14 @@ class QA:
 
     def build_model(self) -> nn.Module:
         tower = Tower(len(self.corpus.vocab), self.embed_dim, self.hidden, self.filters, self._widths)
-        match = KernelMatch(len(self.corpus.vocab), self.embed_dim, self.kernels) if self.interaction == "knrm" else None
-        if self.embeddings == "word2vec":
-            vectors = torch.from_numpy(self.word_vectors())
+        vectors = torch.from_numpy(self.word_vectors()) if self.embeddings == "word2vec" else None
+        match = None
+        if self.interaction == "knrm":
+            match = KernelMatch(len(self.corpus.vocab), self.embed_dim, self.kernels,
+                                fixed=vectors if self.match_vectors == "fixed" else None)
+        if vectors is not None:
             with torch.no_grad():
-                for embed in [tower.embed] + ([match.embed] if match else []):
+                for embed in [tower.embed] + ([match.embed] if match and match.embed else []):
                     embed.weight.copy_(vectors)
         return AnswerSelector(tower, self.similarity, self.gamma, self.c, match)
 

@@ -170,7 +170,8 @@ class KernelMatch(nn.Module):
         p = len(a_tokens)
         return self.pooled(sim, q.expand(p, -1, -1), (q_tokens != PAD).expand(p, -1), a_tokens != PAD)
 
-    def pooled(self, sim: torch.Tensor, q: torch.Tensor, q_mask: torch.Tensor, a_mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, sim: torch.Tensor, q: torch.Tensor, q_mask: torch.Tensor,
+               a_mask: torch.Tensor) -> torch.Tensor:
         """Cosines sim (N, Lq, La), the question's unit vectors q (N, Lq, E) and the not-PAD masks
         (N, Lq), (N, La) -> scores (N,)."""
         # a padding column sits far from every kernel (its soft counts are 0)

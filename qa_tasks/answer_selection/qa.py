@@ -24,13 +24,14 @@ are made of. Two objectives (`objective`):
   on its first violator (or its hardest negative): the loss the reference's search would reach
   with the same draws.
 
-With `interaction` "knrm" (an option: it did not beat the towers alone, docs/results/qa.md) the score of a (question, answer) pair is the towers'
-cosine plus a kernel match (model.py's `KernelMatch`, K-NRM with question-word gates: the word x
-word cosines of the two texts, which the towers never compare), and a second cross-entropy trains
-that sum: each question's ground truth against its own `pool_negatives`, the candidates an
-evaluation pool is made of. The towers keep their softmax over the whole batch; the match, costing
-a (question words x answer words x kernels) array per pair, sees only the question's own
-candidates (about 20 % more per step than the towers alone; at evaluation every pool candidate).
+With `interaction` "knrm" (an option: it did not beat the towers alone, docs/results/qa.md) the
+score of a (question, answer) pair is the towers' cosine plus a kernel match (model.py's
+`KernelMatch`, K-NRM with question-word gates: the word x word cosines of the two texts, which the
+towers never compare), and a second cross-entropy trains that sum: each question's ground truth
+against its own `pool_negatives`, the candidates an evaluation pool is made of. The towers keep
+their softmax over the whole batch; the match, costing a (question words x answer words x
+kernels) array per pair, sees only the question's own candidates (about 20 % more per step than
+the towers alone; at evaluation every pool candidate).
 
 Metric: top-1 accuracy over each question's candidate pool (V2 ``*.500.pool.solr.<split>``, plus
 the question's ground truths; pools.py; also over the pools as released and over the questions
@@ -159,7 +160,8 @@ class QA:
         if self.match_vectors not in ("trained", "fixed"):
             raise ValueError(f"match_vectors must be 'trained' or 'fixed', not {self.match_vectors!r}")
         if self.interaction == "knrm" and self.kernels < 2:
-            raise ValueError(f"kernels must be at least 2 (exact match and one soft kernel), not {self.kernels}")
+            raise ValueError(f"kernels must be at least 2 (exact match and one soft kernel), "
+                             f"not {self.kernels}")
         if self.eval_questions < 0:
             raise ValueError(f"eval_questions must be 0 (all) or a positive count, not {self.eval_questions}")
         if max(self._widths) > min(self.question_len, self.answer_len):
@@ -292,11 +294,13 @@ class QA:
         own_cols = b + k + torch.arange(b)[:, None] * j + torch.arange(j)[None, :]      # (B, j)
         cols = torch.cat([torch.arange(b)[:, None], own_cols], dim=1)                  # (B, 1 + j)
         width = max(batch.positives.shape[1], batch.pooled.shape[1])
-        answers = torch.cat([nn.functional.pad(batch.positives, (0, width - batch.positives.shape[1]), value=PAD)[:, None],
-                             nn.functional.pad(batch.pooled, (0, width - batch.pooled.shape[1]), value=PAD).view(b, j, width)],
-                            dim=1)                                                      # (B, 1 + j, La)
-        questions = batch.questions[:, None, :].expand(-1, 1 + j, -1)
-        match = model.match(questions.reshape(b * (1 + j), -1), answers.view(b * (1 + j), width)).view(b, 1 + j)
+
+        def padded(tokens):     # the two answer matrices were trimmed apart: one width for both
+            return nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=PAD)
+        answers = torch.cat([padded(batch.positives)[:, None], padded(batch.pooled).view(b, j, width)],
+                            dim=1).view(b * (1 + j), width)                             # (B (1 + j), La)
+        questions = batch.questions.repeat_interleave(1 + j, dim=0)                     # (B (1 + j), Lq)
+        match = model.match(questions, answers).view(b, 1 + j)
         joint = (scores.gather(1, cols) + match) / self.temperature
         ok = batch.softmax_ok.gather(1, cols)
         return nn.functional.cross_entropy(joint.masked_fill(~ok, -math.inf),

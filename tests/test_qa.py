@@ -75,6 +75,11 @@ def test_batches_shard_the_pairs_disjointly():
     (dict(temperature=0.0), "temperature must be positive"),
     (dict(negatives=-1), "negatives and pool_negatives must be 0 or more"),
     (dict(objective="margin", negatives=0, pool_negatives=0), "the margin objective needs negatives"),
+    (dict(interaction="drmm"), "interaction must be one of knrm, none"),
+    (dict(interaction="knrm", objective="margin", negatives=5), "interaction 'knrm' trains with the softmax"),
+    (dict(interaction="knrm", pool_negatives=0, negatives=5), "interaction 'knrm' trains with the softmax"),
+    (dict(interaction="knrm", kernels=1), "kernels must be at least 2"),
+    (dict(match_vectors="frozen"), "match_vectors must be 'trained' or 'fixed'"),
     (dict(pick="random"), "pick must be"),
     (dict(eval_questions=-1), "eval_questions must be"),
     (dict(widths="3,12", question_len=10), "widest convolution"),
@@ -87,7 +92,7 @@ def test_qa_bad_options_fail_at_construction(options, message):
 @pytest.mark.timeout(30)
 def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path):
     write_release(tmp_path)
-    task = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", **SMALL)
+    task = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", interaction="knrm", **SMALL)
     before = task.corpus.answers.values.copy()
     torch.manual_seed(0)
     m = task.evaluate(task.build_model(), "valid")
@@ -98,21 +103,29 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     # overlap: medicare, does, cover, dental): answer 2 wins, so q1 is wrong; q0 "what is life
     # insurance ?" prefers answer 3 ("whole life insurance ... life") over answer 1: right
     assert m["bow_top1"] == 0.5
+    # the parts of the score, one (questions, candidates) array each; with no kernel match, none
+    parts = task.pool_scores(task.build_model(), "valid")
+    assert set(parts) == {"towers", "match", "bow"}
+    assert len({p.shape for p in parts.values()}) == 1 and parts["towers"].shape[0] == 2
+    towers = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", **SMALL)
+    assert set(towers.pool_scores(towers.build_model(), "valid")) == {"towers", "bow"}
     # the baseline's sparse matrices must not reorder the corpus under the model
     np.testing.assert_array_equal(task.corpus.answers.values, before)
     with pytest.raises(ValueError, match="no split 'test'"):
         task.evaluate(task.build_model(), "test")
     # bow_weight adds the baseline's cosine to the model's score: a large weight ranks as it does
-    lexical = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", bow_weight=1e6, **SMALL)
+    lexical = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", bow_weight=1e6,
+                 interaction="knrm", match_vectors="fixed", **SMALL)
     m = lexical.evaluate(lexical.build_model(), "valid")
     assert (m["top1"], m["top1_raw_pool"]) == (m["bow_top1"], m["bow_top1_raw_pool"])
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("objective", ["softmax", "margin"])
-def test_short_training_run_lowers_the_loss_and_beats_chance(objective):
+@pytest.mark.timeout(300)     # seconds quiet; under a load of 9 the knrm case took over a minute
+@pytest.mark.parametrize("objective, interaction", [("softmax", "knrm"), ("softmax", "none"),
+                                                    ("margin", "none")])
+def test_short_training_run_lowers_the_loss_and_beats_chance(objective, interaction):
     task = QA(data="generated", batch=32, negatives=20, margin=0.1, similarity="cosine", objective=objective,
-              **{**SMALL, "embed_dim": 32, "hidden": 32, "filters": 32})
+              interaction=interaction, **{**SMALL, "embed_dim": 32, "hidden": 32, "filters": 32})
     per_epoch = sum(1 for _ in task.batches(0, 1, seed=0))
     losses, model = plain_train(task, steps=3 * per_epoch, lr=1e-2)
     epoch_losses = [np.mean(losses[e * per_epoch:(e + 1) * per_epoch]) for e in range(3)]

@@ -1,12 +1,14 @@
-"""qa_tasks/answer_selection/model.py: the similarities and the ranking loss on hand-computed examples."""
+"""qa_tasks/answer_selection/model.py: the similarities, the ranking loss and the kernel match on
+hand-computed examples."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from torch import nn
 
-from qa_tasks.answer_selection.model import cosine, gesd, ranking_loss
+from qa_tasks.answer_selection.model import KernelMatch, cosine, gesd, kernel_centres, ranking_loss
 
 
 # -- similarities and loss -------------------------------------------------------------------------
@@ -61,3 +63,73 @@ def test_ranking_loss_hardest_and_first_violator():
     p, n = pos.clone().requires_grad_(), neg.clone().requires_grad_()
     ranking_loss(p, n, ok, 0.1).backward()
     assert (p.grad < 0).all() and n.grad[0, 1] > 0 and n.grad[0, 0] == 0
+
+
+# -- the kernel match (K-NRM with question-word gating) ---------------------------------------------
+
+def test_kernel_centres_are_k_nrm_s():
+    mu, sigma = kernel_centres(11)
+    assert mu.tolist() == pytest.approx([1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1, -0.3, -0.5, -0.7, -0.9])
+    assert sigma.tolist() == pytest.approx([1e-3] + [0.1] * 10)
+    with pytest.raises(ValueError, match="at least 2 kernels"):
+        kernel_centres(1)
+
+
+def _orthogonal_match(kernels: int = 11) -> KernelMatch:
+    """Word i (1..4) has the unit vector e_i: distinct words have cosine 0, a word with itself 1.
+    The output reads the exact-match kernel only, so a score is the gated log(1 + exact matches)."""
+    match = KernelMatch(vocab_size=5, embed_dim=4, kernels=kernels)
+    with torch.no_grad():
+        match.embed.weight.copy_(torch.cat([torch.zeros(1, 4), torch.eye(4)]))
+        match.out.weight.zero_()
+        match.out.weight[0, 0] = 1.0
+    return match
+
+
+def test_kernel_match_counts_exact_matches_gated_per_question_word():
+    match = _orthogonal_match()
+    with torch.no_grad():
+        match.gate.weight.zero_()                 # equal gates: the mean over question words
+    q = torch.tensor([[1, 2], [1, 2], [1, 2]])
+    a = torch.tensor([[1, 3, 4], [1, 1, 2], [3, 4, 3]])
+    # row 0: word 1 matches once, word 2 never: (log 2 + log 1) / 2; row 1: (log 3 + log 2) / 2
+    expected = [math.log(2) / 2, (math.log(3) + math.log(2)) / 2, 0.0]
+    assert match(q, a).tolist() == pytest.approx(expected, abs=1e-5)
+    # padding on either side changes nothing (PAD = 0)
+    padded = match(torch.tensor([[1, 2, 0, 0]] * 3), torch.cat([a, torch.zeros(3, 2, dtype=torch.long)], 1))
+    assert padded.tolist() == pytest.approx(expected, abs=1e-5)
+    # the gate weighs question words: all weight on word 2 (e_2's logit 50 against 0)
+    with torch.no_grad():
+        match.gate.weight[0, 1] = 50.0
+    assert match(q, a).tolist() == pytest.approx([0.0, math.log(2), 0.0], abs=1e-5)
+
+
+def test_kernel_match_pool_scores_as_forward_does():
+    torch.manual_seed(0)
+    match = KernelMatch(vocab_size=30, embed_dim=8, kernels=5)
+    nn.init.normal_(match.out.weight)
+    q = torch.tensor([3, 7, 9, 0])
+    a = torch.randint(1, 30, (6, 10))
+    a[2, 4:] = 0
+    vocab = match.words(torch.arange(30))
+    expected = match(q.expand(6, -1), a)
+    assert torch.allclose(match.pool(q, a, vocab), expected, atol=1e-5)
+
+
+def test_kernel_match_trains_its_embedding_gate_and_output():
+    torch.manual_seed(0)
+    match = KernelMatch(vocab_size=30, embed_dim=8)
+    nn.init.normal_(match.out.weight)
+    match(torch.randint(1, 30, (4, 3)), torch.randint(1, 30, (4, 7))).sum().backward()
+    for p in (match.embed.weight, match.gate.weight, match.out.weight):
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_kernel_match_with_fixed_vectors_has_no_embedding_parameter():
+    vectors = torch.randn(30, 8)
+    fixed = KernelMatch(vocab_size=30, embed_dim=8, fixed=vectors)
+    assert {name for name, _ in fixed.named_parameters()} == {"gate.weight", "gate.bias", "out.weight", "out.bias"}
+    assert "fixed" not in fixed.state_dict()          # rebuilt with the model, never checkpointed
+    assert torch.allclose(fixed.words(torch.tensor([3])), nn.functional.normalize(vectors[3:4], dim=-1))
+    with pytest.raises(ValueError, match="fixed vectors must be"):
+        KernelMatch(vocab_size=30, embed_dim=4, fixed=vectors)

@@ -1,0 +1,56 @@
+"""What each part of the `qa` score contributes: top-1 of a checkpoint with the towers alone, the
+kernel match alone, their sum, and each plus the bag-of-words cosine at several weights; the
+parts are computed once (`QA.pool_scores`), so the sweep costs one evaluation.
+
+    python -m bench.qa_scores --checkpoint runs/qa --data-dir D --split valid
+    python -m bench.qa_scores --checkpoint runs/qa --data-dir D --bow-weights 0,0.25,0.5,1 --json runs/qa/parts.json
+
+The weights are chosen on the split they are read on, so a best row here is slightly optimistic.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from gadei.evaluate import load_model
+from qa_tasks.answer_selection.pools import pool_metrics
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a `gadei train --task qa` output folder")
+    p.add_argument("--data-dir", help="the data folder (default: the one the checkpoint names, or $GADEI_DATA)")
+    p.add_argument("--split", default="valid")
+    p.add_argument("--bow-weights", default="0,0.25,0.5,0.75,1",
+                   help="comma-separated weights of the bag-of-words cosine")
+    p.add_argument("--json", help="write the table here")
+    args = p.parse_args(argv)
+    task, model = load_model(args.checkpoint, args.data_dir)
+    if getattr(task, "pool_scores", None) is None:
+        raise SystemExit(f"{args.checkpoint} is not a qa checkpoint")
+    data, n = task._split(args.split)
+    t = time.process_time()
+    parts = task.pool_scores(model, args.split)
+    seconds = time.process_time() - t
+    combos = {"towers": parts["towers"]}
+    if "match" in parts:
+        combos.update({"match": parts["match"], "towers+match": parts["towers"] + parts["match"]})
+    rows = []
+    for name, base in combos.items():
+        for w in (float(x) for x in args.bow_weights.split(",")):
+            total = base + w * parts["bow"]
+            m = pool_metrics(lambda q_rows, cand_rows: total[q_rows], data, n)
+            rows.append({"score": name, "bow_weight": w, **{k: round(v, 4) for k, v in m.items()}})
+            print(json.dumps(rows[-1]), flush=True)
+    out = {"checkpoint": str(args.checkpoint), "split": args.split, "questions": n,
+           "parts_cpu_s": round(seconds, 1), "rows": rows}
+    print(json.dumps({k: v for k, v in out.items() if k != "rows"}))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -256,8 +256,14 @@ class Supervisor:
         if self.failures[who] >= 3:
             what = "the PS" if who == "ps" else f"learner {who}"
             why = "missed its lease" if child.lease_missed else f"exit code {code}"
+            hint = ""
+            if who != "ps" and code == -signal.SIGSEGV and self.pull_mode()["zero_copy"]:
+                hint = ("\nA learner computes on the PS's published weights through a read-only mapping "
+                        "(the zero-copy pull), so a task that writes its parameters in place (e.g. "
+                        "nn.Embedding(max_norm=...)) crashes there: run with --weight-buffers 3 to have "
+                        "the learners copy the weights instead.")
             raise JobError(f"{what} failed {self.failures[who]} times in a row without making progress "
-                           f"({why}); its log ({child.log}) ends with:\n{child.tail()}")
+                           f"({why}); its log ({child.log}) ends with:\n{child.tail()}{hint}")
 
     def reap_ps(self, code: int) -> None:
         if self.restarts["ps"] >= self.cfg.max_restarts:

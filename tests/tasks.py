@@ -79,3 +79,13 @@ class BadEvaluate(Blobs):
 
     def evaluate(self, model, split: str) -> dict[str, float]:
         raise KeyError("no such metric")
+
+
+class WritesWeights(Blobs):
+    """Blobs whose loss scales the first layer's weights in place (as nn.Embedding(max_norm=...)
+    renormalises its rows): a task that needs private weights, not the zero-copy pull."""
+
+    def loss(self, model, batch) -> torch.Tensor:
+        with torch.no_grad():
+            model[0].weight.mul_(1.0)
+        return super().loss(model, batch)

@@ -171,6 +171,20 @@ def test_a_deterministic_failure_ends_the_job_with_its_error_checkpoint_and_summ
     assert all(not L.audit(e) for e in summary["ledger"].values()), summary["ledger"]
 
 
+@pytest.mark.timeout(600)
+def test_a_task_that_writes_its_weights_is_told_to_copy(tmp_path):
+    """The zero-copy pull maps the published weights read-only, so a task that writes its
+    parameters in place crashes its learners (SIGSEGV, not a silent change of the PS's weights);
+    the job's error says why and what to do, and with --weight-buffers 3 the same job trains."""
+    r = run_gadei("train", "--task", "tests.tasks:WritesWeights", "--learners", 2, "--steps", 40,
+                  "--out", tmp_path / "zero-copy", "--no-progress", timeout=500)
+    assert r.returncode == 2, r.stderr
+    assert "failed 3 times in a row" in r.stderr and "--weight-buffers 3" in r.stderr, r.stderr
+    r = run_gadei("train", "--task", "tests.tasks:WritesWeights", "--learners", 2, "--steps", 40,
+                  "--out", tmp_path / "copying", "--weight-buffers", 3, "--no-progress", timeout=500)
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.timeout(400)
 def test_a_step_longer_than_the_lease_is_not_a_missed_lease(tmp_path):
     """Finding 5: learners beat only between steps, so a step longer than --lease was killed

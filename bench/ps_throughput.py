@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth_before_gb_per_s": bw_before / 1e9, "bandwidth_after_gb_per_s": bw_after / 1e9,
         "byte_model": "20*P bytes per exchange: apply (read g, read w, write w) + pull (read w, "
                       "write copy); bandwidth = np.copyto bytes read+written per second",
-        "argv": sys.argv, "python": sys.version.split()[0], "numpy": np.__version__,
+        "argv": ["python -m bench.ps_throughput", *sys.argv[1:]],    # no machine path
+        "python": sys.version.split()[0], "numpy": np.__version__,
         "machine": platform.machine(), "cpus": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -63,13 +63,19 @@ def sweep_stale(log=print) -> list[str]:
     return removed
 
 
+def direct(cfg) -> bool:
+    """Whether the job's learners never change their weights between pulls (ASGD, SYNC), so
+    that they can compute on the published weights in place."""
+    return algorithms.protocol(cfg.optimizer, **cfg.hyper).direct_gradients
+
+
 def weight_buffers(cfg) -> int:
     """The arena's weight buffers: --weight-buffers, or learners + 2 where the learners compute
-    on the published weights in place (ASGD, SYNC: they never change their weights), else 3
-    (DOWNPOUR, EASGD, EAMSGD keep a private copy, and pull by copying)."""
+    on the published weights in place (`direct`), else 3 (DOWNPOUR, EASGD, EAMSGD keep a
+    private copy, and pull by copying)."""
     if cfg.weight_buffers is not None:
         return cfg.weight_buffers
-    return cfg.learners + 2 if algorithms.protocol(cfg.optimizer, **cfg.hyper).direct_gradients else A.BUFFERS
+    return cfg.learners + 2 if direct(cfg) else A.BUFFERS
 
 
 def discard_writing(arena: A.Arena, i: int) -> list[int]:
@@ -337,8 +343,7 @@ class Supervisor:
         """How the learners pulled: in place on a pinned buffer (zero-copy), or by copying
         (their protocol changes local weights, or --weight-buffers is below learners + 2)."""
         layout = self.arena.layout
-        direct = algorithms.protocol(self.cfg.optimizer, **self.cfg.hyper).direct_gradients
-        return {"weight_buffers": layout.weight_buffers, "zero_copy": bool(direct and layout.zero_copy)}
+        return {"weight_buffers": layout.weight_buffers, "zero_copy": direct(self.cfg) and layout.zero_copy}
 
     def time_split(self, wall_s: float) -> dict:
         """Where the time went: per learner compute, pull, push and wait; the PS's busy time.

@@ -48,7 +48,7 @@ def cmd_train(args, extra) -> int:
     given = {f.name: getattr(args, f.name) for f in JobConfig.options() if hasattr(args, f.name)}
     task = given.pop("task", "probe")
     hyper, opts = split_options(task, recipe.optimizer(task, given), _pairs(extra))
-    summary = run(JobConfig(task=task, task_options=opts, **recipe.apply(task, given, hyper, "command line")))
+    summary = run(JobConfig(task=task, **recipe.apply(task, given, hyper, "command line", opts)))
     if summary is not None:          # None: an MPI rank that does not report
         _report(summary, Path(summary["settings"]["out"]))
     return 0

@@ -19,9 +19,10 @@ Where the user's options meet the recipe (`gadei train --help` says the same):
   what the user gives;
 - a recipe's lr schedule decays over the job's steps: with the user's `--epochs` it is dropped.
 
-The job's `hyper` holds every hyper-parameter of its optimizer, defaults included; where each
-job option and hyper-parameter came from ("recipe", the user's: "command line" or "argument",
-or "default") and what of the recipe was dropped, the job keeps in `JobConfig.origin` and
+The job's `hyper` holds every hyper-parameter of its optimizer and its `task_options` every
+option of the task, defaults included (a checkpoint rebuilds what it trained, whatever the
+defaults become); where each job option, hyper-parameter and task option came from ("recipe",
+the user's: "command line" or "argument", or "default") and what of the recipe was dropped, the job keeps in `JobConfig.origin` and
 `JobConfig.recipe_dropped`, and so in summary.json's settings.
 """
 from __future__ import annotations
@@ -65,11 +66,12 @@ def optimizer(task: str, given: dict) -> str:
     return given.get("optimizer") or of(task).get("optimizer", DEFAULT_OPTIMIZER)
 
 
-def apply(task: str, job: dict, hyper: dict, source: str) -> dict:
-    """JobConfig's keywords for `task`: the user's `job` options and `hyper`-parameters (both
-    only those the user gave; `source` names where: "command line", "argument"), the recipe's
-    values where the user is silent (module docstring: the rules), with `origin` and
-    `recipe_dropped` saying where each value came from and what of the recipe was not applied."""
+def apply(task: str, job: dict, hyper: dict, source: str, task_options: dict | None = None) -> dict:
+    """JobConfig's keywords for `task`: the user's `job` options, `hyper`-parameters and
+    `task_options` (each only those the user gave; `source` names where: "command line",
+    "argument"), the recipe's values where the user is silent (module docstring: the rules) and
+    every task option at its default, with `origin` and `recipe_dropped` saying where each value
+    came from (a task option's key is "task.NAME") and what of the recipe was not applied."""
     recipe = of(task)
     recipe_optimizer = recipe.get("optimizer", DEFAULT_OPTIMIZER)
     same_optimizer = job.get("optimizer", recipe_optimizer).lower() == recipe_optimizer.lower()
@@ -100,7 +102,11 @@ def apply(task: str, job: dict, hyper: dict, source: str) -> dict:
                  if k in hyper_out or p.default is not p.empty}
     for key in job_options() | set(hyper_out):
         origin.setdefault(key, "default")
-    return {**out, "hyper": hyper_out, "origin": dict(sorted(origin.items())), "recipe_dropped": dropped}
+    task_options = task_options or {}
+    resolved = T.resolved(task, task_options)
+    origin.update({f"task.{k}": source if k in task_options else "default" for k in resolved})
+    return {**out, "task_options": resolved, "hyper": hyper_out, "origin": dict(sorted(origin.items())),
+            "recipe_dropped": dropped}
 
 
 def flags(recipe: dict) -> str:

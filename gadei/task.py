@@ -91,6 +91,14 @@ def options(name: str) -> dict[str, inspect.Parameter]:
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
+def resolved(name: str, opts: dict) -> dict:
+    """`opts` with every option they leave out at task `name`'s default: what a job records (its
+    checkpoint, summary.json), so that a later change of a default does not change what an old
+    checkpoint rebuilds."""
+    defaults = {k: p.default for k, p in options(name).items() if p.default is not p.empty}
+    return {**defaults, **opts}
+
+
 def option_help(name: str) -> dict[str, str]:
     """Each option's line of help, where the task gives one (`option(default, help)`)."""
     cls = task_class(name)

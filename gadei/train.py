@@ -42,7 +42,7 @@ def config(task: str, task_options: dict, options: dict, source: str = "argument
     for path in ("out", "resume"):
         if path in given:
             given[path] = str(given[path])
-    return JobConfig(task=task, task_options=task_options, **recipe.apply(task, given, hyper, source))
+    return JobConfig(task=task, **recipe.apply(task, given, hyper, source, task_options))
 
 
 def run(cfg: JobConfig, evaluate: bool = True) -> dict | None:

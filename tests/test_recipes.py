@@ -11,6 +11,7 @@ import pytest
 
 import gadei
 from gadei import recipe as R
+from gadei.evaluate import job_of
 from gadei.probe import audit
 from gadei.train import config
 from tests.helpers import run_gadei
@@ -109,6 +110,19 @@ def test_the_probe_trains_at_lr_1_by_default_and_its_audit_is_exact(tmp_path):
     assert s["origin"]["weight_decay"] == "default"
     assert s["origin"]["steps"] == s["origin"]["out"] == "command line" and s["origin"]["seed"] == "default"
     assert audit(out) == []
+
+
+def test_a_checkpoint_records_every_task_option_so_new_defaults_do_not_change_it(tmp_path):
+    out = tmp_path / "p"
+    r = run_gadei("train", "--task", "probe", "--learners", 1, "--steps", 4, "--probe-size", 64,
+                  "--out", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    want = {"probe_size": 64, "probe_nan_every": 0, "probe_hold": 0.0}
+    s = json.loads((out / "summary.json").read_text())["settings"]
+    assert s["task_options"] == want
+    assert (s["origin"]["task.probe_size"], s["origin"]["task.probe_hold"]) == ("command line", "default")
+    cfg, _ = job_of(out / "checkpoint")
+    assert cfg.task_options == want      # rebuilt from the recorded values, not today's defaults
 
 
 def test_gadei_train_records_its_arguments(tmp_path):

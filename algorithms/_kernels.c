@@ -320,6 +320,30 @@ static void lerp_weight(double one_minus_beta, float *c, int *small)
     *c = *small ? wgt : wgt - 1.0f;
 }
 
+/* The end of every rule's call: check the outputs against the other vectors (check_aliasing),
+ * run the loops over the n_pairs (input, output) pairs given (a NULL output: an optional vector
+ * not given) with the GIL released, release the vectors. True when g was finite; NULL with an
+ * exception set on a bad overlap. */
+static PyObject *apply(Vectors *vs, Loop plain, Loop avx2, const void *args, const float *const *ins,
+                       float *const *outs, int n_pairs, const float *g)
+{
+    int stream, bad, n_live = 0;
+    float *live[RULE_VECTORS];
+    if (!check_aliasing(vs, ins, outs, n_pairs, &g, 1, &stream)) {
+        release(vs);
+        return NULL;
+    }
+    for (int k = 0; k < n_pairs; k++)
+        if (outs[k])
+            live[n_live++] = outs[k];
+    Py_BEGIN_ALLOW_THREADS
+    bad = run(plain, avx2, args, live, n_live, vs->n, stream);
+    Py_END_ALLOW_THREADS
+    return finish(vs, bad);
+}
+#define APPLY(vs, loop, a, ins, outs) \
+    apply(&(vs), PLAIN(loop), AVX2(loop), &(a), (ins), (outs), (int)(sizeof(outs) / sizeof(*(outs))), (a).g)
+
 /* ---- the kernels --------------------------------------------------------------------------- */
 
 PyDoc_STRVAR(sgd_doc,
@@ -335,18 +359,12 @@ static PyObject *k_sgd(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     RULE_VECTORS_OF(vs, "sgd");
     SgdArgs a = {.lr = (float)lr, .wd = (float)wd, .decay = wd != 0};
-    int stream, bad;
     if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
         !(a.wo = vector(&vs, owo, "w_out", 1)))
         goto fail;
     const float *ins[] = {a.w};
     float *outs[] = {a.wo};
-    if (!check_aliasing(&vs, ins, outs, 1, &a.g, 1, &stream))
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run(PLAIN(sgd_loop), AVX2(sgd_loop), &a, outs, 1, vs.n, stream);
-    Py_END_ALLOW_THREADS
-    return finish(&vs, bad);
+    return APPLY(vs, sgd_loop, a, ins, outs);
 fail:
     release(&vs);
     return NULL;
@@ -364,18 +382,12 @@ static PyObject *k_add(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     RULE_VECTORS_OF(vs, "add");
     SgdArgs a = {.lr = -1.0f, .wd = 0.0f, .decay = 0};     /* w - (-1) * d, rounded once: w + d */
-    int stream, bad;
     if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "d", 0)) ||
         !(a.wo = vector(&vs, owo, "w_out", 1)))
         goto fail;
     const float *ins[] = {a.w};
     float *outs[] = {a.wo};
-    if (!check_aliasing(&vs, ins, outs, 1, &a.g, 1, &stream))
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run(PLAIN(sgd_loop), AVX2(sgd_loop), &a, outs, 1, vs.n, stream);
-    Py_END_ALLOW_THREADS
-    return finish(&vs, bad);
+    return APPLY(vs, sgd_loop, a, ins, outs);
 fail:
     release(&vs);
     return NULL;
@@ -399,19 +411,13 @@ static PyObject *k_msgd(PyObject *self, PyObject *args, PyObject *kw)
     MsgdArgs a = {.lr = (float)lr, .wd = (float)wd, .momentum = (float)mom,
                   .keep = (float)(1.0 - damp), .decay = wd != 0, .first = first,
                   .nesterov = nesterov};
-    int stream, bad;
     if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
         !(a.b = vector(&vs, ob, "b", 0)) || !(a.wo = vector(&vs, owo, "w_out", 1)) ||
         !(a.bo = vector(&vs, obo, "b_out", 1)))
         goto fail;
     const float *ins[] = {a.w, a.b};
     float *outs[] = {a.wo, a.bo};
-    if (!check_aliasing(&vs, ins, outs, 2, &a.g, 1, &stream))
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run(PLAIN(msgd_loop), AVX2(msgd_loop), &a, outs, 2, vs.n, stream);
-    Py_END_ALLOW_THREADS
-    return finish(&vs, bad);
+    return APPLY(vs, msgd_loop, a, ins, outs);
 fail:
     release(&vs);
     return NULL;
@@ -442,7 +448,7 @@ static PyObject *k_adam(PyObject *self, PyObject *args, PyObject *kw)
                   .decoupled = decoupled};
     lerp_weight(1.0 - beta1, &a.c1, &a.small1);
     RULE_VECTORS_OF(vs, "adam");
-    int ok = 1, stream, bad;
+    int ok = 1;
     if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
         !(a.m = vector(&vs, om, "m", 0)) || !(a.v = vector(&vs, ov, "v", 0)) ||
         !(a.wo = vector(&vs, owo, "w_out", 1)) || !(a.mo = vector(&vs, omo, "m_out", 1)) ||
@@ -459,12 +465,7 @@ static PyObject *k_adam(PyObject *self, PyObject *args, PyObject *kw)
     a.amsgrad = a.x != NULL;
     const float *ins[] = {a.w, a.m, a.v, a.x};
     float *outs[] = {a.wo, a.mo, a.vo, a.xo};
-    if (!check_aliasing(&vs, ins, outs, 4, &a.g, 1, &stream))
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run(PLAIN(adam_loop), AVX2(adam_loop), &a, outs, a.amsgrad ? 4 : 3, vs.n, stream);
-    Py_END_ALLOW_THREADS
-    return finish(&vs, bad);
+    return APPLY(vs, adam_loop, a, ins, outs);
 fail:
     release(&vs);
     return NULL;
@@ -486,19 +487,13 @@ static PyObject *k_adagrad(PyObject *self, PyObject *args, PyObject *kw)
     AdagradArgs a = {.wd = (float)wd, .eps = (float)eps,
                      .clr = (float)(lr / (1.0 + (step - 1.0) * lr_decay)), .decay = wd != 0};
     RULE_VECTORS_OF(vs, "adagrad");
-    int stream, bad;
     if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
         !(a.s = vector(&vs, os, "s", 0)) || !(a.wo = vector(&vs, owo, "w_out", 1)) ||
         !(a.so = vector(&vs, oso, "s_out", 1)))
         goto fail;
     const float *ins[] = {a.w, a.s};
     float *outs[] = {a.wo, a.so};
-    if (!check_aliasing(&vs, ins, outs, 2, &a.g, 1, &stream))
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run(PLAIN(adagrad_loop), AVX2(adagrad_loop), &a, outs, 2, vs.n, stream);
-    Py_END_ALLOW_THREADS
-    return finish(&vs, bad);
+    return APPLY(vs, adagrad_loop, a, ins, outs);
 fail:
     release(&vs);
     return NULL;
@@ -520,7 +515,6 @@ static PyObject *k_adadelta(PyObject *self, PyObject *args, PyObject *kw)
     AdadeltaArgs a = {.wd = (float)wd, .rho = (float)rho, .one_minus_rho = (float)(1.0 - rho),
                       .eps = (float)eps, .lr = (float)lr, .decay = wd != 0};
     RULE_VECTORS_OF(vs, "adadelta");
-    int stream, bad;
     if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
         !(a.v = vector(&vs, ov, "v", 0)) || !(a.u = vector(&vs, ou, "u", 0)) ||
         !(a.wo = vector(&vs, owo, "w_out", 1)) || !(a.vo = vector(&vs, ovo, "v_out", 1)) ||
@@ -528,12 +522,7 @@ static PyObject *k_adadelta(PyObject *self, PyObject *args, PyObject *kw)
         goto fail;
     const float *ins[] = {a.w, a.v, a.u};
     float *outs[] = {a.wo, a.vo, a.uo};
-    if (!check_aliasing(&vs, ins, outs, 3, &a.g, 1, &stream))
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run(PLAIN(adadelta_loop), AVX2(adadelta_loop), &a, outs, 3, vs.n, stream);
-    Py_END_ALLOW_THREADS
-    return finish(&vs, bad);
+    return APPLY(vs, adadelta_loop, a, ins, outs);
 fail:
     release(&vs);
     return NULL;
@@ -558,7 +547,7 @@ static PyObject *k_rmsprop(PyObject *self, PyObject *args, PyObject *kw)
                      .momentum = (float)mom, .lr = (float)lr, .decay = wd != 0};
     lerp_weight(1.0 - alpha, &a.c_alpha, &a.small_alpha);
     RULE_VECTORS_OF(vs, "rmsprop");
-    int ok = 1, stream, bad;
+    int ok = 1;
     if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
         !(a.v = vector(&vs, ov, "v", 0)) || !(a.wo = vector(&vs, owo, "w_out", 1)) ||
         !(a.vo = vector(&vs, ovo, "v_out", 1)))
@@ -578,17 +567,7 @@ static PyObject *k_rmsprop(PyObject *self, PyObject *args, PyObject *kw)
     a.centered = a.m != NULL;
     const float *ins[] = {a.w, a.v, a.b, a.m};
     float *outs[] = {a.wo, a.vo, a.bo, a.mo};
-    float *live[4];
-    int n_live = 0;
-    for (int k = 0; k < 4; k++)
-        if (outs[k])
-            live[n_live++] = outs[k];
-    if (!check_aliasing(&vs, ins, outs, 4, &a.g, 1, &stream))
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run(PLAIN(rmsprop_loop), AVX2(rmsprop_loop), &a, live, n_live, vs.n, stream);
-    Py_END_ALLOW_THREADS
-    return finish(&vs, bad);
+    return APPLY(vs, rmsprop_loop, a, ins, outs);
 fail:
     release(&vs);
     return NULL;
@@ -611,7 +590,6 @@ static PyObject *k_adamax(PyObject *self, PyObject *args, PyObject *kw)
                     .clr = (float)(lr / (1.0 - pow(beta1, step))), .decay = wd != 0};
     lerp_weight(1.0 - beta1, &a.c1, &a.small1);
     RULE_VECTORS_OF(vs, "adamax");
-    int stream, bad;
     if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
         !(a.m = vector(&vs, om, "m", 0)) || !(a.u = vector(&vs, ou, "u", 0)) ||
         !(a.wo = vector(&vs, owo, "w_out", 1)) || !(a.mo = vector(&vs, omo, "m_out", 1)) ||
@@ -619,12 +597,7 @@ static PyObject *k_adamax(PyObject *self, PyObject *args, PyObject *kw)
         goto fail;
     const float *ins[] = {a.w, a.m, a.u};
     float *outs[] = {a.wo, a.mo, a.uo};
-    if (!check_aliasing(&vs, ins, outs, 3, &a.g, 1, &stream))
-        goto fail;
-    Py_BEGIN_ALLOW_THREADS
-    bad = run(PLAIN(adamax_loop), AVX2(adamax_loop), &a, outs, 3, vs.n, stream);
-    Py_END_ALLOW_THREADS
-    return finish(&vs, bad);
+    return APPLY(vs, adamax_loop, a, ins, outs);
 fail:
     release(&vs);
     return NULL;

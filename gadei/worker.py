@@ -186,6 +186,7 @@ class Worker:
                 for p, view in zip(self.params, self._views_of(b)):
                     p.data = view
                 self._on = b
+                self.flat = self._flat_np = None    # the private copy is never read again: 4·P freed
             self.arena.learner(self.i).pulled = self.version
         else:
             self.fetch(self._flat_np)

@@ -79,6 +79,7 @@ def test_gradient_is_computed_in_the_slot_and_applied_once(setup):
         worker.pull()
         # zero-copy (1 learner, 3 weight buffers): the model computes on the published buffer
         assert model.lin.weight.data_ptr() == arena.readonly_weights(arena.buffer_of(worker.version)).ctypes.data + 4 * 15
+        assert worker.flat is None                           # and holds no private copy
         expected = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
         got = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-7)

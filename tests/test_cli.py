@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -40,17 +41,25 @@ def test_bad_input_is_a_clear_error(args, message):
 
 def test_inspect_shows_a_running_job_and_clean_keeps_it(tmp_path):
     # a job that outlives the test (it ends by the SIGINT below, however fast the PS runs)
-    p = start_gadei("train", "--task", "probe", "--learners", 2, "--steps", 10**9, "--lr", 1,
-                    "--out", tmp_path / "run", "--job", "inspect-cli", "--no-progress")
+    # ASGD: the learners pin the weight buffer they compute on (zero-copy pull), which inspect shows
+    p = start_gadei("train", "--task", "probe", "--learners", 2, "--steps", 10**9, "--optimizer", "asgd",
+                    "--lr", 1, "--out", tmp_path / "run", "--job", "inspect-cli", "--no-progress")
     try:
-        wait_for_job("inspect-cli")
-        r = run_gadei("inspect", "inspect-cli", "--json", timeout=60)
-        jobs = json.loads(r.stdout)
+        wait_for_job("inspect-cli", timeout=300)
+        deadline = time.monotonic() + 300
+        while True:             # until both learners have pulled once (and so hold a pin from then on)
+            jobs = json.loads(run_gadei("inspect", "inspect-cli", "--json", timeout=60).stdout)
+            if all(l["pinned_buffer"] is not None for l in jobs[0]["learners"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert len(jobs) == 1 and jobs[0]["job"] == "inspect-cli" and jobs[0]["ps"]["alive"]
         assert [l["learner"] for l in jobs[0]["learners"]] == [0, 1]
         assert {s["state"] for l in jobs[0]["learners"] for s in l["slots"]} <= {"FREE", "WRITING", "READY"}
+        assert jobs[0]["zero_copy"] and len(jobs[0]["weight_buffers"]) == 4      # learners + 2
+        assert all(l["pinned_buffer"] in range(4) for l in jobs[0]["learners"])
+        assert any(m is not None for m in jobs[0]["weight_buffers"])             # the published one
         table = run_gadei("inspect", timeout=60).stdout
-        assert "inspect-cli" in table and "learner" in table
+        assert "inspect-cli" in table and "learner" in table and "weight buffers" in table
         assert "0 stale segment(s) removed" in run_gadei("clean", timeout=60).stdout
     finally:
         p.send_signal(signal.SIGINT)

@@ -1,6 +1,7 @@
 """What each part of the `qa` score contributes: top-1 of a checkpoint with the towers alone, the
-kernel match alone, their sum, and each plus the bag-of-words cosine at several weights; the
-parts are computed once (`QA.pool_scores`), so the sweep costs one evaluation.
+kernel match alone, their sum, and each plus a lexical score (the IDF bag-of-words cosine "bow",
+or BM25 "bm25", with the task's bm25_k1 and bm25_b) at several weights; the parts are computed
+once (`QA.pool_scores`), so the sweep costs one evaluation.
 
     python -m bench.qa_scores --checkpoint runs/qa --data-dir D --split valid
     python -m bench.qa_scores --checkpoint runs/qa --data-dir D --bow-weights 0,0.25,0.5,1 --json runs/qa/parts.json
@@ -24,7 +25,8 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", help="the data folder (default: the one the checkpoint names, or $GADEI_DATA)")
     p.add_argument("--split", default="valid")
     p.add_argument("--bow-weights", default="0,0.25,0.5,0.75,1",
-                   help="comma-separated weights of the bag-of-words cosine")
+                   help="comma-separated weights of the lexical score")
+    p.add_argument("--lexical", default="bow,bm25", help="comma-separated lexical scores: bow, bm25")
     p.add_argument("--json", help="write the table here")
     args = p.parse_args(argv)
     task, model = load_model(args.checkpoint, args.data_dir)
@@ -38,12 +40,17 @@ def main(argv=None) -> dict:
     if "match" in parts:
         combos.update({"match": parts["match"], "towers+match": parts["towers"] + parts["match"]})
     rows = []
+    lexical = args.lexical.split(",")
+    if not set(lexical) <= {"bow", "bm25"}:
+        raise SystemExit(f"--lexical takes bow and bm25, not {args.lexical!r}")
     for name, base in combos.items():
-        for w in (float(x) for x in args.bow_weights.split(",")):
-            total = base + w * parts["bow"]
-            m = pool_metrics(lambda q_rows, cand_rows: total[q_rows], data, n)
-            rows.append({"score": name, "bow_weight": w, **{k: round(v, 4) for k, v in m.items()}})
-            print(json.dumps(rows[-1]), flush=True)
+        for part in lexical:
+            for w in (float(x) for x in args.bow_weights.split(",")):
+                total = base + w * parts[part]
+                m = pool_metrics(lambda q_rows, cand_rows: total[q_rows], data, n)
+                rows.append({"score": name, "lexical": part, "bow_weight": w,
+                             **{k: round(v, 4) for k, v in m.items()}})
+                print(json.dumps(rows[-1]), flush=True)
     out = {"checkpoint": str(args.checkpoint), "split": args.split, "questions": n,
            "parts_cpu_s": round(seconds, 1), "rows": rows}
     print(json.dumps({k: v for k, v in out.items() if k != "rows"}))

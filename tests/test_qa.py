@@ -83,6 +83,9 @@ def test_batches_shard_the_pairs_disjointly():
     (dict(pick="random"), "pick must be"),
     (dict(eval_questions=-1), "eval_questions must be"),
     (dict(widths="3,12", question_len=10), "widest convolution"),
+    (dict(lexical="tfidf"), "lexical must be one of"),
+    (dict(bm25_k1=0.0), "bm25_k1 must be positive"),
+    (dict(bm25_b=1.5), "bm25_b in"),
 ])
 def test_qa_bad_options_fail_at_construction(options, message):
     with pytest.raises(ValueError, match=message):
@@ -97,7 +100,8 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     torch.manual_seed(0)
     m = task.evaluate(task.build_model(), "valid")
     assert set(m) == {"top1", "top1_raw_pool", "top1_answerable", "pool_recall", "bow_top1",
-                      "bow_top1_raw_pool", "bow_top1_answerable", "questions"}
+                      "bow_top1_raw_pool", "bow_top1_answerable", "bm25_top1", "bm25_top1_raw_pool",
+                      "bm25_top1_answerable", "questions"}
     assert m["questions"] == 2 and m["pool_recall"] == 0.5
     # BoW: q1 "does medicare cover dental ?" vs answer 5 (added truth) and answer 2 (pooled, more
     # overlap: medicare, does, cover, dental): answer 2 wins, so q1 is wrong; q0 "what is life
@@ -105,19 +109,20 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     assert m["bow_top1"] == 0.5
     # the parts of the score, one (questions, candidates) array each; with no kernel match, none
     parts = task.pool_scores(task.build_model(), "valid")
-    assert set(parts) == {"towers", "match", "bow"}
+    assert set(parts) == {"towers", "match", "bow", "bm25"}
     assert len({p.shape for p in parts.values()}) == 1 and parts["towers"].shape[0] == 2
     towers = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", **SMALL)
-    assert set(towers.pool_scores(towers.build_model(), "valid")) == {"towers", "bow"}
+    assert set(towers.pool_scores(towers.build_model(), "valid")) == {"towers", "bow", "bm25"}
     # the baseline's sparse matrices must not reorder the corpus under the model
     np.testing.assert_array_equal(task.corpus.answers.values, before)
     with pytest.raises(ValueError, match="no split 'test'"):
         task.evaluate(task.build_model(), "test")
-    # bow_weight adds the baseline's cosine to the model's score: a large weight ranks as it does
-    lexical = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", bow_weight=1e6,
-                 interaction="knrm", match_vectors="fixed", **SMALL)
-    m = lexical.evaluate(lexical.build_model(), "valid")
-    assert (m["top1"], m["top1_raw_pool"]) == (m["bow_top1"], m["bow_top1_raw_pool"])
+    # bow_weight adds the lexical score (`lexical`) to the model's: a large weight ranks as it does
+    for lexical, part in (("bm25", "bm25"), ("idf", "bow")):
+        task = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", bow_weight=1e6,
+                  lexical=lexical, interaction="knrm", match_vectors="fixed", **SMALL)
+        m = task.evaluate(task.build_model(), "valid")
+        assert (m["top1"], m["top1_raw_pool"]) == (m[f"{part}_top1"], m[f"{part}_top1_raw_pool"])
 
 
 @pytest.mark.timeout(300)     # seconds quiet; under a load of 9 the knrm case took over a minute

@@ -9,7 +9,10 @@ above every other candidate (a tie is wrong, so a model that scores everything e
 lacks its ground truth counts as wrong), and ``top1_answerable`` is that over only the questions
 whose released pool holds a ground truth (``pool_recall`` of them, about 80 % on V2).
 
-Baseline: IDF-weighted bag-of-words cosine (idf from the answer collection).
+Lexical scores, both as (question rows, answer rows) sparse matrices whose row products are the
+score: the IDF-weighted bag-of-words cosine (the baseline, idf from the answer collection) and
+BM25 (Robertson and Zaragoza 2009), divided by the most the question's words can score so it
+lies in [0, 1) like the cosine and does not depend on the pool.
 """
 from __future__ import annotations
 
@@ -68,16 +71,21 @@ def pool_metrics(score_fn, split: Split, n: int, *, chunk: int = 64) -> dict[str
             "pool_recall": float(answerable.mean())}
 
 
+def _counts(ragged: Ragged, vocab_size: int) -> sp.csr_matrix:
+    """Term counts, one row per text (rows, vocab_size)."""
+    # copies: scipy keeps the index arrays it is given and sum_duplicates() sorts them in place,
+    # which would reorder the corpus' tokens under the model
+    m = sp.csr_matrix((np.ones(len(ragged.values), np.float64), ragged.values.copy(),
+                       ragged.offsets.copy()), shape=(len(ragged), vocab_size))
+    m.sum_duplicates()
+    return m
+
+
 def idf_bow(corpus: Corpus, questions: Ragged) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """L2-normalised tf-idf rows for the questions and all answers; idf = log(N / df) over the
     N answers (a word no answer holds gets weight 0: it cannot match anything)."""
     def counts(ragged: Ragged) -> sp.csr_matrix:
-        # copies: scipy keeps the index arrays it is given and sum_duplicates() sorts them in
-        # place, which would reorder the corpus' tokens under the model
-        m = sp.csr_matrix((np.ones(len(ragged.values), np.float64), ragged.values.copy(),
-                           ragged.offsets.copy()), shape=(len(ragged), len(corpus.vocab)))
-        m.sum_duplicates()
-        return m
+        return _counts(ragged, len(corpus.vocab))
 
     answers = counts(corpus.answers)
     df = np.bincount(answers.indices, minlength=len(corpus.vocab))
@@ -90,3 +98,33 @@ def idf_bow(corpus: Corpus, questions: Ragged) -> tuple[sp.csr_matrix, sp.csr_ma
         return sp.diags(1.0 / np.maximum(norms, 1e-12)) @ m
 
     return normalised(counts(questions)).tocsr(), normalised(answers).tocsr()
+
+
+def bm25(corpus: Corpus, questions: Ragged, *, k1: float = 1.2,
+         b: float = 0.3) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """BM25 of each question (its distinct words) against each answer, as two sparse matrices
+    whose row products are the score: answer rows hold each word's
+
+        idf * tf (k1 + 1) / (tf + k1 (1 - b + b |a| / avg |a|)),   idf = log(1 + (N - df + 0.5) / (df + 0.5))
+
+    over the N answers, and question rows hold 1 / sum(idf (k1 + 1)) over the question's words
+    (the most any answer can score), so a score lies in [0, 1). A word no answer holds, PAD and
+    UNK get weight 0, as in `idf_bow`."""
+    if not k1 > 0 or not 0 <= b <= 1:
+        raise ValueError(f"BM25 needs k1 > 0 and 0 <= b <= 1, not k1={k1}, b={b}")
+    vocab = len(corpus.vocab)
+    answers = _counts(corpus.answers, vocab).tocoo()
+    df = np.bincount(answers.col, minlength=vocab)
+    idf = np.log1p((len(corpus.answers) - df + 0.5) / (df + 0.5))
+    idf[df == 0] = 0.0
+    idf[[PAD, UNK]] = 0.0
+    length = np.asarray(answers.tocsr().sum(axis=1)).ravel()
+    tf = answers.data
+    weights = idf[answers.col] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length[answers.row] / length.mean()))
+    a_vecs = sp.csr_matrix((weights, (answers.row, answers.col)), shape=answers.shape)
+
+    q_vecs = _counts(questions, vocab)
+    q_vecs.data[:] = 1.0                                   # distinct words: a repeat scores once
+    q_vecs = q_vecs @ sp.diags((idf > 0).astype(np.float64))
+    ceiling = np.asarray(q_vecs @ (idf * (k1 + 1))).ravel()
+    return (sp.diags(1.0 / np.maximum(ceiling, 1e-12)) @ q_vecs).tocsr(), a_vecs

@@ -123,8 +123,8 @@ class QA:
                                      "score `lexical` (the word overlap the SOLR pools were ranked by; "
                                      "0: the model alone)")
     lexical: str = option("bm25", '"bm25" (BM25 over the answer collection, divided by the most the '
-                                  'question can score: in [0, 1)) or "idf" (the IDF bag-of-words cosine; '
-                                  'the third round\'s score, with bow_weight 0.5)')
+                                  'question can score: in [0, 1)) or "idf" (the IDF bag-of-words cosine, '
+                                  'the score before BM25: best with bow_weight 0.5)')
     bm25_k1: float = option(1.2, "BM25's k1 (term-frequency saturation)")
     bm25_b: float = option(0.3, "BM25's b (answer-length normalisation, 0..1)")
     eval_questions: int = option(0, "evaluate on the first N questions of a split (0: all; a few hundred "

@@ -113,7 +113,7 @@ def test_training_loss_falls_and_evaluate_reports(tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
     assert last < 0.5 * first and last < 1.5, (first, last)
     metrics = task.evaluate(model, "test")

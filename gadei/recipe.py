@@ -22,8 +22,8 @@ Where the user's options meet the recipe (`gadei train --help` says the same):
 The job's `hyper` holds every hyper-parameter of its optimizer and its `task_options` every
 option of the task, defaults included (a checkpoint rebuilds what it trained, whatever the
 defaults become); where each job option, hyper-parameter and task option came from ("recipe",
-the user's: "command line" or "argument", or "default") and what of the recipe was dropped, the job keeps in `JobConfig.origin` and
-`JobConfig.recipe_dropped`, and so in summary.json's settings.
+the user's: "command line" or "argument", or "default") and what of the recipe was dropped, the
+job keeps in `JobConfig.origin` and `JobConfig.recipe_dropped`, and so in summary.json's settings.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,27 +258,16 @@ static float *vector(Vectors *vs, PyObject *obj, const char *name, int writable)
     return (float *)view->buf;
 }
 
-/* An optional vector: NULL for None (no error), else as `vector`. `*ok` is cleared on error. */
-static float *maybe(Vectors *vs, PyObject *obj, const char *name, int writable, int *ok)
-{
-    if (obj == NULL || obj == Py_None)
-        return NULL;
-    float *p = vector(vs, obj, name, writable);
-    if (p == NULL)
-        *ok = 0;
-    return p;
-}
-
 static int overlap(const float *a, const float *b, Py_ssize_t n)
 {
     return a && b && a < b + n && b < a + n;
 }
 
-/* Outputs outs[k] (paired with ins[k], which may be NULL) against every input and every other
- * output; reads: inputs with no output of their own (the gradient). Sets *stream to whether no
- * output is its own input. 0 with an exception set on a bad overlap. */
+/* Outputs outs[k] (paired with ins[k], which may be NULL) against every input, every other
+ * output and the gradient g (the one input without an output: only read). Sets *stream to
+ * whether no output is its own input. 0 with an exception set on a bad overlap. */
 static int check_aliasing(const Vectors *vs, const float *const *ins, float *const *outs,
-                          int n_pairs, const float *const *reads, int n_reads, int *stream)
+                          int n_pairs, const float *g, int *stream)
 {
     Py_ssize_t n = vs->n;
     *stream = 1;
@@ -295,12 +285,10 @@ static int check_aliasing(const Vectors *vs, const float *const *ins, float *con
                 return 0;
             }
         }
-        for (int j = 0; j < n_reads; j++) {
-            if (overlap(outs[k], reads[j], n)) {
-                PyErr_Format(PyExc_ValueError, "%s: an output overlaps the gradient, which is "
-                             "only read", vs->kernel);
-                return 0;
-            }
+        if (overlap(outs[k], g, n)) {
+            PyErr_Format(PyExc_ValueError, "%s: an output overlaps the gradient, which is only "
+                         "read", vs->kernel);
+            return 0;
         }
     }
     return 1;
@@ -320,29 +308,62 @@ static void lerp_weight(double one_minus_beta, float *c, int *small)
     *c = *small ? wgt : wgt - 1.0f;
 }
 
-/* The end of every rule's call: check the outputs against the other vectors (check_aliasing),
- * run the loops over the n_pairs (input, output) pairs given (a NULL output: an optional vector
- * not given) with the GIL released, release the vectors. True when g was finite; NULL with an
- * exception set on a bad overlap. */
-static PyObject *apply(Vectors *vs, Loop plain, Loop avx2, const void *args, const float *const *ins,
-                       float *const *outs, int n_pairs, const float *g)
+/* One vector of a rule's call: its keyword, where the Args struct holds it, its role, and for
+ * an output the input it replaces (Note [one pass, out of place]). */
+enum { INPUT, GRADIENT, OUTPUT };         /* GRADIENT: the input without an output, only read */
+typedef struct { const char *name; size_t at; int role; size_t in; } Slot;
+#define IN(T, name, f) {(name), offsetof(T, f), INPUT, 0}
+#define GRAD(T, name, f) {(name), offsetof(T, f), GRADIENT, 0}
+#define OUT(T, name, f, from) {(name), offsetof(T, f), OUTPUT, offsetof(T, from)}
+#define FIELD(a, at) (*(float **)((char *)(a) + (at)))
+
+/* A vector argument given: not left out, not None */
+static int given(PyObject *obj)
 {
-    int stream, bad, n_live = 0;
-    float *live[RULE_VECTORS];
-    if (!check_aliasing(vs, ins, outs, n_pairs, &g, 1, &stream)) {
-        release(vs);
+    return obj != NULL && obj != Py_None;
+}
+
+/* A rule's call after its scalars are in `a`: take the vectors `objs` (one per slot; NULL or
+ * None: an optional vector not given) into `a`, check the outputs against the other vectors
+ * (check_aliasing), run the loops with the GIL released, release the vectors. True when the
+ * gradient was finite; NULL with an exception set on a bad vector. */
+static PyObject *rule(const char *kernel, const Slot *slots, int n_slots, PyObject *const *objs,
+                      void *a, Loop plain, Loop avx2)
+{
+    RULE_VECTORS_OF(vs, kernel);
+    const float *ins[RULE_VECTORS], *g = NULL;
+    float *outs[RULE_VECTORS], *live[RULE_VECTORS];
+    int n_pairs = 0, n_live = 0, stream, bad;
+    for (int k = 0; k < n_slots; k++) {
+        float *p = NULL;
+        if (given(objs[k]) && !(p = vector(&vs, objs[k], slots[k].name, slots[k].role == OUTPUT))) {
+            release(&vs);
+            return NULL;
+        }
+        FIELD(a, slots[k].at) = p;
+    }
+    for (int k = 0; k < n_slots; k++) {
+        if (slots[k].role == OUTPUT) {
+            ins[n_pairs] = FIELD(a, slots[k].in);
+            outs[n_pairs++] = FIELD(a, slots[k].at);
+        } else if (slots[k].role == GRADIENT)
+            g = FIELD(a, slots[k].at);
+    }
+    if (!check_aliasing(&vs, ins, outs, n_pairs, g, &stream)) {
+        release(&vs);
         return NULL;
     }
     for (int k = 0; k < n_pairs; k++)
         if (outs[k])
             live[n_live++] = outs[k];
     Py_BEGIN_ALLOW_THREADS
-    bad = run(plain, avx2, args, live, n_live, vs->n, stream);
+    bad = run(plain, avx2, a, live, n_live, vs.n, stream);
     Py_END_ALLOW_THREADS
-    return finish(vs, bad);
+    return finish(&vs, bad);
 }
-#define APPLY(vs, loop, a, ins, outs) \
-    apply(&(vs), PLAIN(loop), AVX2(loop), &(a), (ins), (outs), (int)(sizeof(outs) / sizeof(*(outs))), (a).g)
+#define RULE(kernel, slots, objs, a, loop) \
+    rule((kernel), (slots), (int)(sizeof(slots) / sizeof(*(slots))), (objs), &(a), PLAIN(loop), \
+         AVX2(loop))
 
 /* ---- the kernels --------------------------------------------------------------------------- */
 
@@ -350,77 +371,59 @@ PyDoc_STRVAR(sgd_doc,
 "sgd(w, g, w_out, *, lr, weight_decay) -> bool\n\n"
 "w_out = w - lr * (g + weight_decay * w); True when every element of g is finite.");
 
+static const Slot sgd_slots[] = {IN(SgdArgs, "w", w), GRAD(SgdArgs, "g", g),
+                                 OUT(SgdArgs, "w_out", wo, w)};
+
 static PyObject *k_sgd(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kws[] = {"w", "g", "w_out", "lr", "weight_decay", NULL};
-    PyObject *ow, *og, *owo;
+    PyObject *o[3];
     double lr, wd;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO$dd", kws, &ow, &og, &owo, &lr, &wd))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO$dd", kws, &o[0], &o[1], &o[2], &lr, &wd))
         return NULL;
-    RULE_VECTORS_OF(vs, "sgd");
     SgdArgs a = {.lr = (float)lr, .wd = (float)wd, .decay = wd != 0};
-    if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
-        !(a.wo = vector(&vs, owo, "w_out", 1)))
-        goto fail;
-    const float *ins[] = {a.w};
-    float *outs[] = {a.wo};
-    return APPLY(vs, sgd_loop, a, ins, outs);
-fail:
-    release(&vs);
-    return NULL;
+    return RULE("sgd", sgd_slots, o, a, sgd_loop);
 }
 
 PyDoc_STRVAR(add_doc,
 "add(w, d, w_out) -> bool\n\n"
 "w_out = w + d (a learner's delta); True when every element of d is finite.");
 
+static const Slot add_slots[] = {IN(SgdArgs, "w", w), GRAD(SgdArgs, "d", g),
+                                 OUT(SgdArgs, "w_out", wo, w)};
+
 static PyObject *k_add(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kws[] = {"w", "d", "w_out", NULL};
-    PyObject *ow, *og, *owo;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kws, &ow, &og, &owo))
+    PyObject *o[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kws, &o[0], &o[1], &o[2]))
         return NULL;
-    RULE_VECTORS_OF(vs, "add");
     SgdArgs a = {.lr = -1.0f, .wd = 0.0f, .decay = 0};     /* w - (-1) * d, rounded once: w + d */
-    if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "d", 0)) ||
-        !(a.wo = vector(&vs, owo, "w_out", 1)))
-        goto fail;
-    const float *ins[] = {a.w};
-    float *outs[] = {a.wo};
-    return APPLY(vs, sgd_loop, a, ins, outs);
-fail:
-    release(&vs);
-    return NULL;
+    return RULE("add", add_slots, o, a, sgd_loop);
 }
 
 PyDoc_STRVAR(msgd_doc,
 "msgd(w, g, b, w_out, b_out, *, first, lr, momentum, dampening, nesterov, weight_decay) -> bool\n\n"
 "One step of SGD with momentum (torch.optim.SGD); `first`: b is not read (b_1 = g_1).");
 
+static const Slot msgd_slots[] = {
+    IN(MsgdArgs, "w", w), GRAD(MsgdArgs, "g", g), IN(MsgdArgs, "b", b),
+    OUT(MsgdArgs, "w_out", wo, w), OUT(MsgdArgs, "b_out", bo, b)};
+
 static PyObject *k_msgd(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kws[] = {"w", "g", "b", "w_out", "b_out", "first", "lr", "momentum", "dampening",
                           "nesterov", "weight_decay", NULL};
-    PyObject *ow, *og, *ob, *owo, *obo;
+    PyObject *o[5];
     int first, nesterov;
     double lr, mom, damp, wd;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO$pdddpd", kws, &ow, &og, &ob, &owo, &obo,
-                                     &first, &lr, &mom, &damp, &nesterov, &wd))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO$pdddpd", kws, &o[0], &o[1], &o[2], &o[3],
+                                     &o[4], &first, &lr, &mom, &damp, &nesterov, &wd))
         return NULL;
-    RULE_VECTORS_OF(vs, "msgd");
     MsgdArgs a = {.lr = (float)lr, .wd = (float)wd, .momentum = (float)mom,
                   .keep = (float)(1.0 - damp), .decay = wd != 0, .first = first,
                   .nesterov = nesterov};
-    if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
-        !(a.b = vector(&vs, ob, "b", 0)) || !(a.wo = vector(&vs, owo, "w_out", 1)) ||
-        !(a.bo = vector(&vs, obo, "b_out", 1)))
-        goto fail;
-    const float *ins[] = {a.w, a.b};
-    float *outs[] = {a.wo, a.bo};
-    return APPLY(vs, msgd_loop, a, ins, outs);
-fail:
-    release(&vs);
-    return NULL;
+    return RULE("msgd", msgd_slots, o, a, msgd_loop);
 }
 
 PyDoc_STRVAR(adam_doc,
@@ -428,104 +431,80 @@ PyDoc_STRVAR(adam_doc,
 "     eps, weight_decay, decoupled_weight_decay) -> bool\n\n"
 "One Adam step (torch.optim.Adam / AdamW); AMSGrad when vmax and vmax_out are given.");
 
+static const Slot adam_slots[] = {
+    IN(AdamArgs, "w", w), GRAD(AdamArgs, "g", g), IN(AdamArgs, "m", m), IN(AdamArgs, "v", v),
+    OUT(AdamArgs, "w_out", wo, w), OUT(AdamArgs, "m_out", mo, m), OUT(AdamArgs, "v_out", vo, v),
+    IN(AdamArgs, "vmax", x), OUT(AdamArgs, "vmax_out", xo, x)};
+
 static PyObject *k_adam(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kws[] = {"w", "g", "m", "v", "w_out", "m_out", "v_out", "vmax", "vmax_out",
                           "step", "lr", "beta1", "beta2", "eps", "weight_decay",
                           "decoupled_weight_decay", NULL};
-    PyObject *ow, *og, *om, *ov, *owo, *omo, *ovo, *ox = NULL, *oxo = NULL;
+    PyObject *o[9] = {NULL};
     double step, lr, beta1, beta2, eps, wd;
     int decoupled;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO|OO$ddddddp", kws, &ow, &og, &om, &ov,
-                                     &owo, &omo, &ovo, &ox, &oxo, &step, &lr, &beta1, &beta2,
-                                     &eps, &wd, &decoupled))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO|OO$ddddddp", kws, &o[0], &o[1], &o[2],
+                                     &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &step, &lr, &beta1,
+                                     &beta2, &eps, &wd, &decoupled))
         return NULL;
+    if (given(o[7]) != given(o[8])) {
+        PyErr_SetString(PyExc_ValueError, "adam: AMSGrad needs both vmax and vmax_out");
+        return NULL;
+    }
     /* torch.optim's scalars, computed as it computes them: in double, then float32 */
     double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
     AdamArgs a = {.wd = (float)wd, .shrink = (float)(1.0 - lr * wd), .beta2 = (float)beta2,
                   .one_minus_beta2 = (float)(1.0 - beta2), .bc2_sqrt = (float)sqrt(bc2),
                   .eps = (float)eps, .step_size = (float)(lr / bc1), .decay = wd != 0,
-                  .decoupled = decoupled};
+                  .decoupled = decoupled, .amsgrad = given(o[7])};
     lerp_weight(1.0 - beta1, &a.c1, &a.small1);
-    RULE_VECTORS_OF(vs, "adam");
-    int ok = 1;
-    if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
-        !(a.m = vector(&vs, om, "m", 0)) || !(a.v = vector(&vs, ov, "v", 0)) ||
-        !(a.wo = vector(&vs, owo, "w_out", 1)) || !(a.mo = vector(&vs, omo, "m_out", 1)) ||
-        !(a.vo = vector(&vs, ovo, "v_out", 1)))
-        goto fail;
-    a.x = maybe(&vs, ox, "vmax", 0, &ok);
-    a.xo = ok ? maybe(&vs, oxo, "vmax_out", 1, &ok) : NULL;
-    if (!ok)
-        goto fail;
-    if (!a.x != !a.xo) {
-        PyErr_SetString(PyExc_ValueError, "adam: AMSGrad needs both vmax and vmax_out");
-        goto fail;
-    }
-    a.amsgrad = a.x != NULL;
-    const float *ins[] = {a.w, a.m, a.v, a.x};
-    float *outs[] = {a.wo, a.mo, a.vo, a.xo};
-    return APPLY(vs, adam_loop, a, ins, outs);
-fail:
-    release(&vs);
-    return NULL;
+    return RULE("adam", adam_slots, o, a, adam_loop);
 }
 
 PyDoc_STRVAR(adagrad_doc,
 "adagrad(w, g, s, w_out, s_out, *, step, lr, lr_decay, eps, weight_decay) -> bool\n\n"
 "One Adagrad step (torch.optim.Adagrad).");
 
+static const Slot adagrad_slots[] = {
+    IN(AdagradArgs, "w", w), GRAD(AdagradArgs, "g", g), IN(AdagradArgs, "s", s),
+    OUT(AdagradArgs, "w_out", wo, w), OUT(AdagradArgs, "s_out", so, s)};
+
 static PyObject *k_adagrad(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kws[] = {"w", "g", "s", "w_out", "s_out", "step", "lr", "lr_decay", "eps",
                           "weight_decay", NULL};
-    PyObject *ow, *og, *os, *owo, *oso;
+    PyObject *o[5];
     double step, lr, lr_decay, eps, wd;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO$ddddd", kws, &ow, &og, &os, &owo, &oso,
-                                     &step, &lr, &lr_decay, &eps, &wd))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO$ddddd", kws, &o[0], &o[1], &o[2], &o[3],
+                                     &o[4], &step, &lr, &lr_decay, &eps, &wd))
         return NULL;
     AdagradArgs a = {.wd = (float)wd, .eps = (float)eps,
                      .clr = (float)(lr / (1.0 + (step - 1.0) * lr_decay)), .decay = wd != 0};
-    RULE_VECTORS_OF(vs, "adagrad");
-    if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
-        !(a.s = vector(&vs, os, "s", 0)) || !(a.wo = vector(&vs, owo, "w_out", 1)) ||
-        !(a.so = vector(&vs, oso, "s_out", 1)))
-        goto fail;
-    const float *ins[] = {a.w, a.s};
-    float *outs[] = {a.wo, a.so};
-    return APPLY(vs, adagrad_loop, a, ins, outs);
-fail:
-    release(&vs);
-    return NULL;
+    return RULE("adagrad", adagrad_slots, o, a, adagrad_loop);
 }
 
 PyDoc_STRVAR(adadelta_doc,
 "adadelta(w, g, v, u, w_out, v_out, u_out, *, lr, rho, eps, weight_decay) -> bool\n\n"
 "One Adadelta step (torch.optim.Adadelta).");
 
+static const Slot adadelta_slots[] = {
+    IN(AdadeltaArgs, "w", w), GRAD(AdadeltaArgs, "g", g), IN(AdadeltaArgs, "v", v),
+    IN(AdadeltaArgs, "u", u), OUT(AdadeltaArgs, "w_out", wo, w),
+    OUT(AdadeltaArgs, "v_out", vo, v), OUT(AdadeltaArgs, "u_out", uo, u)};
+
 static PyObject *k_adadelta(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kws[] = {"w", "g", "v", "u", "w_out", "v_out", "u_out", "lr", "rho", "eps",
                           "weight_decay", NULL};
-    PyObject *ow, *og, *ov, *ou, *owo, *ovo, *ouo;
+    PyObject *o[7];
     double lr, rho, eps, wd;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO$dddd", kws, &ow, &og, &ov, &ou, &owo,
-                                     &ovo, &ouo, &lr, &rho, &eps, &wd))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO$dddd", kws, &o[0], &o[1], &o[2], &o[3],
+                                     &o[4], &o[5], &o[6], &lr, &rho, &eps, &wd))
         return NULL;
     AdadeltaArgs a = {.wd = (float)wd, .rho = (float)rho, .one_minus_rho = (float)(1.0 - rho),
                       .eps = (float)eps, .lr = (float)lr, .decay = wd != 0};
-    RULE_VECTORS_OF(vs, "adadelta");
-    if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
-        !(a.v = vector(&vs, ov, "v", 0)) || !(a.u = vector(&vs, ou, "u", 0)) ||
-        !(a.wo = vector(&vs, owo, "w_out", 1)) || !(a.vo = vector(&vs, ovo, "v_out", 1)) ||
-        !(a.uo = vector(&vs, ouo, "u_out", 1)))
-        goto fail;
-    const float *ins[] = {a.w, a.v, a.u};
-    float *outs[] = {a.wo, a.vo, a.uo};
-    return APPLY(vs, adadelta_loop, a, ins, outs);
-fail:
-    release(&vs);
-    return NULL;
+    return RULE("adadelta", adadelta_slots, o, a, adadelta_loop);
 }
 
 PyDoc_STRVAR(rmsprop_doc,
@@ -533,74 +512,57 @@ PyDoc_STRVAR(rmsprop_doc,
 "        weight_decay, momentum) -> bool\n\n"
 "One RMSprop step (torch.optim.RMSprop): b, b_out when momentum > 0; m, m_out when centered.");
 
+static const Slot rmsprop_slots[] = {
+    IN(RmspropArgs, "w", w), GRAD(RmspropArgs, "g", g), IN(RmspropArgs, "v", v),
+    OUT(RmspropArgs, "w_out", wo, w), OUT(RmspropArgs, "v_out", vo, v),
+    IN(RmspropArgs, "b", b), OUT(RmspropArgs, "b_out", bo, b),
+    IN(RmspropArgs, "m", m), OUT(RmspropArgs, "m_out", mo, m)};
+
 static PyObject *k_rmsprop(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kws[] = {"w", "g", "v", "w_out", "v_out", "b", "b_out", "m", "m_out", "lr",
                           "alpha", "eps", "weight_decay", "momentum", NULL};
-    PyObject *ow, *og, *ov, *owo, *ovo, *ob = NULL, *obo = NULL, *om = NULL, *omo = NULL;
+    PyObject *o[9] = {NULL};
     double lr, alpha, eps, wd, mom;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OOOO$ddddd", kws, &ow, &og, &ov, &owo,
-                                     &ovo, &ob, &obo, &om, &omo, &lr, &alpha, &eps, &wd, &mom))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OOOO$ddddd", kws, &o[0], &o[1], &o[2],
+                                     &o[3], &o[4], &o[5], &o[6], &o[7], &o[8], &lr, &alpha, &eps,
+                                     &wd, &mom))
         return NULL;
-    RmspropArgs a = {.wd = (float)wd, .alpha = (float)alpha,
-                     .one_minus_alpha = (float)(1.0 - alpha), .eps = (float)eps,
-                     .momentum = (float)mom, .lr = (float)lr, .decay = wd != 0};
-    lerp_weight(1.0 - alpha, &a.c_alpha, &a.small_alpha);
-    RULE_VECTORS_OF(vs, "rmsprop");
-    int ok = 1;
-    if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
-        !(a.v = vector(&vs, ov, "v", 0)) || !(a.wo = vector(&vs, owo, "w_out", 1)) ||
-        !(a.vo = vector(&vs, ovo, "v_out", 1)))
-        goto fail;
-    a.b = maybe(&vs, ob, "b", 0, &ok);
-    a.bo = ok ? maybe(&vs, obo, "b_out", 1, &ok) : NULL;
-    a.m = ok ? maybe(&vs, om, "m", 0, &ok) : NULL;
-    a.mo = ok ? maybe(&vs, omo, "m_out", 1, &ok) : NULL;
-    if (!ok)
-        goto fail;
-    if (!a.b != !a.bo || !a.m != !a.mo || (mom > 0) != (a.b != NULL)) {
+    if (given(o[5]) != given(o[6]) || given(o[7]) != given(o[8]) || (mom > 0) != given(o[5])) {
         PyErr_SetString(PyExc_ValueError, "rmsprop: b and b_out are needed exactly when "
                         "momentum > 0; m and m_out come together (centered)");
-        goto fail;
+        return NULL;
     }
-    a.with_momentum = a.b != NULL;
-    a.centered = a.m != NULL;
-    const float *ins[] = {a.w, a.v, a.b, a.m};
-    float *outs[] = {a.wo, a.vo, a.bo, a.mo};
-    return APPLY(vs, rmsprop_loop, a, ins, outs);
-fail:
-    release(&vs);
-    return NULL;
+    RmspropArgs a = {.wd = (float)wd, .alpha = (float)alpha,
+                     .one_minus_alpha = (float)(1.0 - alpha), .eps = (float)eps,
+                     .momentum = (float)mom, .lr = (float)lr, .decay = wd != 0,
+                     .with_momentum = given(o[5]), .centered = given(o[7])};
+    lerp_weight(1.0 - alpha, &a.c_alpha, &a.small_alpha);
+    return RULE("rmsprop", rmsprop_slots, o, a, rmsprop_loop);
 }
 
 PyDoc_STRVAR(adamax_doc,
 "adamax(w, g, m, u, w_out, m_out, u_out, *, step, lr, beta1, beta2, eps, weight_decay) -> bool\n\n"
 "One Adamax step (torch.optim.Adamax).");
 
+static const Slot adamax_slots[] = {
+    IN(AdamaxArgs, "w", w), GRAD(AdamaxArgs, "g", g), IN(AdamaxArgs, "m", m),
+    IN(AdamaxArgs, "u", u), OUT(AdamaxArgs, "w_out", wo, w), OUT(AdamaxArgs, "m_out", mo, m),
+    OUT(AdamaxArgs, "u_out", uo, u)};
+
 static PyObject *k_adamax(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kws[] = {"w", "g", "m", "u", "w_out", "m_out", "u_out", "step", "lr", "beta1",
                           "beta2", "eps", "weight_decay", NULL};
-    PyObject *ow, *og, *om, *ou, *owo, *omo, *ouo;
+    PyObject *o[7];
     double step, lr, beta1, beta2, eps, wd;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO$dddddd", kws, &ow, &og, &om, &ou, &owo,
-                                     &omo, &ouo, &step, &lr, &beta1, &beta2, &eps, &wd))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOO$dddddd", kws, &o[0], &o[1], &o[2], &o[3],
+                                     &o[4], &o[5], &o[6], &step, &lr, &beta1, &beta2, &eps, &wd))
         return NULL;
     AdamaxArgs a = {.wd = (float)wd, .beta2 = (float)beta2, .eps = (float)eps,
                     .clr = (float)(lr / (1.0 - pow(beta1, step))), .decay = wd != 0};
     lerp_weight(1.0 - beta1, &a.c1, &a.small1);
-    RULE_VECTORS_OF(vs, "adamax");
-    if (!(a.w = vector(&vs, ow, "w", 0)) || !(a.g = vector(&vs, og, "g", 0)) ||
-        !(a.m = vector(&vs, om, "m", 0)) || !(a.u = vector(&vs, ou, "u", 0)) ||
-        !(a.wo = vector(&vs, owo, "w_out", 1)) || !(a.mo = vector(&vs, omo, "m_out", 1)) ||
-        !(a.uo = vector(&vs, ouo, "u_out", 1)))
-        goto fail;
-    const float *ins[] = {a.w, a.m, a.u};
-    float *outs[] = {a.wo, a.mo, a.uo};
-    return APPLY(vs, adamax_loop, a, ins, outs);
-fail:
-    release(&vs);
-    return NULL;
+    return RULE("adamax", adamax_slots, o, a, adamax_loop);
 }
 
 PyDoc_STRVAR(mean_doc,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qa_tasks.answer_selection.qa import QA
+from qa_tasks.common import shard
 from tests.helpers import plain_train
 from tests.insuranceqa_files import write_release
 
@@ -86,6 +87,7 @@ def test_batches_shard_the_pairs_disjointly():
     (dict(lexical="tfidf"), "lexical must be one of"),
     (dict(bm25_k1=0.0), "bm25_k1 must be positive"),
     (dict(bm25_b=1.5), "bm25_b in"),
+    (dict(train_lexical=True, objective="margin", negatives=5), "train_lexical adds the lexical score"),
 ])
 def test_qa_bad_options_fail_at_construction(options, message):
     with pytest.raises(ValueError, match=message):
@@ -123,6 +125,48 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
                   lexical=lexical, interaction="knrm", match_vectors="fixed", **SMALL)
         m = task.evaluate(task.build_model(), "valid")
         assert (m["top1"], m["top1_raw_pool"]) == (m[f"{part}_top1"], m[f"{part}_top1_raw_pool"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("lexical, part", [("bm25", "bm25"), ("idf", "bow")])
+def test_train_lexical_adds_the_evaluations_lexical_score_to_the_softmax_logits(lexical, part):
+    """With train_lexical the softmax's logits are (cosine + bow_weight x lexical) / temperature for
+    every (question, encoded answer) pair, the lexical score being the evaluation's own (here read
+    pair by pair through the evaluation's scorer); without it the loss is the towers' alone."""
+    options = dict(data="generated", batch=6, negatives=3, pool_negatives=2, bow_weight=0.6,
+                   temperature=0.1, lexical=lexical, **SMALL)
+    on, off = QA(train_lexical=True, **options), QA(**options)
+    torch.manual_seed(0)
+    model = on.build_model()
+    batch, plain = next(iter(on.batches(0, 1, seed=3))), next(iter(off.batches(0, 1, seed=3)))
+    # the same draws either way: only the lexical field differs
+    for name in batch._fields:
+        if name != "lexical":
+            assert torch.equal(getattr(batch, name), getattr(plain, name)), name
+    assert plain.lexical.shape == (6, 0) and batch.lexical.shape == batch.softmax_ok.shape == (6, 6 + 3 + 12)
+    # independently: the batch's question and answer rows, drawn again with the same generator
+    rng = np.random.default_rng([3, 0])
+    pairs = on._pairs[shard(len(on._pairs), 0, 1, rng)][:6]
+    neg_rows = rng.choice(len(on.corpus.answers), 3, replace=False)
+    encoded = np.concatenate([pairs[:, 1], neg_rows, on.pool_sample(pairs[:, 0], rng)])
+    scorer = on._lexical_scorer("train", part)
+    lex = torch.tensor(np.stack([scorer(np.array([q]), encoded[None])[0] for q in pairs[:, 0]]),
+                       dtype=torch.float32)
+    torch.testing.assert_close(batch.lexical, lex)
+    assert lex.abs().sum() > 0
+    with torch.no_grad():
+        q = model.tower(batch.questions)
+        answers = torch.cat([model.tower(batch.positives), model.tower(batch.shared), model.tower(batch.pooled)])
+        cos = torch.stack([torch.stack([model.score(q[i], a) for a in answers]) for i in range(6)])
+        target = torch.arange(6)
+        expect_on = torch.nn.functional.cross_entropy(
+            ((cos + 0.6 * lex) / 0.1).masked_fill(~batch.softmax_ok, -float("inf")), target)
+        expect_off = torch.nn.functional.cross_entropy(
+            (cos / 0.1).masked_fill(~batch.softmax_ok, -float("inf")), target)
+        assert on.loss(model, batch).item() == pytest.approx(expect_on.item(), rel=1e-5)
+        assert off.loss(model, plain).item() == pytest.approx(expect_off.item(), rel=1e-5)
+        assert off.loss(model, batch).item() == pytest.approx(expect_off.item(), rel=1e-5)
+        assert expect_on.item() != pytest.approx(expect_off.item(), rel=1e-3)
 
 
 @pytest.mark.timeout(300)     # seconds quiet; under a load of 9 the knrm case took over a minute

@@ -24,6 +24,12 @@ are made of. Two objectives (`objective`):
   on its first violator (or its hardest negative): the loss the reference's search would reach
   with the same draws.
 
+With `train_lexical` (an option, off by default: it did not gain, docs/results/qa.md) the softmax's
+logits are (similarity + `bow_weight` x the lexical score) / `temperature`, the lexical score of
+each (question, encoded answer) pair being the evaluation's own (`lexical`, the same sparse rows):
+the towers are trained inside the sum they are ranked by, on what the lexical score leaves
+unexplained.
+
 With `interaction` "knrm" (an option: it did not beat the towers alone, docs/results/qa.md) the
 score of a (question, answer) pair is the towers' cosine plus a kernel match (model.py's
 `KernelMatch`, K-NRM with question-word gates: the word x word cosines of the two texts, which the
@@ -75,6 +81,8 @@ class Batch(NamedTuple):
     order: torch.Tensor        # (B, K + j): each question's search order over them (margin loss)
     softmax_ok: torch.Tensor   # (B, B + K + B*j) bool: positives, shared, pooled; False where the
                                # answer is one of the question's ground truths (its own column is True)
+    lexical: torch.Tensor      # (B, B + K + B*j) float32: the lexical score of each (question, encoded
+                               # answer) pair with train_lexical, else (B, 0)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -127,6 +135,9 @@ class QA:
                                   'the score before BM25: best with bow_weight 0.5)')
     bm25_k1: float = option(1.2, "BM25's k1 (term-frequency saturation)")
     bm25_b: float = option(0.3, "BM25's b (answer-length normalisation, 0..1)")
+    train_lexical: bool = option(False, "softmax objective: train on (similarity + bow_weight x the lexical "
+                                        "score) / temperature, the score the evaluation ranks by, so the "
+                                        "towers learn what the lexical score misses")
     eval_questions: int = option(0, "evaluate on the first N questions of a split (0: all; a few hundred "
                                     "give a quick, noisier reading during training)")
     min_count: int = option(2, "a word must occur this often (train questions + answers) to get its own id")
@@ -175,6 +186,9 @@ class QA:
         if not self.bm25_k1 > 0 or not 0 <= self.bm25_b <= 1:
             raise ValueError(f"bm25_k1 must be positive and bm25_b in [0, 1], not {self.bm25_k1} "
                              f"and {self.bm25_b}")
+        if self.train_lexical and self.objective != "softmax":
+            raise ValueError("train_lexical adds the lexical score to the softmax objective's logits; "
+                             "it needs objective 'softmax'")
         if self.eval_questions < 0:
             raise ValueError(f"eval_questions must be 0 (all) or a positive count, not {self.eval_questions}")
         if max(self._widths) > min(self.question_len, self.answer_len):
@@ -202,6 +216,8 @@ class QA:
                 self._pooled.append(np.array([a for a in train.pool.row(q).tolist() if a not in truth],
                                              dtype=np.int64))
         self._bow: dict[tuple[str, int], dict[str, float]] = {}
+        # train_lexical: the train questions' and the answers' lexical rows (the evaluation's own)
+        self._train_lexical = self._lexical_vectors("train") if self.train_lexical else None
 
     # -- the task interface --
 
@@ -257,7 +273,17 @@ class QA:
             order = rng.permuted(np.tile(np.arange(k + j), (b, 1)), axis=1)       # (B, K + j)
             yield Batch(self._trim(self._train_questions[q_rows]), self._trim(self._answers[a_rows]),
                         self._trim(self._answers[neg_rows]), self._trim(self._answers[own]),
-                        torch.from_numpy(margin_ok), torch.from_numpy(order), torch.from_numpy(ok))
+                        torch.from_numpy(margin_ok), torch.from_numpy(order), torch.from_numpy(ok),
+                        self.batch_lexical(q_rows, encoded))
+
+    def batch_lexical(self, q_rows: np.ndarray, a_rows: np.ndarray) -> torch.Tensor:
+        """The lexical score (`lexical`, as the evaluation computes it) of every train question of
+        `q_rows` with every answer of `a_rows`: (len(q_rows), len(a_rows)) float32, or
+        (len(q_rows), 0) without train_lexical. One sparse product of the batch's rows."""
+        if self._train_lexical is None:
+            return torch.zeros(len(q_rows), 0)
+        q_vecs, a_vecs = self._train_lexical
+        return torch.from_numpy((q_vecs[q_rows] @ a_vecs[a_rows].T).toarray().astype(np.float32))
 
     def pool_sample(self, q_rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """`pool_negatives` answers per question from its own train pool without its ground truth,
@@ -287,6 +313,8 @@ class QA:
         if self.objective == "softmax":
             answers = torch.cat([pos_vecs, shared, own])                  # (B + K + B*j, D)
             scores = model.score(q[:, None, :], answers[None, :, :])      # (B, B + K + B*j)
+            if self.train_lexical:    # the evaluation's score: the towers learn the lexical residual
+                scores = scores + self.bow_weight * batch.lexical
             loss = softmax_loss(scores / self.temperature, batch.softmax_ok)
             if model.match is not None:
                 loss = loss + self.joint_loss(model, batch, scores)
@@ -403,14 +431,19 @@ class QA:
     def _lexical_scorer(self, split: str, part: str):
         """`(question rows, candidate rows) -> lexical scores` for `split`: part "bow" the IDF
         bag-of-words cosine, "bm25" the normalised BM25."""
-        questions = self.corpus.splits[split].questions
-        if part == "bow":
-            q_vecs, a_vecs = idf_bow(self.corpus, questions)
-        else:
-            q_vecs, a_vecs = bm25(self.corpus, questions, k1=self.bm25_k1, b=self.bm25_b)
+        q_vecs, a_vecs = self._lexical_vectors(split, part)
 
         def scores(q_rows, cand_rows):
             flat = np.maximum(cand_rows, 0).ravel()
             q = q_vecs[np.repeat(q_rows, cand_rows.shape[1])]
             return np.asarray(q.multiply(a_vecs[flat]).sum(axis=1)).reshape(cand_rows.shape)
         return scores
+
+    def _lexical_vectors(self, split: str, part: str | None = None):
+        """(question rows of `split`, answer rows): sparse matrices whose row products are the
+        lexical score `part` ("bow" or "bm25"; default: the `lexical` option's)."""
+        part = LEXICAL[self.lexical] if part is None else part
+        questions = self.corpus.splits[split].questions
+        if part == "bow":
+            return idf_bow(self.corpus, questions)
+        return bm25(self.corpus, questions, k1=self.bm25_k1, b=self.bm25_b)

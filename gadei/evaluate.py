@@ -18,9 +18,20 @@ class Evaluator:
         self.model = self.task.build_model()
 
     def load(self, weights: dict) -> torch.nn.Module:
-        """Copy `weights` (name -> array) into the model; return it."""
+        """Copy `weights` (name -> array) into the model; return it. The names and sizes must be
+        the model's: weights trained with other task options are refused, not half used."""
+        params = dict(self.model.named_parameters())
+        missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+        wrong = sorted(n for n in set(params) & set(weights) if np.asarray(weights[n]).size != params[n].numel())
+        if missing or unexpected or wrong:
+            found = "; ".join(f"{what}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                              for what, names in (("missing", missing), ("not in the model", unexpected),
+                                                  ("of another size", wrong)) if names)
+            raise ValueError(f"these weights do not fit the model the task's options build ({found}); "
+                             "they were trained with other task options: give those options (e.g. "
+                             "`gadei eval ... --interaction knrm`)")
         with torch.no_grad():
-            for name, p in self.model.named_parameters():
+            for name, p in params.items():
                 p.copy_(torch.from_numpy(np.asarray(weights[name])).reshape(p.shape))
         return self.model
 

@@ -79,3 +79,6 @@ def test_eval_and_python_m(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["w_finite"] == 1.0
     r = run_gadei("eval", "--checkpoint", out, "--split", "test")    # the probe has no data
     assert r.returncode != 0 and "has no split 'test'" in r.stderr and "'train'" in r.stderr, r.stderr
+    # weights trained with other task options are refused with what to do, not half used
+    r = run_gadei("eval", "--checkpoint", out, "--split", "train", "--probe-size", "10")
+    assert r.returncode != 0 and "do not fit the model" in r.stderr and "of another size: w" in r.stderr, r.stderr

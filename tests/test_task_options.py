@@ -30,3 +30,20 @@ def test_an_instance_gives_back_its_options(name):
     spec_name, options = T.spec(task, None)
     assert spec_name == T.registered()[name]
     assert options == {k: p.default for k, p in T.options(name).items()} | {"data": "generated"}
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_by_name():
+    """A checkpoint rebuilt with other task options: missing, extra or resized weights are an
+    error naming them, never a model half loaded."""
+    import numpy as np
+
+    from gadei.evaluate import Evaluator
+    from gadei.job import JobConfig
+    ev = Evaluator(JobConfig(task="probe", task_options={"probe_size": 8}))
+    w = np.arange(8, dtype=np.float32)
+    assert ev.load({"w": w}).w.detach().numpy().tolist() == w.tolist()
+    for weights, found in (({"w": w, "match.embed": w}, "not in the model: match.embed"),
+                           ({}, "missing: w"),
+                           ({"w": w[:4]}, "of another size: w")):
+        with pytest.raises(ValueError, match=f"do not fit the model .*{found}"):
+            ev.load(weights)

@@ -88,6 +88,10 @@ def test_batches_shard_the_pairs_disjointly():
     (dict(bm25_k1=0.0), "bm25_k1 must be positive"),
     (dict(bm25_b=1.5), "bm25_b in"),
     (dict(train_lexical=True, objective="margin", negatives=5), "train_lexical adds the lexical score"),
+    (dict(translation_weight=-1.0), "the translation model needs translation_weight >= 0"),
+    (dict(translation_iterations=0), "the translation model needs"),
+    (dict(translation_smoothing=0.0), "translation_smoothing in"),
+    (dict(translation_mix=1.5), "translation_mix in"),
 ])
 def test_qa_bad_options_fail_at_construction(options, message):
     with pytest.raises(ValueError, match=message):
@@ -103,7 +107,8 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     m = task.evaluate(task.build_model(), "valid")
     assert set(m) == {"top1", "top1_raw_pool", "top1_answerable", "pool_recall", "bow_top1",
                       "bow_top1_raw_pool", "bow_top1_answerable", "bm25_top1", "bm25_top1_raw_pool",
-                      "bm25_top1_answerable", "questions"}
+                      "bm25_top1_answerable", "translation_top1", "translation_top1_raw_pool",
+                      "translation_top1_answerable", "questions"}
     assert m["questions"] == 2 and m["pool_recall"] == 0.5
     # BoW: q1 "does medicare cover dental ?" vs answer 5 (added truth) and answer 2 (pooled, more
     # overlap: medicare, does, cover, dental): answer 2 wins, so q1 is wrong; q0 "what is life
@@ -111,18 +116,21 @@ def test_task_on_release_fixture_evaluates_pools_and_keeps_token_order(tmp_path)
     assert m["bow_top1"] == 0.5
     # the parts of the score, one (questions, candidates) array each; with no kernel match, none
     parts = task.pool_scores(task.build_model(), "valid")
-    assert set(parts) == {"towers", "match", "bow", "bm25"}
+    assert set(parts) == {"towers", "match", "bow", "bm25", "translation"}
     assert len({p.shape for p in parts.values()}) == 1 and parts["towers"].shape[0] == 2
     towers = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", **SMALL)
-    assert set(towers.pool_scores(towers.build_model(), "valid")) == {"towers", "bow", "bm25"}
+    assert set(towers.pool_scores(towers.build_model(), "valid")) == {"towers", "bow", "bm25", "translation"}
     # the baseline's sparse matrices must not reorder the corpus under the model
     np.testing.assert_array_equal(task.corpus.answers.values, before)
     with pytest.raises(ValueError, match="no split 'test'"):
         task.evaluate(task.build_model(), "test")
-    # bow_weight adds the lexical score (`lexical`) to the model's: a large weight ranks as it does
-    for lexical, part in (("bm25", "bm25"), ("idf", "bow")):
-        task = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", bow_weight=1e6,
-                  lexical=lexical, interaction="knrm", match_vectors="fixed", **SMALL)
+    # bow_weight adds the lexical score (`lexical`) to the model's, translation_weight the
+    # translation model's: a large weight ranks as that score does
+    for weights, part in ((dict(bow_weight=1e6, lexical="bm25"), "bm25"),
+                          (dict(bow_weight=1e6, lexical="idf"), "bow"),
+                          (dict(bow_weight=0, translation_weight=1e6), "translation")):
+        task = QA(data="real", data_dir=str(tmp_path), min_count=1, widths="1,2", interaction="knrm",
+                  match_vectors="fixed", **weights, **SMALL)
         m = task.evaluate(task.build_model(), "valid")
         assert (m["top1"], m["top1_raw_pool"]) == (m[f"{part}_top1"], m[f"{part}_top1_raw_pool"])
 

@@ -71,7 +71,7 @@ def pool_metrics(score_fn, split: Split, n: int, *, chunk: int = 64) -> dict[str
             "pool_recall": float(answerable.mean())}
 
 
-def _counts(ragged: Ragged, vocab_size: int) -> sp.csr_matrix:
+def term_counts(ragged: Ragged, vocab_size: int) -> sp.csr_matrix:
     """Term counts, one row per text (rows, vocab_size)."""
     # copies: scipy keeps the index arrays it is given and sum_duplicates() sorts them in place,
     # which would reorder the corpus' tokens under the model
@@ -85,7 +85,7 @@ def idf_bow(corpus: Corpus, questions: Ragged) -> tuple[sp.csr_matrix, sp.csr_ma
     """L2-normalised tf-idf rows for the questions and all answers; idf = log(N / df) over the
     N answers (a word no answer holds gets weight 0: it cannot match anything)."""
     def counts(ragged: Ragged) -> sp.csr_matrix:
-        return _counts(ragged, len(corpus.vocab))
+        return term_counts(ragged, len(corpus.vocab))
 
     answers = counts(corpus.answers)
     df = np.bincount(answers.indices, minlength=len(corpus.vocab))
@@ -113,7 +113,7 @@ def bm25(corpus: Corpus, questions: Ragged, *, k1: float = 1.2,
     if not k1 > 0 or not 0 <= b <= 1:
         raise ValueError(f"BM25 needs k1 > 0 and 0 <= b <= 1, not k1={k1}, b={b}")
     vocab = len(corpus.vocab)
-    answers = _counts(corpus.answers, vocab).tocoo()
+    answers = term_counts(corpus.answers, vocab).tocoo()
     df = np.bincount(answers.col, minlength=vocab)
     idf = np.log1p((len(corpus.answers) - df + 0.5) / (df + 0.5))
     idf[df == 0] = 0.0
@@ -123,7 +123,7 @@ def bm25(corpus: Corpus, questions: Ragged, *, k1: float = 1.2,
     weights = idf[answers.col] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length[answers.row] / length.mean()))
     a_vecs = sp.csr_matrix((weights, (answers.row, answers.col)), shape=answers.shape)
 
-    q_vecs = _counts(questions, vocab)
+    q_vecs = term_counts(questions, vocab)
     q_vecs.data[:] = 1.0                                   # distinct words: a repeat scores once
     q_vecs = q_vecs @ sp.diags((idf > 0).astype(np.float64))
     ceiling = np.asarray(q_vecs @ (idf * (k1 + 1))).ravel()

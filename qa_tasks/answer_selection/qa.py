@@ -42,10 +42,13 @@ the towers alone; at evaluation every pool candidate).
 Metric: top-1 accuracy over each question's candidate pool (V2 ``*.500.pool.solr.<split>``, plus
 the question's ground truths; pools.py; also over the pools as released and over the questions
 whose pool holds a truth), with two lexical baselines through the same code beside it: the IDF
-bag-of-words cosine (``bow_top1``) and BM25 (``bm25_top1``). An answer's score is the model's
-similarity plus `bow_weight` times a lexical score (`lexical`: BM25 by default, or the IDF cosine):
-the pools were retrieved by word overlap, and the lexical score adds what the tower misses
-(docs/results/qa.md: 0.1915 -> 0.210 on valid with the IDF cosine, 0.238 with BM25).
+bag-of-words cosine (``bow_top1``), BM25 (``bm25_top1``) and the translation language model
+(``translation_top1``). An answer's score is the model's similarity plus `bow_weight` times a
+lexical score (`lexical`: BM25 by default, or the IDF cosine) plus `translation_weight` times the
+translation language model's (translation.py: IBM Model 1 fitted on the train pairs, so that an
+answer saying the question's words in related words scores too): the pools were retrieved by word
+overlap, and the two word-level scores add what the towers miss (docs/results/qa.md, valid: the
+towers alone 0.1915, + the IDF cosine 0.210, + BM25 0.238, + BM25 and the translation model 0.2835).
 """
 from __future__ import annotations
 
@@ -64,11 +67,13 @@ from . import insuranceqa, word2vec
 from .insuranceqa import PAD, Split, generated_corpus
 from .model import SIMILARITIES, AnswerSelector, KernelMatch, Tower, ranking_loss, softmax_loss
 from .pools import bm25, candidates, idf_bow, pool_metrics
+from .translation import TranslationLM, fit_ibm1
 
 EMBEDDINGS = ("word2vec", "random")
 OBJECTIVES = ("softmax", "margin")
 INTERACTIONS = ("knrm", "none")
 LEXICAL = {"bm25": "bm25", "idf": "bow"}     # option value -> its part in `pool_scores`
+LEXICAL_PARTS = ("bow", "bm25", "translation")   # the word-level scores `pool_scores` gives
 
 
 class Batch(NamedTuple):
@@ -127,7 +132,7 @@ class QA:
     match_vectors: str = option("trained", 'knrm: its word vectors "trained" (from the word2vec start) or '
                                            '"fixed" (the word2vec vectors as they are)')
     batch: int = option(64, "questions per batch")
-    bow_weight: float = option(0.75, "evaluation: score = the model's similarity + this x the lexical "
+    bow_weight: float = option(0.5, "evaluation: score = the model's similarity + this x the lexical "
                                      "score `lexical` (the word overlap the SOLR pools were ranked by; "
                                      "0: the model alone)")
     lexical: str = option("bm25", '"bm25" (BM25 over the answer collection, divided by the most the '
@@ -135,6 +140,15 @@ class QA:
                                   'the score before BM25: best with bow_weight 0.5)')
     bm25_k1: float = option(1.2, "BM25's k1 (term-frequency saturation)")
     bm25_b: float = option(0.3, "BM25's b (answer-length normalisation, 0..1)")
+    translation_weight: float = option(0.5, "evaluation: + this x the translation language model's score "
+                                            "(IBM Model 1 fitted on the train pairs: how likely the answer, "
+                                            "in its own or related words, is to generate the question's "
+                                            "words; translation.py; 0: off)")
+    translation_mix: float = option(0.3, "translation model: the weight of related words against exact "
+                                         "matches (its beta, 0..1)")
+    translation_smoothing: float = option(0.05, "translation model: the weight of the collection's word "
+                                                "frequencies (its lambda, in (0, 1])")
+    translation_iterations: int = option(10, "translation model: EM iterations fitting IBM Model 1")
     train_lexical: bool = option(False, "softmax objective: train on (similarity + bow_weight x the lexical "
                                         "score) / temperature, the score the evaluation ranks by, so the "
                                         "towers learn what the lexical score misses")
@@ -186,6 +200,12 @@ class QA:
         if not self.bm25_k1 > 0 or not 0 <= self.bm25_b <= 1:
             raise ValueError(f"bm25_k1 must be positive and bm25_b in [0, 1], not {self.bm25_k1} "
                              f"and {self.bm25_b}")
+        if (self.translation_weight < 0 or self.translation_iterations < 1
+                or not 0 < self.translation_smoothing <= 1 or not 0 <= self.translation_mix <= 1):
+            raise ValueError(f"the translation model needs translation_weight >= 0, translation_iterations "
+                             f">= 1, translation_smoothing in (0, 1] and translation_mix in [0, 1], not "
+                             f"{self.translation_weight}, {self.translation_iterations}, "
+                             f"{self.translation_smoothing} and {self.translation_mix}")
         if self.train_lexical and self.objective != "softmax":
             raise ValueError("train_lexical adds the lexical score to the softmax objective's logits; "
                              "it needs objective 'softmax'")
@@ -216,6 +236,7 @@ class QA:
                 self._pooled.append(np.array([a for a in train.pool.row(q).tolist() if a not in truth],
                                              dtype=np.int64))
         self._bow: dict[tuple[str, int], dict[str, float]] = {}
+        self._translation: TranslationLM | None = None       # fitted when first needed
         # train_lexical: the train questions' and the answers' lexical rows (the evaluation's own)
         self._train_lexical = self._lexical_vectors("train") if self.train_lexical else None
 
@@ -373,6 +394,8 @@ class QA:
         total = parts["towers"] + parts.get("match", 0.0)
         if self.bow_weight:
             total = total + self.bow_weight * parts[LEXICAL[self.lexical]]
+        if self.translation_weight:
+            total = total + self.translation_weight * parts["translation"]
         metrics = pool_metrics(lambda q_rows, cand_rows: total[q_rows], data, n)
         metrics.update(self.bow_metrics(split))
         metrics["questions"] = float(n)
@@ -381,8 +404,8 @@ class QA:
     def pool_scores(self, model: nn.Module, split: str, chunk: int = 64) -> dict[str, np.ndarray]:
         """The parts of the score of each candidate of `split`'s first `eval_questions` pools,
         (n, P) arrays in `pools.candidates` order: "towers" (their similarity), "match" (the
-        kernel match, with interaction knrm), "bow" (the IDF bag-of-words cosine) and "bm25"
-        (normalised BM25)."""
+        kernel match, with interaction knrm), "bow" (the IDF bag-of-words cosine), "bm25"
+        (normalised BM25) and "translation" (the translation language model)."""
         data, n = self._split(split)
         cands, _, _ = candidates(data, n)
         with evaluating(model), torch.no_grad():
@@ -400,7 +423,7 @@ class QA:
             parts = {"towers": towers}
             if model.match is not None:
                 parts["match"] = self._match_scores(model.match, q_tokens, cands)
-        for part in LEXICAL.values():
+        for part in LEXICAL_PARTS:
             score = self._lexical_scorer(split, part)
             parts[part] = np.concatenate([score(np.arange(s, min(s + chunk, n)), cands[s:s + chunk])
                                           for s in range(0, n, chunk)])
@@ -417,11 +440,12 @@ class QA:
 
     def bow_metrics(self, split: str) -> dict[str, float]:
         """The lexical baselines through the same pool code (cached per split): the IDF
-        bag-of-words cosine as bow_top1..., BM25 as bm25_top1..."""
+        bag-of-words cosine as bow_top1..., BM25 as bm25_top1..., the translation language model
+        as translation_top1..."""
         data, n = self._split(split)
         if (split, n) not in self._bow:
             self._bow[(split, n)] = {}
-            for part in LEXICAL.values():
+            for part in LEXICAL_PARTS:
                 m = pool_metrics(self._lexical_scorer(split, part), data, n)
                 self._bow[(split, n)].update({f"{part}_top1": m["top1"],
                                               f"{part}_top1_raw_pool": m["top1_raw_pool"],
@@ -430,7 +454,12 @@ class QA:
 
     def _lexical_scorer(self, split: str, part: str):
         """`(question rows, candidate rows) -> lexical scores` for `split`: part "bow" the IDF
-        bag-of-words cosine, "bm25" the normalised BM25."""
+        bag-of-words cosine, "bm25" the normalised BM25, "translation" the translation language
+        model."""
+        if part == "translation":
+            questions, model = self.corpus.splits[split].questions, self.translation_model()
+            return lambda q_rows, cand_rows: np.stack([model.scores(questions.row(q), np.maximum(rows, 0))
+                                                       for q, rows in zip(q_rows, cand_rows)])
         q_vecs, a_vecs = self._lexical_vectors(split, part)
 
         def scores(q_rows, cand_rows):
@@ -438,6 +467,17 @@ class QA:
             q = q_vecs[np.repeat(q_rows, cand_rows.shape[1])]
             return np.asarray(q.multiply(a_vecs[flat]).sum(axis=1)).reshape(cand_rows.shape)
         return scores
+
+    def translation_model(self) -> TranslationLM:
+        """The translation language model of this corpus, IBM Model 1 fitted on the training
+        pairs (a few seconds; once per task)."""
+        if self._translation is None:
+            train = self.corpus.splits["train"]
+            table = fit_ibm1(train.questions, self.corpus.answers, self._pairs, len(self.corpus.vocab),
+                             self.translation_iterations)
+            self._translation = TranslationLM(table, self.corpus.answers, train.questions,
+                                              smoothing=self.translation_smoothing, mix=self.translation_mix)
+        return self._translation
 
     def _lexical_vectors(self, split: str, part: str | None = None):
         """(question rows of `split`, answer rows): sparse matrices whose row products are the

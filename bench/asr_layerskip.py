@@ -10,7 +10,11 @@ Launch (real data, trains a model first when no checkpoint is given; one thread)
         --thresholds "" --eval-every 10     # one leave-one-speaker-out fold (docs/results/asr.md)
 
 Any other ``--some-option V`` is a task option (as in ``gadei train``), e.g. ablations
-``--inter-ctc-weight 0``, ``--factorized false``, ``--distill-weight 0``.
+``--inter-ctc-weight 0``, ``--factorized false``, ``--distill-weight 0``, or test-time
+vocal-tract-length normalisation of a saved fold, ``--checkpoint runs/loso/theo.npz --holdout theo
+--split heldout --thresholds "" --warp-search 0.86:1.14:0.02`` (searched once per speaker before the
+timed decoding; the factors chosen are printed, and in --json as "warps", each speaker's factors best
+first).
 
 `--checkpoint` takes a .npz written by ``--save`` (its task options are read from the .json beside
 it) or a gadei checkpoint directory (``gadei.checkpoint.load``; pass the task options it was
@@ -145,14 +149,25 @@ def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lam
     return log
 
 
-def measure(task: ASR, model, split: str, thresholds: list[float], repeats: int) -> list[dict]:
-    """One row per setting (plain first): median-of-repeats ms per utterance, WER, CER, skipped."""
+def search(task: ASR, model, split: str) -> tuple[dict | None, float]:
+    """warp_search's factors for each speaker of the split, best first (None without the
+    option), and the search's CPU seconds (the warped features' extraction included)."""
+    if not task.warps:
+        return None, 0.0
+    c0 = time.thread_time()
+    warps = task.search_warps(model, split)
+    return warps, time.thread_time() - c0
+
+
+def measure(task: ASR, model, split: str, thresholds: list[float], repeats: int, warps: dict | None = None) -> list[dict]:
+    """One row per setting (plain first): median-of-repeats ms per utterance, WER, CER, skipped.
+    With warp_search, every setting decodes each speaker at his `warps` (searched once, before)."""
     settings = [1.0] + thresholds                  # 1.0: the plain model, no skipping
-    task.transcribe(model, split, settings[0])     # warm-up (allocator, caches)
+    task.transcribe(model, split, settings[0], warps)     # warm-up (allocator, caches)
     runs = {s: [] for s in settings}
     for _ in range(repeats):
         for s in settings:
-            runs[s].append(task.transcribe(model, split, s))
+            runs[s].append(task.transcribe(model, split, s, warps))
     upper, layers = model.n_layers - model.inter_layer, model.n_layers
     rows = []
     for s in settings:
@@ -194,7 +209,8 @@ def main() -> None:
         log = train(task, model, args.train_steps, args.lr,
                     lambda log: args.save and save(model, args.save, options, log), args.eval_every)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
-    rows = measure(task, model, args.split, thresholds, args.repeats)
+    warps, search_s = search(task, model, args.split)
+    rows = measure(task, model, args.split, thresholds, args.repeats, warps)
 
     print(f"\n{args.split}: {len(task.eval_set(args.split)[1])} utterances, {task.eval_batch} per call, 1 thread, "
           f"median of {args.repeats}")
@@ -204,10 +220,13 @@ def main() -> None:
         th = "none" if r["threshold"] is None else f"{r['threshold']:.2f}"
         print(f"{th:>9} {100 * r['wer']:7.2f} {100 * r['cer']:7.2f} {100 * r['skipped_fraction']:9.1f} "
               f"{r['cpu_ms_per_utt']:7.2f} {r['speedup']:7.2f}x {r['ms_per_utt']:8.2f} {r['speedup_wall']:6.2f}x")
+    if warps:
+        print(f"warp search ({task.warp_search}, ensemble of {task.warp_ensemble}), {search_s:.1f} CPU s: "
+              + ", ".join(f"{s} {w[0]:.2f}" for s, w in warps.items()))
     if args.json:
         out = {"config": {**vars(args), "task_options": options, "model": task.model_options,
                           "torch": torch.__version__, "threads": torch.get_num_threads()},
-               "rows": rows, "train_log": log}
+               "rows": rows, "train_log": log, "warps": warps, "warp_search_cpu_s": search_s}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -80,6 +80,12 @@ def test_error_rates():
     (dict(speakers="gen0,gen1", holdout="gen2"), "outside speakers"),
     (dict(norm="global"), "norm must be 'utterance' or 'speaker'"),
     (dict(cepstra=41), r"cepstra must be in 0..n_mels \(40\)"),
+    (dict(warp_search="0.9-1.1"), "warp_search must be 'LO:HI:STEP'"),
+    (dict(warp_search="1.1:0.9:0.02"), "need 0.5 < LO <= HI < 1.5 and STEP > 0"),
+    (dict(warp_search="0.9:1.1:0"), "need 0.5 < LO <= HI < 1.5 and STEP > 0"),
+    (dict(warp_search="0.9:1.1:0.001"), "use at most 100"),
+    (dict(warp_search="0.9:1.1:0.1", warp_ensemble=4), r"warp_ensemble must be in 1..3"),
+    (dict(warp_ensemble=2), r"warp_ensemble must be in 1..1"),
 ])
 def test_asr_bad_options_fail_at_construction(options, message):
     with pytest.raises(ValueError, match=message):
@@ -241,3 +247,52 @@ def test_speaker_norm_and_cepstra_shape_the_features(recordings_dir):
     # per utterance: each utterance on its own
     plain = ASR(data="real", data_dir=str(recordings_dir), norm="utterance", **TINY).eval_set("test")[0]
     assert all(abs(float(f.mean(0).abs().max())) < 1e-4 for f in plain)
+
+
+# -- test-time vocal-tract-length normalisation (warp_search) ----------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_warp_grid_and_the_identity_warp_is_the_plain_features(recordings_dir):
+    from qa_tasks.speech.asr import warp_grid
+    grid = warp_grid("0.86:1.14:0.02")
+    assert len(grid) == 15 and grid[0] == 0.86 and grid[-1] == 1.14 and 1.0 in grid
+    assert warp_grid("") == [] and warp_grid("1:1:0.05") == [1.0]
+    plain = ASR(data="real", data_dir=str(recordings_dir), **TINY)
+    searched = ASR(data="real", data_dir=str(recordings_dir), warp_search="0.9:1.1:0.05", **TINY)
+    a, b = plain.eval_set("test"), searched.eval_set("test", 1.0)
+    assert a[1] == b[1] and all(torch.equal(x, y) for x, y in zip(a[0], b[0]))
+    warped = searched.eval_set("test", 1.1)[0]
+    assert [len(f) for f in warped] == [len(f) for f in a[0]] and not torch.equal(warped[0], a[0][0])
+    # a grid of 1 alone decodes exactly as no search
+    torch.manual_seed(0)
+    model = plain.build_model()
+    only_one = ASR(data="real", data_dir=str(recordings_dir), warp_search="1:1:0.1", **TINY)
+    assert only_one.transcribe(model, "test", 1.0)["hyps"] == plain.transcribe(model, "test", 1.0)["hyps"]
+
+
+@pytest.mark.timeout(300)
+def test_warp_search_finds_the_warp_of_a_speaker_with_higher_formants():
+    """Trained on gen0 alone, the model meets gen2, whose generated formants are 1.12 times
+    gen0's: without labels the search must pick a warp near 1.12 for gen2 and near 1 for gen0,
+    and decoding gen2 at it must err much less than with the plain filters."""
+    task = ASR(data="generated", batch=8, speakers="gen0,gen2", holdout="gen2", max_digits=3,
+               warp_search="0.88:1.2:0.04", **TINY, **PLAIN)
+    torch.manual_seed(0)
+    model = task.build_model()
+    batches = list(task.batches(0, 1, seed=0))[:4]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(120):
+        loss = task.loss(model, batches[step % 4])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert task.search_warps(model, "test")["gen0"][0] in (0.96, 1.0, 1.04)
+    held = task.evaluate(model, "heldout")
+    assert held["warp_gen2"] in (1.08, 1.12, 1.16) and held["warp_search_cpu_s"] > 0, held
+    two = ASR(data="generated", batch=8, speakers="gen0,gen2", holdout="gen2", max_digits=3,
+              warp_search="0.88:1.2:0.04", warp_ensemble=2, **TINY, **PLAIN).evaluate(model, "heldout")
+    plain = ASR(data="generated", batch=8, speakers="gen0,gen2", holdout="gen2", max_digits=3,
+                **TINY, **PLAIN).evaluate(model, "heldout")
+    assert "warp_gen2" not in plain
+    assert held["wer"] < plain["wer"] - 0.3 and two["wer"] < plain["wer"] - 0.3, (held, two, plain)

@@ -257,6 +257,25 @@ def test_vtlp_warp_scales_low_frequencies_and_keeps_the_band(alpha):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("shift", [0.9, 1.12])
+def test_a_warped_filterbank_puts_a_shifted_voices_peaks_where_the_unshifted_has_them(shift):
+    """Test-time VTLN's premise: a voice whose formants sit `shift` times higher (generated tones,
+    all below the warp's knee) peaks, under the filters warped by `shift`, in the mel bins where
+    the unshifted voice peaks under the plain filters; under the plain filters it peaks elsewhere."""
+    plain = fsdd.mel_filterbank(40)
+    moved, kept = [], []
+    for digit in (0, 2, 4, 6, 7, 8):                   # both tones <= 1500 Hz, x 1.12 below the knee
+        voice = lambda pitch: fsdd.synth_digit(digit, np.random.default_rng([5, digit]), pitch) / 32768.0
+        ref = fsdd.log_mel(voice(1.0), plain, normalize=False)
+        loud = ref.max(1).values > ref.max() - 3          # the tones' frames, not the noise between
+        peaks = lambda feats: feats.argmax(1)[loud]
+        moved.append(float((peaks(fsdd.log_mel(voice(shift), plain, normalize=False)) != peaks(ref)).float().mean()))
+        warped = fsdd.log_mel(voice(shift), fsdd.mel_filterbank(40, warp=shift), normalize=False)
+        kept.append(float((peaks(warped) == peaks(ref)).float().mean()))
+    assert min(kept) == 1.0 and np.mean(moved) > 0.5, (kept, moved)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("factor", [0.8, 1.0, 1.25])
 def test_stretch_changes_the_tempo_and_keeps_the_spectra(factor):
     feats = torch.from_numpy(np.random.default_rng(2).normal(0, 1, (100, 6)).astype(np.float32))

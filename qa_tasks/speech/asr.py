@@ -22,7 +22,10 @@ Speaker independence (FSDD has five speakers): 13 cepstral coefficients (MFCC) n
 mean and variance over each speaker's utterances in the set (`norm`: in evaluation the split
 scored, so an unseen speaker is normalised over his own recordings, unsupervised adaptation), and
 on training utterances speed perturbation, vocal-tract-length perturbation and SpecAugment's
-masks (`perturbed`, `masked`). By default every recording of the data folder
+masks (`perturbed`, `masked`). In evaluation, `warp_search` adds test-time vocal-tract-length
+normalisation: each speaker scored is decoded with the mel filters warped by the factor of a grid
+on which the model is most confident (`warp_scores`, `search_warps`; no labels), optionally
+averaging the posteriors of his best few warps (`warp_ensemble`). By default every recording of the data folder
 trains (`train_on="all"`): the measure of generalisation is a speaker the model never heard,
 `holdout` within the folder (split "heldout") or a folder of its own (split "all").
 
@@ -36,6 +39,7 @@ What it measured: docs/results/asr.md.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -104,6 +108,13 @@ class ASR:
     eval_rounds: int = option(1, "valid and test join their recordings this many times, each time into "
                                  "other utterances, so a split of 250 digits scores 250 x eval_rounds")
     seed: int = option(0, "composes the valid and test utterances")
+    warp_search: str = option("", "test-time vocal-tract-length normalisation, 'LO:HI:STEP' (e.g. 0.86:1.14:0.02; "
+                                  "'': off): in evaluate, each speaker's features are taken with the mel filters "
+                                  "warped by the factor of that grid on which the model is most confident (the "
+                                  "mean log-probability per frame of its greedy CTC path over all the speaker's "
+                                  "utterances scored; no labels); the factors chosen are reported as warp_SPEAKER")
+    warp_ensemble: int = option(1, "with warp_search: decode the average of the CTC posteriors of the best this "
+                                   "many warps of each speaker (1: the best warp alone)")
 
     # the default `gadei train --task asr` (docs/results/asr.md): Adam with warm-up and cosine decay
     recipe: ClassVar[dict] = {"optimizer": "adam", "lr": 3e-3, "lr_schedule": "cosine", "lr_warmup": 50,
@@ -150,8 +161,15 @@ class ASR:
                                   factorized=bool(self.factorized))
         CTCSkipEncoder(**self.model_options)          # fail now on an impossible shape, not mid-run
         self.fbank = fsdd.mel_filterbank(self.n_mels)
+        self.warps = warp_grid(self.warp_search)
+        if not 1 <= self.warp_ensemble <= max(1, len(self.warps)):
+            raise ValueError(f"warp_ensemble must be in 1..{max(1, len(self.warps))} (the factors of "
+                             f"warp_search={self.warp_search!r}), got {self.warp_ensemble}")
+        # every warped filterbank built now: a grid that empties a mel filter fails here, not mid-run
+        self.warp_fbanks = {a: fsdd.mel_filterbank(self.n_mels, warp=a) for a in self.warps}
         self._recordings: list[fsdd.Recording] | None = None
-        self._eval: dict[str, tuple[list[torch.Tensor], list[tuple[int, ...]]]] = {}
+        self._eval_utts: dict[str, list[list[fsdd.Utterance]]] = {}
+        self._eval: dict[tuple[str, float], tuple[list[torch.Tensor], list[tuple[int, ...]]]] = {}
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -215,9 +233,11 @@ class ASR:
         groups = range(len(utts)) if self.norm == "utterance" else [u.speaker for u in utts]
         return fsdd.normalize(feats, list(groups))
 
-    def features(self, utts: list[fsdd.Utterance]) -> list[torch.Tensor]:
-        """Normalised features of a set of utterances (`norm` decides over what)."""
-        return self.normalized([self.raw_features(u.audio, self.fbank) for u in utts], utts)
+    def features(self, utts: list[fsdd.Utterance], fbank: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Normalised features of a set of utterances (`norm` decides over what), taken with
+        `fbank` (a warped filterbank) or the plain one."""
+        fbank = self.fbank if fbank is None else fbank
+        return self.normalized([self.raw_features(u.audio, fbank) for u in utts], utts)
 
     def perturbed(self, utt: fsdd.Utterance, rng: np.random.Generator) -> torch.Tensor:
         """Unnormalised features of a training utterance (its recordings' gains already drawn in
@@ -238,19 +258,29 @@ class ASR:
         return fsdd.spec_augment(feats, rng, self.freq_masks, self.freq_mask_width, time_masks,
                                  self.time_mask_width)
 
-    def eval_set(self, split: str) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
-        """Features and digits of a split's fixed utterances (composed from `seed`; round 0 is
-        the same whatever eval_rounds: each round is normalised on its own), cached."""
-        if split not in self._eval:
+    def eval_utterances(self, split: str) -> list[list[fsdd.Utterance]]:
+        """A split's fixed utterances, one list per round (composed from `seed`; round 0 is the
+        same whatever eval_rounds), cached."""
+        if split not in self._eval_utts:
             self.split_recordings(split)                  # a clear error for a bad split name
             index = fsdd.SPLITS.index("all" if split == "heldout" else split)   # heldout = all of one folder
-            feats, digits = [], []
-            for r in range(self.eval_rounds):
-                utts = self.utterances(split, [self.seed, index] + ([r] if r else []))
-                feats += self.features(utts)
-                digits += [u.digits for u in utts]
-            self._eval[split] = (feats, digits)
-        return self._eval[split]
+            self._eval_utts[split] = [self.utterances(split, [self.seed, index] + ([r] if r else []))
+                                      for r in range(self.eval_rounds)]
+        return self._eval_utts[split]
+
+    def eval_set(self, split: str, warp: float = 1.0) -> tuple[list[torch.Tensor], list[tuple[int, ...]]]:
+        """Features and digits of a split's fixed utterances (each round normalised on its own),
+        the mel filters warped by `warp` (a factor of warp_search's grid, or 1), cached."""
+        if (split, warp) not in self._eval:
+            fbank = self.fbank if warp == 1.0 else self.warp_fbanks[warp]
+            rounds = self.eval_utterances(split)
+            feats = [f for utts in rounds for f in self.features(utts, fbank)]
+            self._eval[split, warp] = (feats, [u.digits for utts in rounds for u in utts])
+        return self._eval[split, warp]
+
+    def eval_speakers(self, split: str) -> list[str]:
+        """The speaker of each utterance of eval_set(split), in its order."""
+        return [u.speaker for utts in self.eval_utterances(split) for u in utts]
 
     @staticmethod
     def pad(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,40 +331,110 @@ class ASR:
 
     # -- evaluation ------------------------------------------------------------------------------
 
-    def transcribe(self, model, split: str, threshold: float) -> dict:
+    def warp_scores(self, model, split: str) -> dict[str, dict[float, float]]:
+        """Each speaker of the split -> {warp_search factor: the model's confidence on his
+        utterances with the filters warped by it}. Confidence: the log-probability of the greedy
+        CTC path (each frame's best label), summed over all frames of the speaker's utterances,
+        per frame. No labels: the model's own first-pass path stands in for the transcript."""
+        speakers = self.eval_speakers(split)
+        scores: dict[str, dict[float, float]] = {s: {} for s in dict.fromkeys(speakers)}
+        model.eval()
+        with torch.inference_mode():
+            for a in self.warps:
+                feats = self.eval_set(split, a)[0]
+                total, frames = dict.fromkeys(scores, 0.0), dict.fromkeys(scores, 0)
+                for start in range(0, len(feats), self.eval_batch):
+                    chosen = range(start, min(start + self.eval_batch, len(feats)))
+                    lp, out_lens = model.full(*self.pad([feats[i] for i in chosen]))
+                    best = lp.max(-1).values                                   # (B, T)
+                    for i, row, n in zip(chosen, best, out_lens.tolist()):
+                        total[speakers[i]] += float(row[:n].sum())
+                        frames[speakers[i]] += n
+                for s in scores:
+                    scores[s][a] = total[s] / max(frames[s], 1)
+        return scores
+
+    def search_warps(self, model, split: str) -> dict[str, list[float]]:
+        """Each speaker of the split -> the warp_search factors, highest `warp_scores` first
+        (ties: the one nearer 1). The choice of classical VTLN, the warp under which the model
+        finds the speaker's audio likeliest (Lee and Rose 1996), with the model's first-pass path
+        for the transcript; per frame, so each utterance weighs as much as its length."""
+        scores = self.warp_scores(model, split)
+        return {s: sorted(self.warps, key=lambda a: (-sc[a], abs(a - 1.0))) for s, sc in scores.items()}
+
+    def transcribe(self, model, split: str, threshold: float, warps: dict[str, list[float]] | None = None) -> dict:
         """Decode a split, `eval_batch` utterances per call in order of length -> hyps, refs (in
         the split's order), each call's encoder ms (wall and CPU), frames skipped and frames in
-        all. threshold >= 1 runs the plain model (no skipping)."""
+        all. threshold >= 1 runs the plain model (no skipping). With warp_search, each speaker's
+        features are those of his best warps (`warps`, from search_warps, run here when not
+        given), the CTC posteriors of his `warp_ensemble` best averaged (the ms count every
+        member's encoder call; the search is not in them)."""
         feats, refs = self.eval_set(split)
+        members = [feats]
+        if self.warps:
+            warps = self.search_warps(model, split) if warps is None else warps
+            speakers = self.eval_speakers(split)
+            members = [[self.eval_set(split, warps[s][k])[0][i] for i, s in enumerate(speakers)]
+                       for k in range(self.warp_ensemble)]
         order = sorted(range(len(feats)), key=lambda i: len(feats[i]))     # similar lengths pad little
         model.eval()
         hyps, ms, cpu_ms, skipped, frames = [None] * len(feats), [], [], 0, 0
         with torch.inference_mode():
             for start in range(0, len(order), self.eval_batch):
                 chosen = order[start:start + self.eval_batch]
-                x, lens = self.pad([feats[i] for i in chosen])
                 t0, c0 = time.perf_counter(), time.thread_time()
-                if threshold >= 1:
-                    lp, out_lens = model.full(x, lens)
-                    sk = torch.zeros(len(chosen), dtype=torch.long)
-                else:
-                    lp, out_lens, sk = model.skipping(x, lens, threshold, self.spike_extension)
+                probs = []
+                for member in members:                    # one, or the ensemble's warps
+                    x, lens = self.pad([member[i] for i in chosen])
+                    if threshold >= 1:
+                        lp, out_lens = model.full(x, lens)
+                        sk = torch.zeros(len(chosen), dtype=torch.long)
+                    else:
+                        lp, out_lens, sk = model.skipping(x, lens, threshold, self.spike_extension)
+                    probs.append(lp)
+                    skipped, frames = skipped + int(sk.sum()), frames + int(out_lens.sum())
+                if len(probs) > 1:                        # the mean of the posteriors, as log-probs
+                    lp = torch.logsumexp(torch.stack(probs), 0) - math.log(len(probs))
                 ms.append(1000 * (time.perf_counter() - t0))
                 cpu_ms.append(1000 * (time.thread_time() - c0))   # this thread's CPU time: see the note
                 for i, hyp in zip(chosen, greedy(lp, out_lens)):
                     hyps[i] = hyp
-                skipped, frames = skipped + int(sk.sum()), frames + int(out_lens.sum())
         return {"hyps": hyps, "refs": [list(r) for r in refs], "ms": ms, "cpu_ms": cpu_ms,
-                "skipped": skipped, "frames": frames}
+                "skipped": skipped, "frames": frames, "warps": warps if self.warps else None}
 
     def evaluate(self, model, split: str) -> dict[str, float]:
-        r = self.transcribe(model, split, self.skip_threshold)
+        """The metrics of the module docstring; with warp_search also each speaker's chosen warp
+        (warp_SPEAKER, the best when an ensemble decodes) and the search's CPU seconds."""
+        c0 = time.thread_time()
+        warps = self.search_warps(model, split) if self.warps else None
+        search_s = time.thread_time() - c0
+        r = self.transcribe(model, split, self.skip_threshold, warps)
         wer, cer = error_rates(r["refs"], r["hyps"])
         upper, n = model.n_layers - model.inter_layer, len(r["refs"])
-        return {"wer": wer, "cer": cer,
-                "skipped_fraction": r["skipped"] * upper / (r["frames"] * model.n_layers),
-                "encoder_ms_per_utt": sum(r["ms"]) / n, "encoder_cpu_ms_per_utt": sum(r["cpu_ms"]) / n,
-                "utterances": float(n), "digits": float(sum(map(len, r["refs"])))}
+        out = {"wer": wer, "cer": cer,
+               "skipped_fraction": r["skipped"] * upper / (r["frames"] * model.n_layers),
+               "encoder_ms_per_utt": sum(r["ms"]) / n, "encoder_cpu_ms_per_utt": sum(r["cpu_ms"]) / n,
+               "utterances": float(n), "digits": float(sum(map(len, r["refs"])))}
+        if warps:
+            out.update({f"warp_{s}": w[0] for s, w in warps.items()}, warp_search_cpu_s=search_s)
+        return out
+
+
+def warp_grid(spec: str) -> list[float]:
+    """warp_search's 'LO:HI:STEP' -> [LO, LO + STEP, ..., HI] (each rounded to 1e-6, so 1.0 is
+    exactly 1); '' -> []."""
+    if not spec.strip():
+        return []
+    try:
+        lo, hi, step = (float(v) for v in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"warp_search must be 'LO:HI:STEP' (e.g. 0.86:1.14:0.02) or '', got {spec!r}") from None
+    if not (0.5 < lo <= hi < 1.5 and step > 0):
+        raise ValueError(f"warp_search {spec!r}: need 0.5 < LO <= HI < 1.5 and STEP > 0")
+    count = int(math.floor((hi - lo) / step + 1e-6)) + 1
+    if count > 100:
+        raise ValueError(f"warp_search {spec!r} has {count} factors: use at most 100 (a larger STEP)")
+    return [round(lo + k * step, 6) for k in range(count)]
 
 
 def error_rates(refs: list[list[int]], hyps: list[list[int]]) -> tuple[float, float]:

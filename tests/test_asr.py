@@ -221,6 +221,10 @@ def test_eval_split_all_scores_every_recording_of_an_unseen_speakers_folder(reco
     assert r.returncode == 0, r.stderr
     metrics = json.loads(r.stdout)
     assert metrics["digits"] == 120 and 0 <= metrics["wer"] and metrics["utterances"] >= 120 / 7
+    r = run_gadei("eval", "--task", "asr", "--checkpoint", out, "--split", "all", "--data-dir", cid,
+                  "--warp-search", "0.9:1.1:0.1")              # test-time VTLN: cid's warp is reported
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["warp_cid"] in (0.9, 1.0, 1.1)
     r = run_gadei("eval", "--task", "asr", "--checkpoint", out, "--split", "test", "--data-dir", cid)
     assert r.returncode != 0 and "use --split all" in r.stderr
 

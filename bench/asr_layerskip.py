@@ -66,6 +66,8 @@ def parse() -> tuple[argparse.Namespace, dict]:
     p.add_argument("--json", help="write the results (and the resolved configuration) here")
     p.add_argument("--quick", action="store_true", help="generated data (one speaker), tiny model, 100 steps, 2 repeats")
     args, rest = p.parse_known_args()
+    if args.save and args.json and Path(args.save).with_suffix(".json") == Path(args.json):
+        sys.exit(f"--json {args.json} would replace the task options --save writes beside {args.save}: name another file")
     return args, task_options(rest)
 
 

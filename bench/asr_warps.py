@@ -52,7 +52,9 @@ def main() -> None:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(1)
-    options = json.loads(Path(args.checkpoint).with_suffix(".json").read_text())["task_options"]
+    saved = json.loads(Path(args.checkpoint).with_suffix(".json").read_text())
+    # the .json of --save, or (where --json named the same file) the results that replaced it
+    options = saved["task_options"] if "task_options" in saved else saved["config"]["task_options"]
     task = T.build("asr", {**options, "warp_search": args.warp_search})
     model = task.build_model()
     load_weights(model, Path(args.checkpoint))

@@ -43,6 +43,23 @@ def confusions(refs: list[list[int]], hyps: list[list[int]]) -> dict[str, dict[s
     return {"substitutions": top(sub), "deletions": top(dele), "insertions": top(ins)}
 
 
+def entropies(task, model, split: str) -> dict[float, float]:
+    """An alternative no-label criterion, for comparison: minus the mean entropy of the final
+    head's posteriors per frame, over the split, at each warp (the task's search uses the greedy
+    path's log-probability)."""
+    out = {}
+    with torch.inference_mode():
+        for a in task.warps:
+            feats, total, frames = task.eval_set(split, a)[0], 0.0, 0
+            for start in range(0, len(feats), task.eval_batch):
+                lp, lens = model.full(*task.pad(feats[start:start + task.eval_batch]))
+                for row, n in zip(lp, lens.tolist()):
+                    total += float((row[:n].exp() * row[:n]).sum())
+                    frames += n
+            out[a] = total / frames
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .npz from bench/asr_layerskip.py --save")
@@ -71,10 +88,11 @@ def main() -> None:
         raise SystemExit("the grid must hold 1.0 (the plain filters) to compare")
     fixed = {a: wer(task.transcribe(model, split, 1.0, {s: [a] for s in scores})) for a in task.warps}
     searched = task.transcribe(model, split, 1.0, ranked)
+    neg_entropy = entropies(task, model, split)
     out = {"checkpoint": args.checkpoint, "split": split, "warp_search": args.warp_search,
            "speakers": list(scores), "search_cpu_s": search_s, "chosen": {s: w[0] for s, w in ranked.items()},
            "wer_plain": wer(plain), "wer_searched": wer(searched),
-           "wer_at_warp": fixed, "score_at_warp": scores,
+           "wer_at_warp": fixed, "score_at_warp": scores, "neg_entropy_at_warp": neg_entropy,
            "confusions_plain": confusions(plain["refs"], plain["hyps"]),
            "confusions_searched": confusions(searched["refs"], searched["hyps"])}
     for k in (int(v) for v in args.ensembles.split(",") if v):
@@ -84,9 +102,10 @@ def main() -> None:
           f"{100 * out['wer_searched']:.1f} % at {out['chosen']} ({search_s:.1f} CPU s), "
           + ", ".join(f"ensemble of {k} {100 * v:.1f} %" for k, v in
                       ((int(n.rsplit('_', 1)[1]), v) for n, v in out.items() if n.startswith("wer_ensemble_"))))
-    print("warp  WER %   confidence (mean log-prob of the greedy path per frame)")
+    print("warp  WER %   confidence (mean log-prob of the greedy path per frame, per speaker)   -entropy per frame")
     for a in task.warps:
-        print(f"{a:.2f}  {100 * fixed[a]:5.1f}   " + "  ".join(f"{scores[s][a]:.4f}" for s in scores))
+        print(f"{a:.2f}  {100 * fixed[a]:5.1f}   " + "  ".join(f"{scores[s][a]:.4f}" for s in scores)
+              + f"   {neg_entropy[a]:.4f}")
     print("plain substitutions (ref>hyp):", out["confusions_plain"]["substitutions"])
     print("plain deletions:", out["confusions_plain"]["deletions"], " insertions:", out["confusions_plain"]["insertions"])
     if args.json:

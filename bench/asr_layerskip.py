@@ -197,7 +197,9 @@ def main() -> None:
     if args.checkpoint and Path(args.checkpoint).suffix == ".npz":
         saved = Path(args.checkpoint).with_suffix(".json")
         if saved.exists():
-            options = {**json.loads(saved.read_text())["task_options"], **options}
+            saved = json.loads(saved.read_text())   # --save's file, or --json's results that replaced it
+            options = {**(saved["task_options"] if "task_options" in saved else saved["config"]["task_options"]),
+                       **options}
     task = T.build("asr", options)
     torch.manual_seed(args.train_seed)
     model = task.build_model()

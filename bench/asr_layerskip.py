@@ -67,7 +67,8 @@ def parse() -> tuple[argparse.Namespace, dict]:
     p.add_argument("--quick", action="store_true", help="generated data (one speaker), tiny model, 100 steps, 2 repeats")
     args, rest = p.parse_known_args()
     if args.save and args.json and Path(args.save).with_suffix(".json") == Path(args.json):
-        sys.exit(f"--json {args.json} would replace the task options --save writes beside {args.save}: name another file")
+        sys.exit(f"--json {args.json} would replace the task options --save writes beside {args.save}: "
+                 "name another file")
     return args, task_options(rest)
 
 
@@ -161,7 +162,8 @@ def search(task: ASR, model, split: str) -> tuple[dict | None, float]:
     return warps, time.thread_time() - c0
 
 
-def measure(task: ASR, model, split: str, thresholds: list[float], repeats: int, warps: dict | None = None) -> list[dict]:
+def measure(task: ASR, model, split: str, thresholds: list[float], repeats: int,
+            warps: dict | None = None) -> list[dict]:
     """One row per setting (plain first): median-of-repeats ms per utterance, WER, CER, skipped.
     With warp_search, every setting decodes each speaker at his `warps` (searched once, before)."""
     settings = [1.0] + thresholds                  # 1.0: the plain model, no skipping

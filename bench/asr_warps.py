@@ -107,7 +107,8 @@ def main() -> None:
         print(f"{a:.2f}  {100 * fixed[a]:5.1f}   " + "  ".join(f"{scores[s][a]:.4f}" for s in scores)
               + f"   {neg_entropy[a]:.4f}")
     print("plain substitutions (ref>hyp):", out["confusions_plain"]["substitutions"])
-    print("plain deletions:", out["confusions_plain"]["deletions"], " insertions:", out["confusions_plain"]["insertions"])
+    print("plain deletions:", out["confusions_plain"]["deletions"],
+          " insertions:", out["confusions_plain"]["insertions"])
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

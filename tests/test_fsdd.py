@@ -58,7 +58,7 @@ def test_speaker_subset_and_data_dir_layouts(recordings_dir, tmp_path):
     assert {r.speaker for r in only_bob} == {"bob"} and len(only_bob) == 120
     with pytest.raises(ValueError, match="george.*holds ann, bob"):
         fsdd.load_recordings(recordings_dir, ["george"])
-    # a data root holding fsdd/recordings.tar.gz, as /work/shared/data does
+    # a data root holding fsdd/recordings.tar.gz, as $GADEI_DATA does
     (tmp_path / "root" / "fsdd").mkdir(parents=True)
     tar = make_tar(recordings_dir, tmp_path / "root" / "fsdd" / "recordings.tar.gz")
     assert fsdd.find_source(tmp_path / "root") == tar

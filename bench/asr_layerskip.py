@@ -108,6 +108,13 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict({k: torch.from_numpy(np.asarray(weights[k])).reshape(state[k].shape) for k in state})
 
 
+def saved_options(npz: Path) -> dict:
+    """The task options saved beside a .npz of `save`: its .json, or (where an older run's --json
+    named the same file) the results that replaced it."""
+    saved = json.loads(npz.with_suffix(".json").read_text())
+    return saved["task_options"] if "task_options" in saved else saved["config"]["task_options"]
+
+
 def save(model: torch.nn.Module, path: str, options: dict, log: list[dict]) -> None:
     """Weights as .npz (no pickle) and the task options beside them as .json."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -196,12 +203,9 @@ def main() -> None:
     if args.quick:
         options = {**QUICK, **options}
         args.train_steps, args.repeats, args.lr = min(args.train_steps, 100), min(args.repeats, 2), 3e-3
-    if args.checkpoint and Path(args.checkpoint).suffix == ".npz":
-        saved = Path(args.checkpoint).with_suffix(".json")
-        if saved.exists():
-            saved = json.loads(saved.read_text())   # --save's file, or --json's results that replaced it
-            options = {**(saved["task_options"] if "task_options" in saved else saved["config"]["task_options"]),
-                       **options}
+    npz = Path(args.checkpoint) if args.checkpoint else None
+    if npz and npz.suffix == ".npz" and npz.with_suffix(".json").exists():
+        options = {**saved_options(npz), **options}
     task = T.build("asr", options)
     torch.manual_seed(args.train_seed)
     model = task.build_model()

@@ -21,9 +21,9 @@ from pathlib import Path
 import jiwer
 import torch
 
-from bench.asr_layerskip import load_weights
+from bench.asr_layerskip import load_weights, saved_options
 from gadei import task as T
-from qa_tasks.speech.asr import error_rates
+from qa_tasks.speech.asr import error_rates, rank_warps
 
 
 def confusions(refs: list[list[int]], hyps: list[list[int]]) -> dict[str, dict[str, int]]:
@@ -69,10 +69,7 @@ def main() -> None:
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
     torch.set_num_threads(1)
-    saved = json.loads(Path(args.checkpoint).with_suffix(".json").read_text())
-    # the .json of --save, or (where --json named the same file) the results that replaced it
-    options = saved["task_options"] if "task_options" in saved else saved["config"]["task_options"]
-    task = T.build("asr", {**options, "warp_search": args.warp_search})
+    task = T.build("asr", {**saved_options(Path(args.checkpoint)), "warp_search": args.warp_search})
     model = task.build_model()
     load_weights(model, Path(args.checkpoint))
     split = args.split
@@ -81,7 +78,7 @@ def main() -> None:
     c0 = time.thread_time()
     scores = task.warp_scores(model, split)
     search_s = time.thread_time() - c0
-    ranked = {s: sorted(task.warps, key=lambda a: (-sc[a], abs(a - 1.0))) for s, sc in scores.items()}
+    ranked = rank_warps(scores)
     task.warp_ensemble = 1
     plain = task.transcribe(model, split, 1.0, {s: [1.0] for s in scores}) if 1.0 in task.warps else None
     if plain is None:

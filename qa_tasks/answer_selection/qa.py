@@ -235,6 +235,9 @@ class QA:
                 truth = set(train.truth.row(q).tolist())
                 self._pooled.append(np.array([a for a in train.pool.row(q).tolist() if a not in truth],
                                              dtype=np.int64))
+        # per (split, questions): the word-level parts of the score (they do not depend on the
+        # model) and the baselines' metrics over them, each computed once
+        self._lexical: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         self._bow: dict[tuple[str, int], dict[str, float]] = {}
         self._translation: TranslationLM | None = None       # fitted when first needed
         # train_lexical: the train questions' and the answers' lexical rows (the evaluation's own)
@@ -423,11 +426,21 @@ class QA:
             parts = {"towers": towers}
             if model.match is not None:
                 parts["match"] = self._match_scores(model.match, q_tokens, cands)
-        for part in LEXICAL_PARTS:
-            score = self._lexical_scorer(split, part)
-            parts[part] = np.concatenate([score(np.arange(s, min(s + chunk, n)), cands[s:s + chunk])
-                                          for s in range(0, n, chunk)])
-        return parts
+        return {**parts, **self._lexical_parts(split, chunk)}
+
+    def _lexical_parts(self, split: str, chunk: int = 64) -> dict[str, np.ndarray]:
+        """`pool_scores`' word-level parts ("bow", "bm25", "translation") of `split`'s first
+        `eval_questions` pools; they do not depend on the model, so they are scored once."""
+        data, n = self._split(split)
+        if (split, n) not in self._lexical:
+            cands, _, _ = candidates(data, n)
+            parts = {}
+            for part in LEXICAL_PARTS:
+                score = self._lexical_scorer(split, part)
+                parts[part] = np.concatenate([score(np.arange(s, min(s + chunk, n)), cands[s:s + chunk])
+                                              for s in range(0, n, chunk)])
+            self._lexical[(split, n)] = parts
+        return self._lexical[(split, n)]
 
     def _match_scores(self, match: KernelMatch, q_tokens: np.ndarray, cand_rows: np.ndarray) -> np.ndarray:
         """The kernel match of each question (n, Lq) with its candidates (n, P) -> (n, P)."""
@@ -445,8 +458,8 @@ class QA:
         data, n = self._split(split)
         if (split, n) not in self._bow:
             self._bow[(split, n)] = {}
-            for part in LEXICAL_PARTS:
-                m = pool_metrics(self._lexical_scorer(split, part), data, n)
+            for part, score in self._lexical_parts(split).items():
+                m = pool_metrics(lambda q_rows, cand_rows: score[q_rows], data, n)
                 self._bow[(split, n)].update({f"{part}_top1": m["top1"],
                                               f"{part}_top1_raw_pool": m["top1_raw_pool"],
                                               f"{part}_top1_answerable": m["top1_answerable"]})

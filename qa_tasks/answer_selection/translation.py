@@ -103,8 +103,7 @@ class TranslationLM:
         """score(q, a) of one question (its token ids) against answer rows (P,) -> (P,); a
         question with no word the collection knows scores 0 everywhere."""
         words = np.unique(question)
-        words = words[self.background[words] > 0]
-        words = words[(words != PAD) & (words != UNK)]
+        words = words[self.background[words] > 0]         # PAD and UNK have none
         if not len(words):
             return np.zeros(len(cand_rows))
         translated = (self.aligned[cand_rows] @ self.table[:, words]).toarray()

@@ -360,8 +360,7 @@ class ASR:
         (ties: the one nearer 1). The choice of classical VTLN, the warp under which the model
         finds the speaker's audio likeliest (Lee and Rose 1996), with the model's first-pass path
         for the transcript; per frame, so each utterance weighs as much as its length."""
-        scores = self.warp_scores(model, split)
-        return {s: sorted(self.warps, key=lambda a: (-sc[a], abs(a - 1.0))) for s, sc in scores.items()}
+        return rank_warps(self.warp_scores(model, split))
 
     def transcribe(self, model, split: str, threshold: float, warps: dict[str, list[float]] | None = None) -> dict:
         """Decode a split, `eval_batch` utterances per call in order of length -> hyps, refs (in
@@ -419,6 +418,12 @@ class ASR:
         if warps:
             out.update({f"warp_{s}": w[0] for s, w in warps.items()}, warp_search_cpu_s=search_s)
         return out
+
+
+def rank_warps(scores: dict[str, dict[float, float]]) -> dict[str, list[float]]:
+    """`ASR.warp_scores`' result -> each speaker's factors, highest score first (ties: the one
+    nearer 1)."""
+    return {s: sorted(sc, key=lambda a: (-sc[a], abs(a - 1.0))) for s, sc in scores.items()}
 
 
 def warp_grid(spec: str) -> list[float]:

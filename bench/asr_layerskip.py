@@ -18,9 +18,10 @@ first).
 
 `--checkpoint` takes a .npz written by ``--save`` (its task options are read from the .json beside
 it) or a gadei checkpoint directory (``gadei.checkpoint.load``; pass the task options it was
-trained with). Without one, a model is trained here by a plain single-process loop: Adam, lr
-`--lr` with 50 warm-up steps and cosine decay to lr/10, gradient norm clipped to 5,
-`--train-steps` steps over epochs of the task's `batches(0, 1, epoch)`.
+trained with). Without one, a model is trained here by a plain single-process loop, the task's
+recipe: Adam at lr `--lr` (3e-3; `--weight-decay W`: AdamW, decoupled weight decay), 50 warm-up
+steps and cosine decay to lr/10, gradient norm clipped to 5, `--train-steps` steps over epochs of
+the task's `batches(0, 1, epoch)`.
 
 Measured, for the plain model (no intermediate head, no skipping) and for each threshold: the
 time of features -> log-probs per encoder call (`--eval-batch` utterances of similar length
@@ -55,7 +56,10 @@ def parse() -> tuple[argparse.Namespace, dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a .npz from --save, or a gadei checkpoint directory")
     p.add_argument("--train-steps", type=int, default=150, help="steps to train when no checkpoint")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=ASR.recipe["lr"], help="peak learning rate (the task's recipe)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="decoupled weight decay (AdamW; 0: Adam, the recipe; gadei train: --weight-decay W "
+                        "--decoupled-weight-decay true)")
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=1, help="epochs between WERs in the training log")
     p.add_argument("--init", help="warm start: train on from these weights (a .npz from --save)")
@@ -123,11 +127,11 @@ def save(model: torch.nn.Module, path: str, options: dict, log: list[dict]) -> N
 
 
 def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lambda log: None,
-          eval_every: int = 1) -> list[dict]:
+          eval_every: int = 1, weight_decay: float = 0.0) -> list[dict]:
     """Plain single-process training; returns the loss log (every 50 steps) and the WERs on valid
     (on heldout when the task holds speakers out) every `eval_every` epochs and at the end.
     on_epoch(log) runs after each epoch (the script saves the weights there)."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)   # 0: Adam
     schedule = lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     log, step, epoch, t0, recent = [], 0, 0, time.time(), []
@@ -217,7 +221,8 @@ def main() -> None:
             load_weights(model, Path(args.init))
         print(f"training {sum(p.numel() for p in model.parameters()):,} parameters for {args.train_steps} steps")
         log = train(task, model, args.train_steps, args.lr,
-                    lambda log: args.save and save(model, args.save, options, log), args.eval_every)
+                    lambda log: args.save and save(model, args.save, options, log), args.eval_every,
+                    args.weight_decay)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     warps, search_s = search(task, model, args.split)
     rows = measure(task, model, args.split, thresholds, args.repeats, warps)

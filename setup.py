@@ -36,8 +36,8 @@ setup(
         "python-multipart>=0.0.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "selenium>=4.11",
-                 "requests>=2.28"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "pytest-xdist>=3.5,<4", "hypothesis>=6.100",
+                 "selenium>=4.11", "requests>=2.28"],
     },
     entry_points={
         "console_scripts": ["gadei = gadei.cli:main"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,10 +31,11 @@ def start_gadei(*args, env=None) -> subprocess.Popen:
                             env={**os.environ, **(env or {})})
 
 
-def job_pids(job_prefix: str) -> tuple[int, list[int]] | None:
-    """(PS pid, learner pids) of the running job whose name starts with `job_prefix`."""
+def job_pids(job: str) -> tuple[int, list[int]] | None:
+    """(PS pid, learner pids) of the running job `job` (under MPI: of one of its nodes,
+    `<job>-node<k>`). The name must match exactly: another xdist worker's job may start with it."""
     for name in shm.segments():
-        if not (shm.job_of(name) or "").startswith(job_prefix):
+        if not re.fullmatch(rf"{re.escape(job)}(-node\d+)?", shm.job_of(name) or ""):
             continue
         try:
             a = A.Arena.attach(name)
@@ -48,14 +50,14 @@ def job_pids(job_prefix: str) -> tuple[int, list[int]] | None:
     return None
 
 
-def wait_for_job(job_prefix: str, timeout=60) -> tuple[int, list[int]]:
+def wait_for_job(job: str, timeout=60) -> tuple[int, list[int]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = job_pids(job_prefix)
+        found = job_pids(job)
         if found and found[0] and all(found[1]):
             return found
         time.sleep(0.05)
-    raise TimeoutError(f"job {job_prefix} did not start within {timeout} s")
+    raise TimeoutError(f"job {job} did not start within {timeout} s")
 
 
 def kill(pid: int) -> bool:
@@ -70,12 +72,12 @@ def kill(pid: int) -> bool:
         return False
 
 
-def chaos(p: subprocess.Popen, job_prefix: str, kills: int, rng, ps_share: float = 0.35,
+def chaos(p: subprocess.Popen, job: str, kills: int, rng, ps_share: float = 0.35,
           gap=(0.2, 1.0)) -> int:
     """SIGKILL random learners and the PS of a running job until `kills` hit or it ends."""
     done = 0
     while done < kills and p.poll() is None:
-        found = job_pids(job_prefix)
+        found = job_pids(job)
         if not found or not found[0] or not all(found[1]):
             time.sleep(0.05)      # starting, or a role is being replaced
             continue

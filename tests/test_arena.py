@@ -142,6 +142,7 @@ def test_control_word_encoding():
     assert A.ctrl_seq(0) == -1 and A.ctrl_state(0) == A.FREE   # never used
 
 
+@pytest.mark.alone      # any job start sweeps: another worker's could take `stale` before we do
 def test_stale_arenas_of_dead_jobs_are_swept():
     """An arena whose creator was killed (its lock gone with it) is swept; a live one is not."""
     code = ("import time; from gadei import arena as A; from tests.helpers import small_layout; "

@@ -190,7 +190,8 @@ def test_teardown_leaves_nothing_also_on_failure():
     assert not any(d.name.startswith(PREFIX + str(os.getpid())) for d in Path("/run").iterdir())
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.alone      # any Hosts.start() sweeps: another worker's could take these hosts first
+@pytest.mark.timeout(420)   # it may first wait for the other workers' tests to end
 def test_hosts_of_a_killed_harness_are_swept():
     """A harness killed before its teardown leaves its hosts; the next start removes them."""
     code = ("import time; from bench.hosts import Hosts; h = Hosts(2).start(); "

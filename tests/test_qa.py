@@ -211,15 +211,16 @@ def test_gadei_train_with_two_learners_learns_the_generated_task(tmp_path):
     assert summary["final_metrics"]["top1"] > 0.2, summary["final_metrics"]   # chance is 0.05
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)    # ~90 s alone; it shares the cores with another xdist worker
 @pytest.mark.skipif(not (REAL_DATA and (Path(REAL_DATA) / "insuranceqa").is_dir()),
                     reason="set GADEI_DATA to the folder holding insuranceqa/")
 def test_short_real_training_run_with_the_defaults_lowers_the_loss():
     """The default recipe on the real corpus (word2vec vectors trained here, about a minute):
-    the loss falls within 100 steps and 200 valid questions score far above chance (0.002)."""
-    task = QA(data="real", data_dir=REAL_DATA, eval_questions=200)
-    losses, model = plain_train(task, steps=100, lr=2e-3)
-    assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:20]), losses
+    the loss falls within 60 steps and 100 valid questions score far above chance (0.002).
+    (Steps 60, last 15 against first 15: 0.65 here; 100 steps gave 0.62.)"""
+    task = QA(data="real", data_dir=REAL_DATA, eval_questions=100)
+    losses, model = plain_train(task, steps=60, lr=2e-3)
+    assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:15]), losses
     assert task.evaluate(model, "valid")["top1"] > 0.02
 
 

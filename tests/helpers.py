@@ -31,12 +31,15 @@ def start_gadei(*args, env=None) -> subprocess.Popen:
                             env={**os.environ, **(env or {})})
 
 
+def job_segments(job: str) -> list[str]:
+    """The segments of job `job` and, under MPI, of its nodes' arenas (`<job>-node<k>`). The name
+    must match exactly: another xdist worker's job may start with it."""
+    return [n for n in shm.segments() if re.fullmatch(rf"{re.escape(job)}(-node\d+)?", shm.job_of(n) or "")]
+
+
 def job_pids(job: str) -> tuple[int, list[int]] | None:
-    """(PS pid, learner pids) of the running job `job` (under MPI: of one of its nodes,
-    `<job>-node<k>`). The name must match exactly: another xdist worker's job may start with it."""
-    for name in shm.segments():
-        if not re.fullmatch(rf"{re.escape(job)}(-node\d+)?", shm.job_of(name) or ""):
-            continue
+    """(PS pid, learner pids) of the running job `job` (under MPI: of one of its nodes)."""
+    for name in job_segments(job):
         try:
             a = A.Arena.attach(name)
         except (FileNotFoundError, ValueError):

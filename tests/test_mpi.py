@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gadei.mpi import wire as W
-from gadei import checkpoint, shm
+from gadei import checkpoint
 from gadei.probe import audit
-from tests.helpers import kill, summary, wait_for_job
+from tests.helpers import job_segments, kill, summary, wait_for_job
 
 MPIEXEC = shutil.which("mpiexec")
 needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec (the mpich wheel) is not installed")
@@ -101,9 +101,9 @@ def test_killed_rank_ends_job_then_resume_is_exactly_once(tmp_path, ranks_per_no
     assert p.returncode != 0
     assert "BAD TERMINATION" in stdout + stderr or "Killed" in stdout + stderr, stdout + stderr
     deadline = time.monotonic() + 20
-    while shm.segments(job) and time.monotonic() < deadline:
+    while job_segments(job) and time.monotonic() < deadline:     # the nodes' arenas included
         time.sleep(0.1)
-    assert not shm.segments(job), "the node PS should remove the arena of its dead leader"
+    assert not job_segments(job), "the node PS should remove the arena of its dead leader"
     ck = checkpoint.load(out)
     assert ck["meta"]["version"] >= 1
     out2 = tmp_path / "resumed"

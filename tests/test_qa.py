@@ -2,6 +2,7 @@
 through the parameter server."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -216,12 +217,15 @@ def test_gadei_train_with_two_learners_learns_the_generated_task(tmp_path):
                     reason="set GADEI_DATA to the folder holding insuranceqa/")
 def test_short_real_training_run_with_the_defaults_lowers_the_loss():
     """The default recipe on the real corpus (word2vec vectors trained here, about a minute):
-    the loss falls within 60 steps and 100 valid questions score far above chance (0.002).
-    (Steps 60, last 15 against first 15: 0.65 here; 100 steps gave 0.62.)"""
+    the loss falls within 60 steps, and the towers alone (the model's part of the score, without
+    the word-level parts that score 0.2 untrained) rank 100 valid questions well above chance
+    (0.002). (Steps 60, last 15 against first 15: 0.65 here; 100 steps gave 0.62. Towers' top-1:
+    0.06 trained, 0.01 untrained.)"""
     task = QA(data="real", data_dir=REAL_DATA, eval_questions=100)
     losses, model = plain_train(task, steps=60, lr=2e-3)
     assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:15]), losses
-    assert task.evaluate(model, "valid")["top1"] > 0.02
+    towers = dataclasses.replace(task, bow_weight=0.0, translation_weight=0.0)
+    assert towers.evaluate(model, "valid")["top1"] >= 0.04
 
 
 def test_recipe_names_job_options_and_the_optimizers_hyper_parameters():

@@ -192,7 +192,7 @@ def test_limit_queue_409_delete_while_training_and_sigterm_resume(state):
         assert s.call("DELETE", f"/v1/classifiers/{b}", key).status_code == 200
     finally:
         s.stop()
-    assert not shm.segments("serve-")
+    assert not shm.segments(f"serve-{a}") and not shm.segments(f"serve-{b}")
 
 
 @pytest.mark.timeout(600)

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gadei import task as T
 from qa_tasks.speech.asr import ASR, error_rates
@@ -61,6 +62,10 @@ def parse() -> tuple[argparse.Namespace, dict]:
                    help="decoupled weight decay (AdamW; 0: Adam, the recipe; gadei train: --weight-decay W "
                         "--decoupled-weight-decay true)")
     p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument("--ema", default="", help="comma-separated decays: also keep exponential moving averages of "
+                                             "the weights (torch.optim.swa_utils) and score them beside the model")
+    p.add_argument("--swa-from", type=int, default=0, help="> 0: also keep the plain average of the weights "
+                                                         "from this step on (stochastic weight averaging)")
     p.add_argument("--eval-every", type=int, default=1, help="epochs between WERs in the training log")
     p.add_argument("--init", help="warm start: train on from these weights (a .npz from --save)")
     p.add_argument("--save", help="write the trained weights here (.npz, task options in .json beside it)")
@@ -126,11 +131,32 @@ def save(model: torch.nn.Module, path: str, options: dict, log: list[dict]) -> N
     Path(path).with_suffix(".json").write_text(json.dumps({"task_options": options, "log": log}, indent=1))
 
 
+def averages(model: torch.nn.Module, ema: str, swa_from: int) -> dict[str, AveragedModel]:
+    """The weight averages asked for, by name: "ema0.999" (exponential, decay 0.999), "swa" (plain,
+    from step swa_from on). They follow the same training run as the model, so their scores and
+    the model's differ by the averaging alone, not by the seed."""
+    out = {f"ema{d}": AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(d)))
+           for d in (v.strip() for v in ema.split(",")) if d}
+    if swa_from > 0:
+        out["swa"] = AveragedModel(model)
+    return out
+
+
+def save_all(model: torch.nn.Module, averaged: dict, path: str, options: dict, log: list[dict]) -> None:
+    """`save` the model at `path` and each average beside it (PATH-ema0.999.npz, PATH-swa.npz)."""
+    save(model, path, options, log)
+    for name, avg in averaged.items():
+        save(avg.module, str(Path(path).with_name(f"{Path(path).stem}-{name}.npz")), options, log)
+
+
 def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lambda log: None,
-          eval_every: int = 1, weight_decay: float = 0.0) -> list[dict]:
+          eval_every: int = 1, weight_decay: float = 0.0, averaged: dict | None = None,
+          swa_from: int = 0) -> list[dict]:
     """Plain single-process training; returns the loss log (every 50 steps) and the WERs on valid
-    (on heldout when the task holds speakers out) every `eval_every` epochs and at the end.
-    on_epoch(log) runs after each epoch (the script saves the weights there)."""
+    (on heldout when the task holds speakers out) every `eval_every` epochs and at the end, of the
+    model and of each of its `averaged` weights (updated after every step; "swa" from step
+    swa_from on). on_epoch(log) runs after each epoch (the script saves the weights there)."""
+    averaged = averaged or {}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)   # 0: Adam
     schedule = lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
@@ -145,6 +171,9 @@ def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lam
             opt.step()
             sched.step()
             step += 1
+            for name, avg in averaged.items():
+                if name != "swa" or step >= swa_from:
+                    avg.update_parameters(model)
             recent.append(float(loss.detach()))
             if step % 50 == 0 or step == steps:
                 log.append({"step": step, "loss": float(np.mean(recent)), "s": round(time.time() - t0, 1)})
@@ -155,10 +184,16 @@ def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lam
         epoch += 1
         if epoch % eval_every == 0 or step == steps:
             split = task.eval_split if task.holdout_list else "valid"   # a monitor only: no selection
-            r = task.transcribe(model, split, 1.0)
-            wer, _ = error_rates(r["refs"], r["hyps"])
-            log.append({"step": step, "epoch": epoch, f"{split}_wer": wer})
-            print(f"epoch {epoch}  {split} WER {100 * wer:.2f} %", flush=True)
+            entry = {"step": step, "epoch": epoch}
+            for name, m in {"": model, **averaged}.items():
+                if name == "swa" and step < swa_from:
+                    continue
+                r = task.transcribe(m.module if name else m, split, 1.0)
+                entry[f"{split}_wer" + (f"_{name}" if name else "")] = error_rates(r["refs"], r["hyps"])[0]
+            log.append(entry)
+            print(f"epoch {epoch}  {split} WER " + ", ".join(
+                f"{k.removeprefix(split + '_wer').lstrip('_') or 'model'} {100 * v:.2f} %"
+                for k, v in entry.items() if "wer" in k), flush=True)
         on_epoch(log)
     return log
 
@@ -213,16 +248,17 @@ def main() -> None:
     task = T.build("asr", options)
     torch.manual_seed(args.train_seed)
     model = task.build_model()
-    log = []
+    log, averaged = [], {}
     if args.checkpoint:
         load_weights(model, Path(args.checkpoint))
     else:
         if args.init:
             load_weights(model, Path(args.init))
         print(f"training {sum(p.numel() for p in model.parameters()):,} parameters for {args.train_steps} steps")
+        averaged = averages(model, args.ema, args.swa_from)
         log = train(task, model, args.train_steps, args.lr,
-                    lambda log: args.save and save(model, args.save, options, log), args.eval_every,
-                    args.weight_decay)
+                    lambda log: args.save and save_all(model, averaged, args.save, options, log), args.eval_every,
+                    args.weight_decay, averaged, args.swa_from)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     warps, search_s = search(task, model, args.split)
     rows = measure(task, model, args.split, thresholds, args.repeats, warps)
@@ -238,10 +274,15 @@ def main() -> None:
     if warps:
         print(f"warp search ({task.warp_search}, ensemble of {task.warp_ensemble}), {search_s:.1f} CPU s: "
               + ", ".join(f"{s} {w[0]:.2f}" for s, w in warps.items()))
+    scored = {}
+    for name, avg in averaged.items():
+        r = task.transcribe(avg.module, args.split, 1.0, warps)
+        scored[name] = dict(zip(("wer", "cer"), error_rates(r["refs"], r["hyps"])))
+        print(f"{name:>9} {100 * scored[name]['wer']:7.2f} {100 * scored[name]['cer']:7.2f}   (averaged weights, plain)")
     if args.json:
         out = {"config": {**vars(args), "task_options": options, "model": task.model_options,
                           "torch": torch.__version__, "threads": torch.get_num_threads()},
-               "rows": rows, "train_log": log, "warps": warps, "warp_search_cpu_s": search_s}
+               "rows": rows, "averaged": scored, "train_log": log, "warps": warps, "warp_search_cpu_s": search_s}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
 

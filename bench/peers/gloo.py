@@ -1,7 +1,8 @@
 """Synchronous data-parallel SGD over ``torch.distributed`` gloo, the way DDP runs on CPU.
 
-N learner processes (``torch.multiprocessing.start_processes``, forked; rendezvous at
-127.0.0.1 on a free port).
+N learner processes (``torch.multiprocessing.start_processes``, forked; rendezvous through a
+file in a private temporary folder, so no port is picked and raced for; gloo's own connections
+bind ports the kernel chooses).
 Each step every learner all-reduces its gradient (sum), and applies ``w -= lr * sum / N`` to
 its own copy of the weights; that counts as one exchange per learner per step.
 
@@ -21,26 +22,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 
 from bench.peers import applied_from_weights, lost_fraction, own_session
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, learners: int, params: int, seconds: float, warmup: float, lr: float,
-          port: int, result_path: str) -> None:
+          rendezvous: str, result_path: str) -> None:
     own_session()
     import torch
     import torch.distributed as dist
     torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=learners)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")       # the learners' pairs on loopback only
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=learners)
     try:
         w = torch.zeros(params)          # this learner's weights, (P,)
         g = torch.ones(params)           # the precomputed gradient, (P,)
@@ -109,8 +103,8 @@ def run(params: int, learners: int, seconds: float, warmup: float, lr: float = 1
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="bench-gloo-") as d:
-        path = os.path.join(d, "result.json")
-        mp.start_processes(_rank, args=(learners, params, seconds, warmup, lr, free_port(), path),
+        path, rendezvous = os.path.join(d, "result.json"), os.path.join(d, "rendezvous")
+        mp.start_processes(_rank, args=(learners, params, seconds, warmup, lr, rendezvous, path),
                            nprocs=learners, join=True, start_method="fork")
         with open(path) as f:
             return json.load(f)

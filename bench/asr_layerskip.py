@@ -20,8 +20,10 @@ first).
 it) or a gadei checkpoint directory (``gadei.checkpoint.load``; pass the task options it was
 trained with). Without one, a model is trained here by a plain single-process loop, the task's
 recipe: Adam at lr `--lr` (3e-3; `--weight-decay W`: AdamW, decoupled weight decay), 50 warm-up
-steps and cosine decay to lr/10, gradient norm clipped to 5, `--train-steps` steps over epochs of
-the task's `batches(0, 1, epoch)`.
+steps and cosine decay to lr x `--lr-floor` (0.1), gradient norm clipped to `--clip` (5),
+`--train-steps` steps over epochs of the task's `batches(0, 1, epoch)` of 16 utterances: one
+update of the recipe's job, whose two SYNC learners average their batches of 8 (the task's
+`batch`; `--batch B` sets the loop's).
 
 Measured, for the plain model (no intermediate head, no skipping) and for each threshold: the
 time of features -> log-probs per encoder call (`--eval-batch` utterances of similar length
@@ -49,6 +51,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from gadei import task as T
 from qa_tasks.speech.asr import ASR, error_rates
 
+# one update of the recipe's job: its 2 SYNC learners' batches of 8 (the task's `batch`)
+RECIPE_BATCH = 16
 QUICK = {"data": "generated", "d_model": 32, "heads": 2, "layers": 4, "inter_layer": 2, "ff_dim": 64,
          "conv_channels": 16, "dropout": 0.0, "batch": 8, "speakers": "gen0"}
 
@@ -61,6 +65,10 @@ def parse() -> tuple[argparse.Namespace, dict]:
     p.add_argument("--weight-decay", type=float, default=0.0,
                    help="decoupled weight decay (AdamW; 0: Adam, the recipe; gadei train: --weight-decay W "
                         "--decoupled-weight-decay true)")
+    p.add_argument("--clip", type=float, default=ASR.recipe["clip_grad_norm"],
+                   help="gradient norm clipped to this (0: no clipping; the task's recipe)")
+    p.add_argument("--lr-floor", type=float, default=ASR.recipe["lr_floor"],
+                   help="the cosine decays to lr x this (the task's recipe)")
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--ema", default="", help="comma-separated decays: also keep exponential moving averages of "
                                              "the weights (torch.optim.swa_utils) and score them beside the model")
@@ -151,14 +159,15 @@ def save_all(model: torch.nn.Module, averaged: dict, path: str, options: dict, l
 
 def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lambda log: None,
           eval_every: int = 1, weight_decay: float = 0.0, averaged: dict | None = None,
-          swa_from: int = 0) -> list[dict]:
+          swa_from: int = 0, clip: float = 5.0, lr_floor: float = 0.1) -> list[dict]:
     """Plain single-process training; returns the loss log (every 50 steps) and the WERs on valid
     (on heldout when the task holds speakers out) every `eval_every` epochs and at the end, of the
     model and of each of its `averaged` weights (updated after every step; "swa" from step
     swa_from on). on_epoch(log) runs after each epoch (the script saves the weights there)."""
     averaged = averaged or {}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)   # 0: Adam
-    schedule = lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    schedule = lambda s: (min(1.0, (s + 1) / 50)
+                          * (lr_floor + (1 - lr_floor) * 0.5 * (1 + math.cos(math.pi * s / steps))))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     log, step, epoch, t0, recent = [], 0, 0, time.time(), []
     while step < steps:
@@ -167,7 +176,8 @@ def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lam
             loss = task.loss(model, batch)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             sched.step()
             step += 1
@@ -242,6 +252,7 @@ def main() -> None:
     if args.quick:
         options = {**QUICK, **options}
         args.train_steps, args.repeats, args.lr = min(args.train_steps, 100), min(args.repeats, 2), 3e-3
+    options = {"batch": RECIPE_BATCH, **options}
     npz = Path(args.checkpoint) if args.checkpoint else None
     if npz and npz.suffix == ".npz" and npz.with_suffix(".json").exists():
         options = {**saved_options(npz), **options}
@@ -258,7 +269,7 @@ def main() -> None:
         averaged = averages(model, args.ema, args.swa_from)
         log = train(task, model, args.train_steps, args.lr,
                     lambda log: args.save and save_all(model, averaged, args.save, options, log), args.eval_every,
-                    args.weight_decay, averaged, args.swa_from)
+                    args.weight_decay, averaged, args.swa_from, args.clip, args.lr_floor)
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
     warps, search_s = search(task, model, args.split)
     rows = measure(task, model, args.split, thresholds, args.repeats, warps)

@@ -37,6 +37,10 @@ class JobConfig:
                               "(ASGD and SYNC rules)", choices=["constant", "cosine", "linear"])
     lr_warmup: int = option(0, "raise the PS's learning rate linearly over the first UPDATES updates",
                             metavar="UPDATES")
+    lr_floor: float = option(0.0, "the schedule decays the learning rate to lr x FRACTION, not to 0",
+                             metavar="FRACTION")
+    clip_grad_norm: float = option(0.0, "each learner scales a gradient whose norm (over all parameters) "
+                                   "exceeds this down to it before pushing it (0: off)", metavar="NORM")
     learners: int = option(2, "learner processes")
     steps: int | None = option(None, "total steps over all learners (default: 100 per learner)")
     epochs: int | None = option(None, "or: epochs of each learner's shard")
@@ -84,6 +88,8 @@ class JobConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive number of seconds, "
                                  f"not {getattr(self, name)}")
+        if not self.clip_grad_norm >= 0:
+            raise ValueError(f"--clip-grad-norm must be >= 0 (0: off), not {self.clip_grad_norm}")
         if self.backend not in ("local", "mpi"):
             raise ValueError(f"--backend must be 'local' or 'mpi', not {self.backend!r}")
         self.lr_at()                                          # fail now, not in a child
@@ -110,7 +116,7 @@ class JobConfig:
             raise ValueError(f"--lr-schedule and --lr-warmup apply to a server-side rule (ASGD, SYNC); "
                              f"optimizer {self.optimizer!r} applies its learners' deltas")
         from algorithms.schedules import schedule
-        return schedule(self.lr_schedule, protocol.rule.lr, self.steps or 0, self.lr_warmup)
+        return schedule(self.lr_schedule, protocol.rule.lr, self.steps or 0, self.lr_warmup, self.lr_floor)
 
     def quota(self, i: int) -> int:
         """Steps learner i runs (steps mode)."""

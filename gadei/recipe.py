@@ -33,7 +33,7 @@ from gadei import task as T
 DEFAULT_OPTIMIZER = "sgd"
 BUDGET = ("steps", "epochs")
 # tuned together with the optimizer's hyper-parameters: dropped with them
-WITH_OPTIMIZER = ("lr_schedule", "lr_warmup")
+WITH_OPTIMIZER = ("lr_schedule", "lr_warmup", "lr_floor")
 
 
 def job_options() -> set[str]:

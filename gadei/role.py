@@ -71,6 +71,8 @@ def run_learner(name: str, i: int, *, gid: int | None = None, cfg: JobConfig | N
                     worker.zero_grad()
                     loss = task.loss(model, batch)
                     loss.backward()
+                    if cfg.clip_grad_norm:     # in place: in the slot, where backward wrote it
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
                     return loss
                 worker.samples = T.batch_size(task, batch)
                 t0 = time.perf_counter_ns()

@@ -5,10 +5,11 @@ import random
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from gadei import checkpoint, proc, shm
-from gadei.probe import audit
+from gadei.probe import audit, gradient
 from tests.helpers import run_gadei, start_gadei, summary, train_under_chaos, wait_for_job
 
 pytestmark = pytest.mark.timeout(300)
@@ -196,3 +197,18 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
     # the good one still loads and evaluates
     r = run_gadei("eval", "--checkpoint", out)
     assert r.returncode == 0 and "w_abs_sum" in r.stdout
+
+
+def test_learners_clip_the_gradient_norm_before_pushing(tmp_path):
+    """--clip-grad-norm: with SGD at lr 1 the probe's weights are minus the sum of the applied
+    gradients, each scaled to norm at most 20 (the probe's have norms near 150)."""
+    out = tmp_path / "clip"
+    r = run_gadei(*probe_args(out, 1, 6, "--clip-grad-norm", 20))
+    assert r.returncode == 0, r.stderr
+    assert summary(out)["settings"]["clip_grad_norm"] == 20
+    expected = np.zeros(1024)
+    for k in range(6):
+        g = gradient(0, k, 1024).astype(np.float64)
+        expected -= g * min(1.0, 20 / np.linalg.norm(g))
+    np.testing.assert_allclose(checkpoint.load(out)["weights"]["w"], expected, rtol=1e-5, atol=1e-4)
+    assert audit(out)                   # the audit, which expects unclipped gradients, sees it

@@ -28,6 +28,16 @@ def test_schedules_by_update_count():
         schedule("step", 0.1, 10)
 
 
+def test_a_floor_stops_the_decay_at_a_fraction_of_lr():
+    cos, lin = schedule("cosine", 0.1, 10, floor=0.1), schedule("linear", 0.1, 10, floor=0.1)
+    assert cos(0) == pytest.approx(0.1) and cos(5) == pytest.approx(0.055) and cos(10) == pytest.approx(0.01)
+    assert cos(25) == pytest.approx(0.01) and lin(4) == pytest.approx(0.01 + 0.09 * 0.6) and lin(12) == pytest.approx(0.01)
+    assert JobConfig(lr_schedule="cosine", lr_floor=0.1, steps=10, hyper={"lr": 0.1}).lr_at()(10) == pytest.approx(0.01)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="lr floor must be a fraction"):
+            schedule("cosine", 0.1, 10, floor=bad)
+
+
 def test_warmup_raises_the_rate_linearly_under_any_schedule():
     const, cos = schedule("constant", 0.1, 10, warmup=4), schedule("cosine", 0.1, 10, warmup=4)
     assert [round(const(t), 6) for t in range(6)] == [0.025, 0.05, 0.075, 0.1, 0.1, 0.1]

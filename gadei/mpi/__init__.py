@@ -44,9 +44,11 @@ def run_mpi(cfg: JobConfig) -> dict | None:
     settings = Settings.resolve(cfg)
     topo = topology(world, settings)
     if topo.nodes > 1 and cfg.optimizer.lower() == "sync":
-        raise ValueError("--optimizer sync is bulk-synchronous within one shared-memory PS; across "
-                         f"{topo.nodes} nodes use downpour, easgd or an ASGD rule (the nodes then sync "
-                         "through the global PS with --cross-node)")
+        whose = (f"task {cfg.task!r}'s recipe trains with --optimizer sync, which"
+                 if cfg.origin.get("optimizer") == "recipe" else "--optimizer sync")
+        raise ValueError(f"{whose} is bulk-synchronous within one shared-memory PS; across "
+                         f"{topo.nodes} nodes give --optimizer downpour, easgd or an ASGD rule such as adam "
+                         "(the nodes then sync through the global PS with --cross-node)")
     if topo.rank == 0 and cfg.learners != topo.learners:
         print(f"gadei: the MPI backend runs one learner per non-PS rank: {topo.learners} learner(s) on "
               f"{topo.nodes} node(s) (--learners {cfg.learners} ignored)", file=sys.stderr, flush=True)

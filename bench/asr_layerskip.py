@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -48,11 +47,14 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from algorithms.schedules import schedule
 from gadei import task as T
 from qa_tasks.speech.asr import ASR, error_rates
 
-# one update of the recipe's job: its 2 SYNC learners' batches of 8 (the task's `batch`)
+# one update of the recipe's job: its 2 SYNC learners' batches of 8 (the task's `batch`), and
+# its warm-up in updates (the recipe's lr_warmup counts both learners' gradients)
 RECIPE_BATCH = 16
+WARMUP = ASR.recipe["lr_warmup"] // 2
 QUICK = {"data": "generated", "d_model": 32, "heads": 2, "layers": 4, "inter_layer": 2, "ff_dim": 64,
          "conv_channels": 16, "dropout": 0.0, "batch": 8, "speakers": "gen0"}
 
@@ -159,16 +161,16 @@ def save_all(model: torch.nn.Module, averaged: dict, path: str, options: dict, l
 
 def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lambda log: None,
           eval_every: int = 1, weight_decay: float = 0.0, averaged: dict | None = None,
-          swa_from: int = 0, clip: float = 5.0, lr_floor: float = 0.1) -> list[dict]:
+          swa_from: int = 0, clip: float = ASR.recipe["clip_grad_norm"],
+          lr_floor: float = ASR.recipe["lr_floor"]) -> list[dict]:
     """Plain single-process training; returns the loss log (every 50 steps) and the WERs on valid
     (on heldout when the task holds speakers out) every `eval_every` epochs and at the end, of the
     model and of each of its `averaged` weights (updated after every step; "swa" from step
     swa_from on). on_epoch(log) runs after each epoch (the script saves the weights there)."""
     averaged = averaged or {}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)   # 0: Adam
-    schedule = lambda s: (min(1.0, (s + 1) / 50)
-                          * (lr_floor + (1 - lr_floor) * 0.5 * (1 + math.cos(math.pi * s / steps))))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    # the PS's own schedule as a factor of lr (bit-identical to the formula earlier rounds wrote here)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule("cosine", 1.0, steps, WARMUP, lr_floor))
     log, step, epoch, t0, recent = [], 0, 0, time.time(), []
     while step < steps:
         model.train()
@@ -196,7 +198,7 @@ def train(task: ASR, model: torch.nn.Module, steps: int, lr: float, on_epoch=lam
             split = task.eval_split if task.holdout_list else "valid"   # a monitor only: no selection
             entry = {"step": step, "epoch": epoch}
             for name, m in {"": model, **averaged}.items():
-                if name == "swa" and step < swa_from:
+                if name and not m.n_averaged:          # an average of nothing yet (swa before swa_from)
                     continue
                 r = task.transcribe(m.module if name else m, split, 1.0)
                 entry[f"{split}_wer" + (f"_{name}" if name else "")] = error_rates(r["refs"], r["hyps"])[0]
@@ -287,6 +289,8 @@ def main() -> None:
               + ", ".join(f"{s} {w[0]:.2f}" for s, w in warps.items()))
     scored = {}
     for name, avg in averaged.items():
+        if not avg.n_averaged:
+            continue
         r = task.transcribe(avg.module, args.split, 1.0, warps)
         scored[name] = dict(zip(("wer", "cer"), error_rates(r["refs"], r["hyps"])))
         print(f"{name:>9} {100 * scored[name]['wer']:7.2f} {100 * scored[name]['cer']:7.2f}   (averaged weights, plain)")
